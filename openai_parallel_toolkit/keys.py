@@ -1,0 +1,526 @@
+"""The key pool: one client per key, limit groups, key health and statistics.
+
+`APIKeyManager.acquire(tokens)` picks the usable key whose limit group can send soonest,
+reserves the cost there and returns a `Lease`; the caller waits until `lease.send_at`, sends
+with `lease.client`, then reports back with `lease.succeed` / `lease.fail`. The pool's lock is
+never held while anyone sleeps or does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .clock import Clock, SystemClock
+from .config import KeyConfig, ToolkitConfig, config_from_env, config_from_keys, load_config
+from .errors import Action, ConfigError, NoKeysAvailableError, Verdict
+from .limiter import LimitGroup, RateLimitHeaders
+
+if TYPE_CHECKING:
+    import openai
+
+__all__ = [
+    "APIKeyManager",
+    "KeyState",
+    "KeyStats",
+    "Lease",
+    "PoolStats",
+    "current_default",
+    "get_default_manager",
+    "reset_default_manager",
+    "resolve_manager",
+]
+
+logger = logging.getLogger(__name__)
+
+# Used when a 429 names no wait at all: long enough to let a per-second window pass.
+DEFAULT_COOLDOWN = 1.0
+# While every key's group is still probing for unknown limits, poll this often.
+PROBE_POLL_INTERVAL = 0.02
+
+
+class KeyState(str, enum.Enum):
+    """Health of a key in the pool."""
+
+    ACTIVE = "active"
+    COOLING_DOWN = "cooling_down"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """A snapshot of one key (masked) and its counters."""
+
+    key: str
+    group: str
+    state: KeyState
+    cooldown_remaining: float
+    removed_reason: str | None
+    requests: int
+    successes: int
+    rate_limited: int
+    errors: int
+    tokens: int
+    in_flight: int
+    requests_per_min: float | None
+    tokens_per_min: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of the whole pool: per-key statistics and totals."""
+
+    keys: tuple[KeyStats, ...]
+    requests: int
+    successes: int
+    rate_limited: int
+    errors: int
+    tokens: int
+    active_keys: int
+    in_flight: int
+
+
+class _Key:
+    """Mutable per-key state; only touched under the pool's lock."""
+
+    __slots__ = (
+        "client",
+        "config",
+        "errors",
+        "group",
+        "rate_limited",
+        "removed_reason",
+        "requests",
+        "successes",
+        "tokens",
+    )
+
+    def __init__(self, config: KeyConfig, group: LimitGroup) -> None:
+        self.config = config
+        self.group = group
+        self.client: openai.OpenAI | None = None
+        self.removed_reason: str | None = None
+        self.requests = self.successes = self.rate_limited = self.errors = self.tokens = 0
+
+    @property
+    def masked(self) -> str:
+        return self.config.masked_key
+
+
+class Lease:
+    """The right to send one request on one key, at `send_at` (monotonic seconds).
+
+    Exactly one of `succeed`, `fail` or `cancel` must be called once the request is over.
+    """
+
+    __slots__ = ("_done", "_key", "_pool", "send_at", "tokens")
+
+    def __init__(self, pool: APIKeyManager, key: _Key, tokens: int, send_at: float) -> None:
+        self._pool = pool
+        self._key = key
+        self.tokens = tokens
+        self.send_at = send_at
+        self._done = False
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The `openai.OpenAI` client of the leased key."""
+        assert self._key.client is not None
+        return self._key.client
+
+    @property
+    def key(self) -> str:
+        """The leased key, masked."""
+        return self._key.masked
+
+    def delay(self) -> float:
+        """Seconds still to wait before sending (0 when the slot has come)."""
+        return max(0.0, self.send_at - self._pool.clock.monotonic())
+
+    def still_valid(self) -> bool:
+        """False if the key was removed or its group started cooling down after the lease."""
+        return self._pool._lease_valid(self)
+
+    def succeed(self, tokens_used: int | None = None) -> None:
+        """The request succeeded; `tokens_used` (prompt + completion) settles the token cost."""
+        self._finish(lambda: self._pool._on_success(self, tokens_used))
+
+    def fail(self, verdict: Verdict) -> None:
+        """The request failed; the pool acts on `verdict` (cool down, remove the key, count)."""
+        self._finish(lambda: self._pool._on_failure(self, verdict))
+
+    def cancel(self) -> None:
+        """The request was never sent; give its reservation back."""
+        self._finish(lambda: self._pool._on_cancel(self))
+
+    def _finish(self, action: Callable[[], None]) -> None:
+        if self._done:
+            raise RuntimeError("lease already settled")
+        self._done = True
+        action()
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.key} tokens={self.tokens} send_at={self.send_at:.3f}>"
+
+
+class APIKeyManager:
+    """A pool of API keys with per-limit-group rate limiting, key health and statistics.
+
+    Keys come from, in this order: `api_keys` (strings or mappings as in a config file),
+    `config_path` (JSON or YAML), `config` (a loaded `ToolkitConfig`), else the environment
+    (``OPENAI_API_KEY*``, and a ``.env`` file when `dotenv` asks for it).
+
+    With `make_default=True` (the default, as in the original toolkit) the new pool becomes
+    the process-wide default that `request_openai_api`, `multi_process_one` and
+    `ParallelToolkit` use when no `manager=` is given; a later call replaces it. Pass
+    `make_default=False` for an independent pool and hand it over explicitly.
+
+    `set_api_base` is accepted for compatibility and has no effect: each key's own client
+    gets its base URL, and the global ``openai`` module is never modified.
+    """
+
+    def __init__(
+        self,
+        api_keys: Sequence[str | Mapping[str, Any]] | None = None,
+        config_path: str | os.PathLike[str] | None = None,
+        set_api_base: bool = True,
+        *,
+        config: ToolkitConfig | None = None,
+        dotenv: str | os.PathLike[str] | bool | None = None,
+        make_default: bool = True,
+        timeout: float = 120.0,
+        burst_seconds: float = 1.0,
+        clock: Clock | None = None,
+        client_factory: Callable[[KeyConfig, Callable[[Any], None]], openai.OpenAI] | None = None,
+    ) -> None:
+        del set_api_base  # compatibility only, see the docstring
+        if api_keys is not None:
+            config = config_from_keys(api_keys)
+        elif config_path is not None:
+            config = load_config(config_path)
+        elif config is None:
+            config = config_from_env(dotenv=dotenv)
+        if not config.keys:
+            raise ConfigError("no API keys configured", source=config.source, field="api_keys")
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.timeout = timeout
+        self._client_factory = client_factory or _default_client_factory(timeout)
+        self._lock = threading.Lock()
+        self._rotation = 0
+        now = self.clock.monotonic()
+        groups: dict[str, LimitGroup] = {}
+        self._keys: list[_Key] = []
+        for key_config in config.keys:
+            group = groups.get(key_config.group)
+            if group is None:
+                group = groups[key_config.group] = LimitGroup(
+                    key_config.group,
+                    requests_per_min=key_config.requests_per_min,
+                    tokens_per_min=key_config.tokens_per_min,
+                    burst_seconds=burst_seconds,
+                    now=now,
+                )
+            elif (key_config.requests_per_min, key_config.tokens_per_min) != (
+                group.configured_requests_per_min,
+                group.configured_tokens_per_min,
+            ):
+                logger.warning(
+                    "keys of limit group %r declare different limits; using the first key's "
+                    "(rpm=%s, tpm=%s)",
+                    key_config.group,
+                    group.configured_requests_per_min,
+                    group.configured_tokens_per_min,
+                )
+            self._keys.append(_Key(key_config, group))
+        self._groups = groups
+        for key in self._keys:
+            key.client = self._client_factory(key.config, self._header_hook(key))
+        logger.info(
+            "key pool from %s: %d keys in %d limit groups",
+            config.source,
+            len(self._keys),
+            len(groups),
+        )
+        if make_default:
+            _set_default(self)
+
+    # -- leasing ------------------------------------------------------------------------------
+
+    def try_acquire(self, tokens: int = 0) -> Lease | float:
+        """Reserve a slot on the key that can send soonest, without waiting.
+
+        Returns a `Lease` (whose `send_at` may lie in the future), or, when every usable
+        group is busy probing for its unknown limits, the seconds after which to try again.
+        Raises `NoKeysAvailableError` when every key has been removed.
+        """
+        with self._lock:
+            now = self.clock.monotonic()
+            count = len(self._keys)
+            best: _Key | None = None
+            best_at = 0.0
+            best_index = 0
+            usable = False
+            for offset in range(count):
+                index = (self._rotation + offset) % count
+                key = self._keys[index]
+                if key.removed_reason is not None:
+                    continue
+                usable = True
+                at = key.group.ready_at(tokens, now)
+                if at is not None and (best is None or at < best_at):
+                    best, best_at, best_index = key, at, index
+            if not usable:
+                raise NoKeysAvailableError(
+                    {key.masked: key.removed_reason or "removed" for key in self._keys}
+                )
+            if best is None:
+                return PROBE_POLL_INTERVAL
+            self._rotation = (best_index + 1) % count
+            best.group.reserve(tokens, best_at)
+            best.requests += 1
+            return Lease(self, best, tokens, best_at)
+
+    def acquire(self, tokens: int = 0) -> Lease:
+        """Like `try_acquire`, but waits (with the pool's clock) until a lease is granted.
+
+        The returned lease may still ask for a wait: sleep `lease.delay()` before sending.
+        """
+        while True:
+            lease = self.try_acquire(tokens)
+            if isinstance(lease, Lease):
+                return lease
+            self.clock.sleep(lease)
+
+    # -- reports from leases --------------------------------------------------------------------
+
+    def _lease_valid(self, lease: Lease) -> bool:
+        key = lease._key
+        with self._lock:
+            return key.removed_reason is None and key.group.cooldown_until <= lease.send_at
+
+    def _on_success(self, lease: Lease, tokens_used: int | None) -> None:
+        key = lease._key
+        with self._lock:
+            key.successes += 1
+            if tokens_used is not None:
+                key.tokens += tokens_used
+            refund = lease.tokens - tokens_used if tokens_used is not None else 0
+            key.group.release(refund_request=False, refund_tokens=refund)
+
+    def _on_cancel(self, lease: Lease) -> None:
+        key = lease._key
+        with self._lock:
+            key.requests -= 1
+            key.group.release(refund_request=True, refund_tokens=lease.tokens)
+
+    def _on_failure(self, lease: Lease, verdict: Verdict) -> None:
+        key = lease._key
+        with self._lock:
+            now = self.clock.monotonic()
+            group = key.group
+            # A rejected request still counts against the server's request limit; its tokens
+            # were not spent.
+            group.release(refund_request=False, refund_tokens=lease.tokens)
+            if verdict.action is Action.RATE_LIMITED:
+                key.rate_limited += 1
+                wait = verdict.retry_after if verdict.retry_after is not None else DEFAULT_COOLDOWN
+                group.cool_down(now + wait)
+                logger.info("rate limited on %s: cooling group down %.2fs", key.masked, wait)
+                return
+            key.errors += 1
+            if verdict.action is Action.KEY_DEAD and key.removed_reason is None:
+                key.removed_reason = verdict.reason
+                logger.warning("removing key %s for this run: %s", key.masked, verdict.reason)
+
+    def _header_hook(self, key: _Key) -> Callable[[Any], None]:
+        def on_response(response: Any) -> None:
+            headers = RateLimitHeaders.from_headers(response.headers)
+            with self._lock:
+                key.group.observe(headers, self.clock.monotonic())
+
+        return on_response
+
+    # -- management and introspection ----------------------------------------------------------
+
+    def remove_key(self, key: str, reason: str = "removed by the user") -> None:
+        """Take a key (full or masked form) out of the pool for this run."""
+        with self._lock:
+            for entry in self._keys:
+                if key in (entry.config.api_key, entry.masked):
+                    entry.removed_reason = entry.removed_reason or reason
+                    return
+        raise KeyError("no such key in the pool")
+
+    @property
+    def key_count(self) -> int:
+        """How many keys the pool holds, removed ones included."""
+        return len(self._keys)
+
+    def statistics(self) -> PoolStats:
+        """A frozen snapshot of every key (masked) and the totals."""
+        with self._lock:
+            now = self.clock.monotonic()
+            stats = tuple(self._key_stats(key, now) for key in self._keys)
+        return PoolStats(
+            keys=stats,
+            requests=sum(s.requests for s in stats),
+            successes=sum(s.successes for s in stats),
+            rate_limited=sum(s.rate_limited for s in stats),
+            errors=sum(s.errors for s in stats),
+            tokens=sum(s.tokens for s in stats),
+            active_keys=sum(s.state is not KeyState.REMOVED for s in stats),
+            in_flight=sum(g.in_flight for g in self._groups.values()),
+        )
+
+    @staticmethod
+    def _key_stats(key: _Key, now: float) -> KeyStats:
+        group = key.group
+        cooldown = max(0.0, group.cooldown_until - now)
+        if key.removed_reason is not None:
+            state = KeyState.REMOVED
+        elif cooldown > 0:
+            state = KeyState.COOLING_DOWN
+        else:
+            state = KeyState.ACTIVE
+        return KeyStats(
+            key=key.masked,
+            group=group.name,
+            state=state,
+            cooldown_remaining=cooldown,
+            removed_reason=key.removed_reason,
+            requests=key.requests,
+            successes=key.successes,
+            rate_limited=key.rate_limited,
+            errors=key.errors,
+            tokens=key.tokens,
+            in_flight=group.in_flight,
+            requests_per_min=group.requests_per_min,
+            tokens_per_min=group.tokens_per_min,
+        )
+
+    def close(self) -> None:
+        """Close every key's HTTP client."""
+        for key in self._keys:
+            if key.client is not None:
+                key.client.close()
+
+    def __enter__(self) -> APIKeyManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        keys = ", ".join(key.masked for key in self._keys)
+        return f"<APIKeyManager {len(self._keys)} keys from {self.config.source}: {keys}>"
+
+
+def _default_client_factory(timeout: float) -> Callable[[KeyConfig, Callable[[Any], None]], Any]:
+    def build(config: KeyConfig, on_response: Callable[[Any], None]) -> Any:
+        import openai
+
+        # Our own HTTP client per key: it carries the key's proxy, and its response hook feeds
+        # the x-ratelimit-* headers of every response (errors included) to the limiter.
+        http_client = openai.DefaultHttpxClient(
+            proxy=config.proxy, event_hooks={"response": [on_response]}
+        )
+        return openai.OpenAI(
+            api_key=config.api_key,
+            base_url=config.api_base,
+            organization=config.organization,
+            project=config.project,
+            max_retries=0,  # the pool decides about retries, with better knowledge
+            timeout=timeout,
+            http_client=http_client,
+        )
+
+    return build
+
+
+_default_lock = threading.Lock()
+_default: APIKeyManager | None = None
+
+
+def _set_default(manager: APIKeyManager) -> None:
+    global _default
+    with _default_lock:
+        previous, _default = _default, manager
+    if previous is not None and previous is not manager:
+        logger.info("default key pool replaced: %r -> %r", previous, manager)
+
+
+def reset_default_manager() -> None:
+    """Forget the default pool and the pools built for `keys=` / `config_path=` arguments.
+
+    For tests and long-running programs that reload their configuration; pools already handed
+    out keep working.
+    """
+    global _default
+    with _default_lock:
+        _default = None
+    with _pools_lock:
+        _pools_by_source.clear()
+
+
+def current_default() -> APIKeyManager | None:
+    """The default pool if one was set up, without building one."""
+    with _default_lock:
+        return _default
+
+
+def get_default_manager() -> APIKeyManager:
+    """The process-wide default pool; built from the environment on first use if none was set.
+
+    Raises `ConfigError` when no pool was set up and the environment holds no key.
+    """
+    with _default_lock:
+        current = _default
+    if current is not None:
+        return current
+    try:
+        return APIKeyManager()
+    except ConfigError as exc:
+        raise ConfigError(
+            "no key pool set up: call APIKeyManager(config_path=...) first, pass manager=..., "
+            "or set OPENAI_API_KEY",
+            source=exc.source,
+            field=exc.field,
+        ) from exc
+
+
+_pools_lock = threading.Lock()
+_pools_by_source: dict[tuple[str, ...], APIKeyManager] = {}
+
+
+def resolve_manager(
+    manager: APIKeyManager | None = None,
+    *,
+    keys: Sequence[str | Mapping[str, Any]] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> APIKeyManager:
+    """The pool a call should use: `manager`, else one for `keys` / `config_path`, else the default.
+
+    Pools built for `keys` or `config_path` are kept and reused by later calls with the same
+    argument, so a loop of calls does not rebuild clients or forget key health.
+    """
+    if manager is not None:
+        return manager
+    if keys is None and config_path is None:
+        return get_default_manager()
+    default = current_default()
+    if keys is None and default is not None and default.config.source == os.fspath(config_path):
+        return default
+    ident = tuple(str(k) for k in keys) if keys is not None else ("path", os.fspath(config_path))
+    with _pools_lock:
+        pool = _pools_by_source.get(ident)
+        if pool is None:
+            # Like the original toolkit: a config named here becomes the default pool.
+            pool = APIKeyManager(api_keys=keys, config_path=config_path)
+            _pools_by_source[ident] = pool
+        return pool

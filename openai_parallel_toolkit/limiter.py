@@ -1,0 +1,266 @@
+"""Rate limiting per limit group: a request bucket and a token bucket, corrected by headers.
+
+A *limit group* is what the server counts against (an OpenAI project), so every key of one
+project must share one `LimitGroup`. Each group paces requests with two buckets that refill
+continuously at ``limit / 60`` per second and hold a small burst (``burst_seconds`` of refill).
+
+Reservations are made up front: `LimitGroup.reserve` returns the moment the request may be
+sent, possibly in the future, and deducts its cost at that moment. Later reservations queue
+behind earlier ones, so concurrent callers get evenly spaced send times instead of racing for
+each refill. Nothing here sleeps or locks: the key pool holds the lock and callers wait.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["LimitGroup", "RateLimitHeaders", "parse_reset"]
+
+_RESET_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """Seconds in an ``x-ratelimit-reset-*`` value: ``1s``, ``6m0s``, ``12ms``, ``1h2m3.5s``.
+
+    A bare number is taken as seconds. Returns None for anything unparseable or negative.
+    """
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return number if number >= 0 and math.isfinite(number) else None
+    total = 0.0
+    position = 0
+    for match in _RESET_PART.finditer(text):
+        if match.start() != position:
+            return None
+        amount = float(match.group(1))
+        total += amount * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[match.group(2)]
+        position = match.end()
+    return total if position == len(text) else None
+
+
+def _positive(value: str | None) -> float | None:
+    # Compatible servers send "-1" or "0" for "no limit"; treat both as unknown.
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number > 0 and math.isfinite(number) else None
+
+
+def _non_negative(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number >= 0 and math.isfinite(number) else None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitHeaders:
+    """The ``x-ratelimit-*`` headers of one response; None where missing or meaningless."""
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests: float | None = None
+    reset_tokens: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
+        """Parse a (case-insensitive, lower-case keyed) header mapping."""
+        get = headers.get
+        return cls(
+            limit_requests=_positive(get("x-ratelimit-limit-requests")),
+            limit_tokens=_positive(get("x-ratelimit-limit-tokens")),
+            remaining_requests=_non_negative(get("x-ratelimit-remaining-requests")),
+            remaining_tokens=_non_negative(get("x-ratelimit-remaining-tokens")),
+            reset_requests=parse_reset(get("x-ratelimit-reset-requests")),
+            reset_tokens=parse_reset(get("x-ratelimit-reset-tokens")),
+        )
+
+    @property
+    def empty(self) -> bool:
+        """True when the response carried none of the headers."""
+        return all(getattr(self, name) is None for name in self.__slots__)  # type: ignore[attr-defined]
+
+
+class _Bucket:
+    """A continuously refilling bucket whose level may be dated in the future (queued sends)."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = self.capacity
+        self.updated = now
+
+    def set_limit(self, per_minute: float, burst_seconds: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = min(self.level, self.capacity)
+
+    def _level_at(self, t: float) -> float:
+        return min(self.capacity, self.level + self.rate * (t - self.updated))
+
+    def ready_at(self, amount: float, now: float) -> float:
+        base = max(now, self.updated)
+        level = self._level_at(base)
+        # A cost above the capacity waits only for a full bucket, never forever.
+        need = min(amount, self.capacity)
+        return base if level >= need else base + (need - level) / self.rate
+
+    def take(self, amount: float, at: float) -> None:
+        at = max(at, self.updated)
+        self.level = self._level_at(at) - amount
+        self.updated = at
+
+    def give(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+    def level_now(self, now: float) -> float:
+        if self.updated > now:  # queued sends: what the level is now, before they happen
+            return self.level - self.rate * (self.updated - now)
+        return self._level_at(now)
+
+    def observe_remaining(self, remaining: float, now: float) -> None:
+        # Only ever lower the level: in-flight requests the server has not counted yet make our
+        # own view more pessimistic than its, so a lower server figure means traffic we missed.
+        excess = self.level_now(now) - remaining
+        if excess > 0:
+            self.level -= excess
+
+    def __repr__(self) -> str:
+        return f"<bucket {self.level:.1f}/{self.capacity:.1f} at {self.rate:.3f}/s>"
+
+
+class LimitGroup:
+    """Request and token pacing for one limit group (one project, or one key by default).
+
+    `requests_per_min` / `tokens_per_min` are the configured limits; None means "learn it from
+    the response headers". Until a group with no known limit at all has seen one response,
+    it lets a single request through at a time, so the first burst cannot overrun a limit it
+    does not know yet.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        requests_per_min: float | None = None,
+        tokens_per_min: float | None = None,
+        burst_seconds: float = 1.0,
+        now: float = 0.0,
+    ) -> None:
+        if burst_seconds <= 0:
+            raise ValueError("burst_seconds must be > 0")
+        self.name = name
+        self.burst_seconds = burst_seconds
+        self.configured_requests_per_min = requests_per_min
+        self.configured_tokens_per_min = tokens_per_min
+        self.requests: _Bucket | None = (
+            _Bucket(requests_per_min, burst_seconds, now) if requests_per_min else None
+        )
+        self.tokens: _Bucket | None = (
+            _Bucket(tokens_per_min, burst_seconds, now) if tokens_per_min else None
+        )
+        self.cooldown_until = 0.0
+        self.in_flight = 0
+        self.responses_seen = 0
+
+    # -- limits -------------------------------------------------------------------------------
+
+    @property
+    def requests_per_min(self) -> float | None:
+        """The request limit in force (configured, or learned from headers)."""
+        return self.requests.rate * 60.0 if self.requests else None
+
+    @property
+    def tokens_per_min(self) -> float | None:
+        """The token limit in force (configured, or learned from headers)."""
+        return self.tokens.rate * 60.0 if self.tokens else None
+
+    @property
+    def probing(self) -> bool:
+        """True while no limit is known and no response has been seen yet."""
+        return self.requests is None and self.tokens is None and self.responses_seen == 0
+
+    def _learn(self, attr: str, configured: float | None, reported: float, now: float) -> None:
+        # A configured limit is trusted unless the server reports a lower one.
+        limit = reported if configured is None else min(configured, reported)
+        bucket: _Bucket | None = getattr(self, attr)
+        if bucket is None:
+            setattr(self, attr, _Bucket(limit, self.burst_seconds, now))
+        elif abs(bucket.rate * 60.0 - limit) > 1e-9:
+            bucket.set_limit(limit, self.burst_seconds)
+
+    def observe(self, headers: RateLimitHeaders, now: float) -> None:
+        """Correct limits and levels from one response's ``x-ratelimit-*`` headers."""
+        self.responses_seen += 1
+        if headers.limit_requests is not None:
+            self._learn("requests", self.configured_requests_per_min, headers.limit_requests, now)
+        if headers.limit_tokens is not None:
+            self._learn("tokens", self.configured_tokens_per_min, headers.limit_tokens, now)
+        if self.requests is not None and headers.remaining_requests is not None:
+            self.requests.observe_remaining(headers.remaining_requests, now)
+        if self.tokens is not None and headers.remaining_tokens is not None:
+            self.tokens.observe_remaining(headers.remaining_tokens, now)
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def ready_at(self, tokens: float, now: float) -> float | None:
+        """Earliest time a request costing `tokens` may be sent; None while probing is busy."""
+        if self.probing and self.in_flight > 0:
+            return None
+        t = max(now, self.cooldown_until)
+        if self.requests is not None:
+            t = max(t, self.requests.ready_at(1.0, t))
+        if self.tokens is not None and tokens > 0:
+            t = max(t, self.tokens.ready_at(tokens, t))
+        return t
+
+    def reserve(self, tokens: float, at: float) -> None:
+        """Deduct one request and `tokens` at time `at` (from `ready_at`)."""
+        if self.requests is not None:
+            self.requests.take(1.0, at)
+        if self.tokens is not None and tokens > 0:
+            self.tokens.take(tokens, at)
+        self.in_flight += 1
+
+    def release(self, *, refund_request: bool, refund_tokens: float) -> None:
+        """End a reservation; give back what the server did not charge."""
+        self.in_flight = max(0, self.in_flight - 1)
+        if refund_request and self.requests is not None:
+            self.requests.give(1.0)
+        if self.tokens is not None and refund_tokens:
+            if refund_tokens > 0:
+                self.tokens.give(refund_tokens)
+            else:  # used more than reserved
+                self.tokens.level += refund_tokens
+
+    def cool_down(self, until: float) -> None:
+        """Send nothing on this group before `until` (monotonic seconds)."""
+        self.cooldown_until = max(self.cooldown_until, until)
+
+    def __repr__(self) -> str:
+        return (
+            f"<LimitGroup {self.name} rpm={self.requests_per_min} tpm={self.tokens_per_min} "
+            f"in_flight={self.in_flight} requests={self.requests!r} tokens={self.tokens!r} "
+            f"cooldown_until={self.cooldown_until:.3f}>"
+        )

@@ -1,0 +1,202 @@
+"""Request models: what to send, how much it may cost, and what to return.
+
+A model object describes one logical request. The engine calls `estimate_tokens()` to reserve
+rate-limit budget, `generate(client)` with the `openai.OpenAI` client of the key it chose, and
+`parse(response)` to turn the response into the caller's result. To support another endpoint,
+subclass `OpenAIModel` and implement `generate`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .tokens import estimate_chat_tokens, estimate_tokens
+
+if TYPE_CHECKING:
+    import openai
+
+__all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
+    "ChatModel",
+    "CompletionModel",
+    "EmbeddingModel",
+    "Gpt4",
+    "Gpt35Turbo",
+    "Gpt35Turbo0613",
+    "Gpt35Turbo16K",
+    "OpenAIModel",
+]
+
+# Reserved for the answer when a request sets no max_tokens; settled with the real usage after.
+DEFAULT_COMPLETION_TOKENS = 256
+
+
+class OpenAIModel(abc.ABC):
+    """One request to an OpenAI-compatible API.
+
+    Subclasses implement `generate(client)`; they may override `estimate_tokens` (the rate-limit
+    cost reserved before sending), `parse` (the result handed back) and `usage_tokens`.
+    """
+
+    @abc.abstractmethod
+    def generate(self, client: openai.OpenAI) -> Any:
+        """Send the request with `client` (the chosen key's client) and return the response."""
+
+    def estimate_tokens(self) -> int:
+        """Tokens this request may consume, reserved against the token limit before sending."""
+        return 0
+
+    def parse(self, response: Any) -> Any:
+        """The result `request_openai_api` returns for `response`; the response itself here."""
+        return response
+
+    def usage_tokens(self, response: Any) -> int | None:
+        """Tokens the response says it used (``usage.total_tokens``), or None if unknown."""
+        usage = getattr(response, "usage", None)
+        total = getattr(usage, "total_tokens", None)
+        return total if isinstance(total, int) else None
+
+
+def _max_output(params: Mapping[str, Any]) -> int:
+    limit = params.get("max_completion_tokens") or params.get("max_tokens")
+    n = params.get("n") or 1
+    return int(limit or DEFAULT_COMPLETION_TOKENS) * int(n)
+
+
+class ChatModel(OpenAIModel):
+    """A chat completion with any model and parameters; the result is the assistant's text.
+
+    Give either `messages`, or `content` (the user message) with an optional `prompt` (the
+    system message). Every other keyword is passed to ``chat.completions.create``.
+    """
+
+    default_model = "gpt-4o-mini"
+
+    def __init__(
+        self,
+        content: str | None = None,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> None:
+        if messages is None:
+            if content is None:
+                raise ValueError("give either messages= or content=")
+            messages = [{"role": "user", "content": content}]
+            if prompt:
+                messages.insert(0, {"role": "system", "content": prompt})
+        elif content is not None or prompt is not None:
+            raise ValueError("give either messages= or content=/prompt=, not both")
+        self.messages: list[Mapping[str, Any]] = list(messages)
+        self.model = model or self.default_model
+        self.params = params
+
+    def estimate_tokens(self) -> int:
+        return estimate_chat_tokens(self.messages, self.model) + _max_output(self.params)
+
+    def generate(self, client: openai.OpenAI) -> Any:
+        return client.chat.completions.create(
+            model=self.model, messages=self.messages, **self.params
+        )
+
+    def parse(self, response: Any) -> Any:
+        """The first choice's text, stripped ("" when the reply has no text content)."""
+        content = response.choices[0].message.content
+        return (content or "").strip()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, messages={len(self.messages)})"
+
+
+class Gpt35Turbo(ChatModel):
+    """The original toolkit's model: system = `prompt`, user = `content`, at `temperature`.
+
+    `model=` chooses another chat model; other keywords go into the request.
+    """
+
+    default_model = "gpt-3.5-turbo"
+
+    def __init__(
+        self,
+        content: str,
+        prompt: str = "",
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **params: Any,
+    ) -> None:
+        if temperature is not None:
+            params["temperature"] = temperature
+        super().__init__(content=content, prompt=prompt, model=model, **params)
+        self.content = content
+        self.prompt = prompt
+        self.temperature = temperature
+
+
+class Gpt35Turbo16K(Gpt35Turbo):
+    """`Gpt35Turbo` on gpt-3.5-turbo-16k (kept from the original toolkit)."""
+
+    default_model = "gpt-3.5-turbo-16k"
+
+
+class Gpt35Turbo0613(Gpt35Turbo):
+    """`Gpt35Turbo` on gpt-3.5-turbo-0613 (kept from the original toolkit)."""
+
+    default_model = "gpt-3.5-turbo-0613"
+
+
+class Gpt4(Gpt35Turbo):
+    """`Gpt35Turbo` on gpt-4 (kept from the original toolkit)."""
+
+    default_model = "gpt-4"
+
+
+class CompletionModel(OpenAIModel):
+    """A legacy text completion; the result is the first choice's text, stripped."""
+
+    def __init__(self, prompt: str, *, model: str = "gpt-3.5-turbo-instruct", **params: Any):
+        self.prompt = prompt
+        self.model = model
+        self.params = params
+
+    def estimate_tokens(self) -> int:
+        return estimate_tokens(self.prompt, self.model) + _max_output(self.params)
+
+    def generate(self, client: openai.OpenAI) -> Any:
+        return client.completions.create(model=self.model, prompt=self.prompt, **self.params)
+
+    def parse(self, response: Any) -> Any:
+        return (response.choices[0].text or "").strip()
+
+    def __repr__(self) -> str:
+        return f"CompletionModel(model={self.model!r})"
+
+
+class EmbeddingModel(OpenAIModel):
+    """Embeddings of one text or a list of texts; the result is a vector or a list of vectors."""
+
+    def __init__(
+        self, input: str | Sequence[str], *, model: str = "text-embedding-3-small", **params: Any
+    ):
+        self.input = input
+        self.model = model
+        self.params = params
+
+    def estimate_tokens(self) -> int:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        return sum(estimate_tokens(text, self.model) for text in texts)
+
+    def generate(self, client: openai.OpenAI) -> Any:
+        return client.embeddings.create(model=self.model, input=self.input, **self.params)
+
+    def parse(self, response: Any) -> Any:
+        vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
+        return vectors[0] if isinstance(self.input, str) else vectors
+
+    def __repr__(self) -> str:
+        count = 1 if isinstance(self.input, str) else len(self.input)
+        return f"EmbeddingModel(model={self.model!r}, inputs={count})"

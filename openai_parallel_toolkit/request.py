@@ -1,0 +1,116 @@
+"""`request_openai_api`: one logical request, sent through the key pool until it succeeds.
+
+What happens after an error follows `errors.classify` (see the README's error table): rate
+limits cool the key's group down and re-route at once, dead keys are removed, transient
+failures back off within `max_retries`, and a wrong request fails at once. It never hangs and
+never returns None in place of an error.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Action, RequestFailedError, classify
+from .keys import APIKeyManager, resolve_manager
+from .models import OpenAIModel
+
+__all__ = ["RetryPolicy", "request_openai_api"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How hard one request tries.
+
+    `max_retries` bounds retries after transient failures (5xx, timeouts, connection errors);
+    each waits ``min(backoff_max, backoff_base * 2**n)`` scaled by a random factor in [0.5, 1].
+    `max_rate_limited` bounds re-routes after 429 rate limits, which wait for the server's
+    reset instead. Removed keys do not count: the pool runs out of keys first.
+    """
+
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    max_rate_limited: int = 50
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def backoff(self, failures: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before the retry after `failures` transient failures."""
+        wait = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
+        wait *= 0.5 + 0.5 * self.rng.random()
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.backoff_max))
+        return wait
+
+
+def request_openai_api(
+    openai_model: OpenAIModel,
+    keys: Sequence[str | Mapping[str, Any]] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    max_retries: int = 5,
+    *,
+    manager: APIKeyManager | None = None,
+    raw: bool = False,
+    policy: RetryPolicy | None = None,
+) -> Any:
+    """Send `openai_model`'s request on the best available key and return its result.
+
+    The result is `openai_model.parse(response)`: the assistant's text for chat models, vectors
+    for embeddings; with `raw=True` the client's response object. The pool is `manager`, else
+    one built from `keys` or `config_path`, else the default pool.
+
+    Raises `RequestFailedError` when the request is wrong (400, 404, 422) or its retries are
+    spent, and `NoKeysAvailableError` when every key has been removed.
+    """
+    pool = resolve_manager(manager, keys=keys, config_path=config_path)
+    policy = policy or RetryPolicy(max_retries=max_retries)
+    tokens = openai_model.estimate_tokens()
+    clock = pool.clock
+    attempts = transient = rate_limited = 0
+    while True:
+        lease = pool.acquire(tokens)
+        wait = lease.delay()
+        if wait > 0:
+            clock.sleep(wait)
+            if not lease.still_valid():  # its key died or cooled down while we waited
+                lease.cancel()
+                continue
+        attempts += 1
+        try:
+            response = openai_model.generate(lease.client)
+        except Exception as exc:
+            verdict = classify(exc)
+            lease.fail(verdict)
+            if verdict.action is Action.FATAL:
+                raise RequestFailedError(
+                    f"request failed: {verdict.reason}",
+                    status_code=verdict.status_code,
+                    attempts=attempts,
+                ) from exc
+            if verdict.action is Action.RATE_LIMITED:
+                rate_limited += 1
+                if rate_limited > policy.max_rate_limited:
+                    raise RequestFailedError(
+                        f"still rate limited after {rate_limited} tries: {verdict.reason}",
+                        status_code=verdict.status_code,
+                        attempts=attempts,
+                    ) from exc
+            elif verdict.action is Action.TRANSIENT:
+                transient += 1
+                if transient > policy.max_retries:
+                    raise RequestFailedError(
+                        f"gave up after {attempts} attempts: {verdict.reason}",
+                        status_code=verdict.status_code,
+                        attempts=attempts,
+                    ) from exc
+                clock.sleep(policy.backoff(transient, verdict.retry_after))
+            continue
+        except BaseException:
+            # KeyboardInterrupt and friends: the slot was used, the outcome is unknown.
+            lease.cancel()
+            raise
+        lease.succeed(openai_model.usage_tokens(response))
+        return response if raw else openai_model.parse(response)

@@ -1,0 +1,24 @@
+"""Offline test helpers: a fake OpenAI server and a manual clock.
+
+`FakeOpenAIServer` needs the ``server`` extra (``pip install "openai-parallel-toolkit[server]"``);
+it is imported on first use so that `FakeClock` works without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .clock import FakeClock
+
+if TYPE_CHECKING:
+    from .fake_server import FakeOpenAIServer
+
+__all__ = ["FakeClock", "FakeOpenAIServer"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FakeOpenAIServer":
+        from .fake_server import FakeOpenAIServer
+
+        return FakeOpenAIServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

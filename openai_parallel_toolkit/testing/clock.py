@@ -1,0 +1,37 @@
+"""A manual clock for tests of time-dependent logic (limiter, backoff) that must not sleep."""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["FakeClock"]
+
+
+class FakeClock:
+    """A `Clock` whose time moves only when told: `sleep(s)` and `advance(s)` add `s` at once.
+
+    `sleeps` records every requested sleep, so tests can assert the waits instead of waiting.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            if seconds > 0:
+                self._now += seconds
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds` without recording a sleep."""
+        with self._lock:
+            self._now += seconds
+
+    def __repr__(self) -> str:
+        return f"FakeClock(now={self._now:.3f})"

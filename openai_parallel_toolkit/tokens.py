@@ -1,0 +1,285 @@
+"""tiktoken helpers: counting tokens, estimating request costs, splitting long text.
+
+Encodings are loaded on first use (never at import) and cached for the process. Without network
+access tiktoken needs its cache seeded: run ``python -m openai_parallel_toolkit.tiktoken_cache``
+(see `openai_parallel_toolkit.tiktoken_cache`).
+
+Exact counts (`num_tokens_from_string`, `split_string_by_tokens`) raise
+`TokenizerUnavailableError` when no encoding can be loaded; estimates for rate limiting
+(`estimate_tokens`, `estimate_chat_tokens`) fall back to a character count instead, with one
+warning per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import tiktoken
+
+from .errors import TokenizerUnavailableError
+
+__all__ = [
+    "DEFAULT_ESTIMATE_ENCODING",
+    "IMAGE_PART_TOKENS",
+    "REPLY_PRIMING_TOKENS",
+    "TOKENS_PER_MESSAGE",
+    "TOKENS_PER_NAME",
+    "clear_caches",
+    "encoding_for",
+    "encoding_name_for",
+    "estimate_chat_tokens",
+    "estimate_tokens",
+    "num_tokens_from_string",
+    "split_string_by_tokens",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ESTIMATE_ENCODING = "o200k_base"
+"""Encoding `estimate_tokens` and `estimate_chat_tokens` use when no model is given."""
+
+TOKENS_PER_MESSAGE = 3
+"""Tokens a chat message costs on top of its strings (OpenAI's counting convention)."""
+
+TOKENS_PER_NAME = 1
+"""Extra token a message's ``name`` field costs."""
+
+REPLY_PRIMING_TOKENS = 3
+"""Tokens every chat request costs for priming the reply (``<|start|>assistant<|message|>``)."""
+
+IMAGE_PART_TOKENS = 85
+"""Flat estimate for one image part (the cost of a low-detail image)."""
+
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "o1", "o3", "o4")
+_IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+
+# Guards the once-per-process fallback warning of the estimates.
+_warn_lock = threading.Lock()
+_fallback_warned = False
+
+
+def _base_model(name: str) -> str:
+    """The base model of a fine-tune (``ft:<base>:<org>:...``) or a provider-prefixed name."""
+    if name.startswith("ft:"):
+        name = name[3:].split(":", 1)[0]
+    return name.rsplit("/", 1)[-1]
+
+
+def encoding_name_for(model_or_encoding: str) -> str:
+    """The tiktoken encoding name for a model name or an encoding name, without loading it.
+
+    Encoding names (``cl100k_base``, ``o200k_base``, ``p50k_base``, ...) are returned as they are;
+    model names are mapped by ``tiktoken.encoding_name_for_model`` (fine-tunes by their base
+    model). Names tiktoken does not know map to ``o200k_base`` when they start like a current
+    model family (``gpt-4o``, ``gpt-4.1``, ``gpt-4.5``, ``gpt-5``, ``o1``, ``o3``, ``o4``) and to
+    ``cl100k_base`` otherwise.
+    """
+    name = model_or_encoding.strip()
+    if name in tiktoken.list_encoding_names():
+        return name
+    base = _base_model(name)
+    try:
+        return tiktoken.encoding_name_for_model(base)
+    except KeyError:
+        pass
+    fallback = "o200k_base" if base.lower().startswith(_O200K_PREFIXES) else "cl100k_base"
+    logger.debug("tiktoken does not know model %r; counting with %s", model_or_encoding, fallback)
+    return fallback
+
+
+@functools.lru_cache(maxsize=256)
+def encoding_for(model_or_encoding: str) -> tiktoken.Encoding:
+    """The tiktoken encoding for a model or encoding name (see `encoding_name_for`), cached.
+
+    Raises `TokenizerUnavailableError` (chaining tiktoken's error) when tiktoken cannot load the
+    encoding, typically offline with an unseeded cache. Failures are not cached: a later call
+    tries again.
+    """
+    name = encoding_name_for(model_or_encoding)
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as exc:
+        # tiktoken surfaces network, hash and plugin problems as assorted exception types.
+        raise TokenizerUnavailableError(
+            f"could not load tiktoken encoding {name!r} for {model_or_encoding!r} (offline? run "
+            "`python -m openai_parallel_toolkit.tiktoken_cache` to seed the cache, or set "
+            f"TIKTOKEN_CACHE_DIR to a folder holding the encoding files): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _encoding_or_none(model_or_encoding: str) -> tiktoken.Encoding | None:
+    """`encoding_for`, or None once it has failed (cached, so a failed load is not retried)."""
+    global _fallback_warned
+    try:
+        return encoding_for(model_or_encoding)
+    except TokenizerUnavailableError as exc:
+        with _warn_lock:
+            first = not _fallback_warned
+            _fallback_warned = True
+        if first:
+            logger.warning(
+                "token estimates fall back to characters/4 (further failures not reported): %s",
+                exc,
+            )
+        return None
+
+
+def clear_caches() -> None:
+    """Forget loaded encodings and cached load failures (e.g. after seeding the cache)."""
+    global _fallback_warned
+    encoding_for.cache_clear()
+    _encoding_or_none.cache_clear()
+    with _warn_lock:
+        _fallback_warned = False
+
+
+def _char_estimate(text: str) -> int:
+    return -(-len(text) // 4)
+
+
+def _counter(model: str | None) -> Callable[[str], int]:
+    encoding = _encoding_or_none(model or DEFAULT_ESTIMATE_ENCODING)
+    if encoding is None:
+        return _char_estimate
+    encode = encoding.encode_ordinary
+    return lambda text: len(encode(text))
+
+
+def num_tokens_from_string(string: str, encoding_name: str = "gpt-3.5-turbo") -> int:
+    """The number of tokens in `string`, for a model name or an encoding name.
+
+    Special-token text such as ``<|endoftext|>`` is counted as ordinary text (it never raises).
+    Raises `TokenizerUnavailableError` when the encoding cannot be loaded: this is an exact
+    count, never an estimate.
+    """
+    return len(encoding_for(encoding_name).encode_ordinary(string))
+
+
+def estimate_tokens(text: str, model: str | None = None) -> int:
+    """Tokens in `text` for rate limiting: exact when the encoding loads, else about len/4.
+
+    `model` is a model or encoding name (default: `DEFAULT_ESTIMATE_ENCODING`). When the encoding
+    cannot be loaded, the estimate is ``ceil(len(text) / 4)`` and one warning is logged per
+    process; the failed load is remembered, not retried on every call (see `clear_caches`).
+    """
+    if not text:
+        return 0
+    return _counter(model)(text)
+
+
+def _nested_tokens(value: Any, count: Callable[[str], int]) -> int:
+    if isinstance(value, str):
+        return count(value) if value else 0
+    if isinstance(value, Mapping):
+        return sum(_nested_tokens(item, count) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nested_tokens(item, count) for item in value)
+    return 0
+
+
+def _content_tokens(content: Any, count: Callable[[str], int]) -> int:
+    if isinstance(content, str):
+        return count(content) if content else 0
+    if not isinstance(content, (list, tuple)):
+        return 0
+    total = 0
+    for part in content:
+        if isinstance(part, str):
+            total += count(part) if part else 0
+        elif isinstance(part, Mapping):
+            if part.get("type") in _IMAGE_PART_TYPES:
+                total += IMAGE_PART_TOKENS
+            elif isinstance(part.get("text"), str):
+                total += count(part["text"]) if part["text"] else 0
+            # Audio and file parts are not estimated: their cost is not a function of the text.
+    return total
+
+
+def estimate_chat_tokens(messages: Sequence[Mapping[str, Any]], model: str | None = None) -> int:
+    """Prompt tokens of a chat request, by OpenAI's counting convention.
+
+    Each message costs `TOKENS_PER_MESSAGE` plus the tokens of its string values (``role``,
+    ``content``, ``name`` (+`TOKENS_PER_NAME`), ``tool_call_id``, and the strings nested in
+    ``tool_calls`` / ``function_call``); a list ``content`` counts its ``text`` parts and
+    `IMAGE_PART_TOKENS` per image part. The request adds `REPLY_PRIMING_TOKENS`. Falls back to
+    character estimates like `estimate_tokens` when the encoding cannot be loaded.
+    """
+    count = _counter(model)
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "content":
+                total += _content_tokens(value, count)
+            else:
+                total += _nested_tokens(value, count)
+                if key == "name":
+                    total += TOKENS_PER_NAME
+    return total
+
+
+def split_string_by_tokens(
+    string: str,
+    thunk_len: int,
+    split_signal: str,
+    encoding_name: str = "gpt-3.5-turbo",
+) -> list[str]:
+    """Split `string` into pieces of at most `thunk_len` tokens, cutting only after `split_signal`.
+
+    A sentence is the text up to and including an occurrence of `split_signal` (the text after
+    the last one is a final sentence). Pieces are runs of whole sentences, so every piece but
+    possibly the last ends with `split_signal`, and ``"".join(pieces) == string`` exactly.
+    A sentence longer than `thunk_len` on its own becomes a piece by itself, whole.
+
+    Each sentence is tokenised once and pieces are filled greedily on the sum of those counts,
+    which keeps the work linear in the length of `string`. Tokens can merge differently across
+    a sentence boundary, so each piece of several sentences is then counted once as a whole and,
+    in the rare case that it exceeds `thunk_len`, given back its last sentences until it fits:
+    every piece of more than one sentence holds at most `thunk_len` tokens.
+
+    Raises ValueError for ``thunk_len < 1`` or an empty `split_signal`, and
+    `TokenizerUnavailableError` when the encoding cannot be loaded.
+    """
+    if thunk_len < 1:
+        raise ValueError(f"thunk_len must be at least 1, got {thunk_len}")
+    if not split_signal:
+        raise ValueError("split_signal must not be empty")
+    if not string:
+        return []
+    encode = encoding_for(encoding_name).encode_ordinary
+
+    ends: list[int] = []  # end offset (exclusive) of each sentence
+    step = len(split_signal)
+    position = string.find(split_signal)
+    while position >= 0:
+        ends.append(position + step)
+        position = string.find(split_signal, position + step)
+    if not ends or ends[-1] < len(string):
+        ends.append(len(string))
+
+    counts: list[int] = []
+    start = 0
+    for end in ends:
+        counts.append(len(encode(string[start:end])))
+        start = end
+
+    pieces: list[str] = []
+    first = 0
+    while first < len(ends):
+        start = ends[first - 1] if first else 0
+        stop = first + 1  # the first sentence always goes in, even when it alone is too long
+        total = counts[first]
+        while stop < len(ends) and total + counts[stop] <= thunk_len:
+            total += counts[stop]
+            stop += 1
+        while stop - first > 1 and len(encode(string[start : ends[stop - 1]])) > thunk_len:
+            stop -= 1
+        pieces.append(string[start : ends[stop - 1]])
+        first = stop
+    return pieces

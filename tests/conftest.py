@@ -1,0 +1,30 @@
+"""Shared test setup.
+
+tiktoken: before anything runs, `TIKTOKEN_CACHE_DIR` points at ``<repo>/.tiktoken-cache``
+(git-ignored), seeded with the verified cl100k_base and o200k_base files, so every test counts
+tokens with the real encodings and never downloads. Seeding failure stops the run: token tests
+are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from openai_parallel_toolkit.tiktoken_cache import seed_cache
+
+TIKTOKEN_CACHE_DIR = Path(__file__).resolve().parent.parent / ".tiktoken-cache"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point tiktoken at the repo's cache folder and seed it, before any test is collected."""
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_CACHE_DIR)
+    try:
+        seed_cache(TIKTOKEN_CACHE_DIR)
+    except Exception as exc:
+        raise pytest.UsageError(
+            f"cannot seed the tiktoken cache in {TIKTOKEN_CACHE_DIR}: {exc} "
+            "(install the test extras: pip install -e '.[dev]')"
+        ) from exc
