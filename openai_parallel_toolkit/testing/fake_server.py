@@ -771,19 +771,19 @@ class FakeOpenAIServer:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
             error = _error_body(message, "invalid_request_error", None, "invalid_api_key")
-            await self._reply(send, 401, error, base_headers)
             self._finish(ckey, "error")
+            await self._reply(send, 401, error, base_headers)
             return
         if self._keys is not None and key not in self._keys:
-            await self._reply(send, 401, _invalid_key_body(key), base_headers)
             self._finish(ckey, "error")
+            await self._reply(send, 401, _invalid_key_body(key), base_headers)
             return
         if kind == "not_found" or kind == "method_not_allowed":
             status = 404 if kind == "not_found" else 405
             message = f"Invalid URL ({method} {path})"
             error = _error_body(message, "invalid_request_error")
-            await self._reply(send, status, error, base_headers)
             self._finish(ckey, "error")
+            await self._reply(send, status, error, base_headers)
             return
 
         model = body.get("model") if isinstance(body, dict) else None
@@ -792,14 +792,14 @@ class FakeOpenAIServer:
             if fault == "slow":
                 await asyncio.sleep(self.slow_seconds)
             else:
-                # Counted first: the "drop" fault leaves by raising.
                 self._finish(ckey, "error")
                 await self._inject(send, fault, key, model, base_headers)
                 return
 
         if kind == "models" or kind == "model":
-            await self._reply_models(send, kind, path, base_headers)
-            self._finish(ckey, "ok")
+            status, payload = self._models_reply(kind, path)
+            self._finish(ckey, "ok" if status == 200 else "error")
+            await self._reply(send, status, payload, base_headers)
             return
 
         if not isinstance(body, dict):
@@ -809,14 +809,14 @@ class FakeOpenAIServer:
                 "payload, but what was sent was not valid JSON.)"
             )
             error = _error_body(message, "invalid_request_error")
-            await self._reply(send, 400, error, base_headers)
             self._finish(ckey, "error")
+            await self._reply(send, 400, error, base_headers)
             return
         try:
             plan = self._builders[kind](body, request_id)
         except _ApiError as exc:
-            await self._reply(send, exc.status, exc.body, base_headers)
             self._finish(ckey, "error")
+            await self._reply(send, exc.status, exc.body, base_headers)
             return
         if plan.model not in self._models:
             self._models[plan.model] = None
@@ -827,11 +827,12 @@ class FakeOpenAIServer:
             if self._send_headers:
                 base_headers.extend(bucket.headers())
             if rejected is not None:
-                await self._reply_limited(send, bucket, plan, *rejected, base_headers)
                 self._finish(ckey, "limited")
+                await self._reply_limited(send, bucket, plan, *rejected, base_headers)
                 return
 
         if plan.marker is not None:
+            self._finish(ckey, "error")
             if plan.marker == CONTEXT_LENGTH_MARKER:
                 message = (
                     "This model's maximum context length is 128000 tokens. However, your "
@@ -843,7 +844,6 @@ class FakeOpenAIServer:
                 await self._reply(send, 400, error, base_headers)
             else:
                 await self._reply(send, 500, _SERVER_ERROR_BODY, base_headers)
-            self._finish(ckey, "error")
             return
 
         delay = self._latency
@@ -853,6 +853,8 @@ class FakeOpenAIServer:
             await asyncio.sleep(delay)
 
         rendered = plan.render(request_id)
+        # Counted before replying, so that a client never sees its reply before the count.
+        self._finish(ckey, "ok", plan.prompt_tokens, plan.completion_tokens)
         if isinstance(rendered, bytes):
             await self._reply(send, 200, rendered, base_headers)
         else:
@@ -866,7 +868,6 @@ class FakeOpenAIServer:
             for chunk in rendered:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
-        self._finish(ckey, "ok", plan.prompt_tokens, plan.completion_tokens)
 
     @staticmethod
     async def _reply(send: Send, status: int, payload: bytes, headers: _Headers) -> None:
@@ -953,20 +954,15 @@ class FakeOpenAIServer:
         ]
         await self._reply(send, 429, error, headers + retry)
 
-    async def _reply_models(self, send: Send, kind: str, path: str, headers: _Headers) -> None:
+    def _models_reply(self, kind: str, path: str) -> tuple[int, bytes]:
         if kind == "models":
             data = [_model_object(name) for name in self._models]
-            await self._reply(
-                send, 200, json.dumps({"object": "list", "data": data}).encode(), headers
-            )
-            return
+            return 200, json.dumps({"object": "list", "data": data}).encode()
         name = path[len("/v1/models/") :]
         if name in self._models:
-            await self._reply(send, 200, json.dumps(_model_object(name)).encode(), headers)
-            return
+            return 200, json.dumps(_model_object(name)).encode()
         message = f"The model '{name}' does not exist or you do not have access to it."
-        error = _error_body(message, "invalid_request_error", None, "model_not_found")
-        await self._reply(send, 404, error, headers)
+        return 404, _error_body(message, "invalid_request_error", None, "model_not_found")
 
     # ------------------------------------------------------------------ request plans
 
