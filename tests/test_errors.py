@@ -1,0 +1,121 @@
+"""Key masking and the classification of API errors (the README's error table)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from openai_parallel_toolkit import Action, ConfigError, NoKeysAvailableError, classify, mask_key
+from openai_parallel_toolkit.errors import redact, retry_after_seconds
+
+try:  # openai >= 3 speaks httpx2; older releases httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - depends on the installed openai
+    import httpx  # type: ignore[no-redef]
+
+KEY = "sk-proj-" + "Q" * 40 + "wxyz"
+REQUEST = httpx.Request("POST", "https://api.example.test/v1/chat/completions")
+
+_CLASSES = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+
+
+def status_error(
+    status: int, code: str | None = None, typ: str | None = None, **headers: str
+) -> openai.APIStatusError:
+    body: dict[str, Any] = {"message": f"boom for {KEY}", "type": typ, "code": code}
+    response = httpx.Response(
+        status, headers={k.replace("_", "-"): v for k, v in headers.items()}, request=REQUEST
+    )
+    cls = _CLASSES.get(status, openai.InternalServerError if status >= 500 else None)
+    cls = cls or openai.APIStatusError
+    return cls(f"Error code: {status} - {body}", response=response, body=body)
+
+
+def test_mask_key() -> None:
+    assert mask_key(KEY) == "sk-...wxyz"
+    assert mask_key("sk-short") == "sk-..."  # too short to show a tail safely
+    assert mask_key("") == "<empty key>"
+    assert mask_key("abcdefghijklmnop") == "...mnop"
+
+
+def test_redact_masks_given_and_key_shaped_secrets() -> None:
+    text = f"failed with {KEY} and custom-secret-123456"
+    cleaned = redact(text, ["custom-secret-123456"])
+    assert KEY not in cleaned and "custom-secret-123456" not in cleaned
+    assert "sk-...wxyz" in cleaned
+
+
+@pytest.mark.parametrize(
+    ("error", "action"),
+    [
+        (status_error(429, "rate_limit_exceeded", "requests"), Action.RATE_LIMITED),
+        (status_error(429, "slow_down"), Action.RATE_LIMITED),
+        (status_error(429, "insufficient_quota", "insufficient_quota"), Action.KEY_DEAD),
+        (status_error(429, None, "insufficient_quota"), Action.KEY_DEAD),
+        (status_error(429, "credit_balance_exhausted"), Action.KEY_DEAD),
+        (status_error(429, "organization_spend_limit_exceeded"), Action.KEY_DEAD),
+        (status_error(429, "project_spend_limit_exceeded"), Action.KEY_DEAD),
+        (status_error(429, "organization_usage_limit_exceeded"), Action.KEY_DEAD),
+        (status_error(401, "invalid_api_key", "invalid_request_error"), Action.KEY_DEAD),
+        (status_error(401), Action.KEY_DEAD),
+        (status_error(403, "unsupported_country_region_territory"), Action.KEY_DEAD),
+        (status_error(408), Action.TRANSIENT),
+        (status_error(409), Action.TRANSIENT),
+        (status_error(500, None, "server_error"), Action.TRANSIENT),
+        (status_error(502), Action.TRANSIENT),
+        (status_error(503, "server_is_overloaded"), Action.TRANSIENT),
+        (status_error(504), Action.TRANSIENT),
+        (status_error(400, "context_length_exceeded", "invalid_request_error"), Action.FATAL),
+        (status_error(404, "model_not_found"), Action.FATAL),
+        (status_error(422), Action.FATAL),
+        (openai.APIConnectionError(request=REQUEST), Action.TRANSIENT),
+        (openai.APITimeoutError(request=REQUEST), Action.TRANSIENT),
+        (httpx.RemoteProtocolError("peer closed connection", request=REQUEST), Action.TRANSIENT),
+        (httpx.ReadTimeout("timed out", request=REQUEST), Action.TRANSIENT),
+        (httpx.ConnectError("refused", request=REQUEST), Action.TRANSIENT),
+        (ValueError("a bug in a model's generate()"), Action.FATAL),
+    ],
+    ids=lambda value: value.name if isinstance(value, Action) else type(value).__name__,
+)
+def test_classify(error: BaseException, action: Action) -> None:
+    verdict = classify(error)
+    assert verdict.action is action
+    assert KEY not in verdict.reason
+
+
+def test_classify_reads_the_servers_wait() -> None:
+    verdict = classify(status_error(429, "rate_limit_exceeded", retry_after_ms="1500"))
+    assert verdict.retry_after == pytest.approx(1.5)
+    assert verdict.status_code == 429
+    verdict = classify(status_error(429, "rate_limit_exceeded", retry_after="3"))
+    assert verdict.retry_after == pytest.approx(3.0)
+    assert classify(status_error(429, "rate_limit_exceeded")).retry_after is None
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds({"retry-after-ms": "250"}) == pytest.approx(0.25)
+    assert retry_after_seconds({"retry-after": "2"}) == pytest.approx(2.0)
+    assert retry_after_seconds(
+        {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, now=1445412470.0
+    ) == (pytest.approx(10.0))
+    assert retry_after_seconds({"retry-after": "later"}) is None
+    assert retry_after_seconds({}) is None
+
+
+def test_error_messages_mask_keys() -> None:
+    error = ConfigError(f"the key {KEY} appears twice", source="config.json", field="api_keys[1]")
+    assert KEY not in str(error)
+    assert "config.json" in str(error) and "api_keys[1]" in str(error)
+    assert error.source == "config.json" and error.field == "api_keys[1]"
+    dead = NoKeysAvailableError({mask_key(KEY): f"HTTP 401 for {KEY}"})
+    assert KEY not in str(dead) and "sk-...wxyz" in str(dead)
