@@ -25,6 +25,7 @@ from .errors import (
     classify,
     mask_key,
 )
+from .headers import RateLimitHeaders, parse_reset
 from .keys import (
     APIKeyManager,
     KeyState,
@@ -34,7 +35,7 @@ from .keys import (
     get_default_manager,
     reset_default_manager,
 )
-from .limiter import LimitGroup, RateLimitHeaders, parse_reset
+from .limiter import LimitGroup
 from .models import (
     ChatModel,
     CompletionModel,

@@ -14,13 +14,14 @@ The exception tree::
 
 from __future__ import annotations
 
-import email.utils
+import dataclasses
 import enum
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .headers import RateLimitHeaders, retry_after_seconds
 
 __all__ = [
     "Action",
@@ -33,7 +34,7 @@ __all__ = [
     "classify",
     "mask_key",
     "redact",
-    "retry_after_seconds",
+    "scrub_exception",
 ]
 
 # OpenAI keys look like sk-..., sk-proj-..., sk-svcacct-...; the tail is what users recognise.
@@ -118,6 +119,10 @@ class Verdict:
     status_code: int | None = None
     retry_after: float | None = None
 
+    def redacted(self, secrets: Sequence[str]) -> Verdict:
+        """This verdict with `secrets` masked in its reason."""
+        return dataclasses.replace(self, reason=redact(self.reason, secrets))
+
 
 _DEAD_CODES = frozenset(
     {
@@ -134,30 +139,6 @@ _DEAD_CODES = frozenset(
 )
 
 
-def retry_after_seconds(
-    headers: Mapping[str, str] | None, *, now: float | None = None
-) -> float | None:
-    """Seconds the server asks to wait: ``retry-after-ms``, else ``retry-after`` (secs or date)."""
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        return max(0.0, email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
-
-
 def _error_fields(exc: Any) -> tuple[str, str, str]:
     """(code, type, message) of an openai APIStatusError, tolerant of odd bodies."""
     code = str(getattr(exc, "code", None) or "")
@@ -171,14 +152,42 @@ def _error_fields(exc: Any) -> tuple[str, str, str]:
     return code, typ, str(getattr(exc, "message", "") or exc)
 
 
+# Transport failures worth a retry, by class name: httpx/httpx2 wrap most, but raw httpcore
+# errors and RemoteProtocolError can escape the openai client unwrapped.
+_TRANSIENT_TRANSPORT = frozenset(
+    {"TransportError", "TimeoutException", "NetworkError", "ProtocolError", "DecodingError"}
+)
+_HTTP_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2"})
+
+
 def _is_transport_error(exc: BaseException) -> bool:
-    # Raw httpx/httpx2 transport errors (e.g. RemoteProtocolError on a dropped connection) can
-    # escape the openai client unwrapped; match them by module so either httpx flavour works.
+    if type(exc).__name__ == "UnsupportedProtocol":  # a bad base URL: retrying cannot help
+        return False
     return any(
-        cls.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")
-        and cls.__name__ in ("TransportError", "TimeoutException", "StreamError")
+        cls.__module__.split(".")[0] in _HTTP_MODULES and cls.__name__ in _TRANSIENT_TRANSPORT
         for cls in type(exc).__mro__
     )
+
+
+def _rate_limit_wait(headers: Mapping[str, str] | None, typ: str) -> float | None:
+    """How long a 429 asks to wait: retry-after, else the reset of the exhausted limit."""
+    wait = retry_after_seconds(headers)
+    if wait is not None or not headers:
+        return wait
+    parsed = RateLimitHeaders.from_headers(headers)
+    if typ == "tokens" and parsed.reset_tokens is not None:
+        return parsed.reset_tokens
+    if typ == "requests" and parsed.reset_requests is not None:
+        return parsed.reset_requests
+    exhausted = [
+        reset
+        for remaining, reset in (
+            (parsed.remaining_requests, parsed.reset_requests),
+            (parsed.remaining_tokens, parsed.reset_tokens),
+        )
+        if reset is not None and (remaining is None or remaining < 1)
+    ]
+    return max(exhausted) if exhausted else None
 
 
 def classify(exc: BaseException) -> Verdict:
@@ -193,7 +202,7 @@ def classify(exc: BaseException) -> Verdict:
         if code in _DEAD_CODES or typ in _DEAD_CODES or status in (401, 403):
             return Verdict(Action.KEY_DEAD, reason, status)
         if status == 429:
-            return Verdict(Action.RATE_LIMITED, reason, status, retry_after_seconds(headers))
+            return Verdict(Action.RATE_LIMITED, reason, status, _rate_limit_wait(headers, typ))
         if status in (408, 409) or status >= 500:
             return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
         return Verdict(Action.FATAL, reason, status)
@@ -202,3 +211,21 @@ def classify(exc: BaseException) -> Verdict:
     if _is_transport_error(exc):
         return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
     return Verdict(Action.FATAL, redact(f"{type(exc).__name__}: {exc}"))
+
+
+def scrub_exception(exc: BaseException, secrets: Sequence[str]) -> BaseException:
+    """Mask `secrets` (and key-shaped text) in `exc`'s message and error body, in place.
+
+    Some compatible servers echo the key in their error messages; the toolkit chains API
+    errors to its own exceptions, so their text must be as clean as the toolkit's.
+    """
+    exc.args = tuple(redact(a, secrets) if isinstance(a, str) else a for a in exc.args)
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        exc.message = redact(message, secrets)  # type: ignore[attr-defined]
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        exc.body = {  # type: ignore[attr-defined]
+            k: redact(v, secrets) if isinstance(v, str) else v for k, v in body.items()
+        }
+    return exc

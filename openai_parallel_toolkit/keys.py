@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
 from .config import KeyConfig, ToolkitConfig, config_from_env, config_from_keys, load_config
-from .errors import Action, ConfigError, NoKeysAvailableError, Verdict
-from .limiter import LimitGroup, RateLimitHeaders
+from .errors import Action, ConfigError, NoKeysAvailableError, Verdict, scrub_exception
+from .headers import RateLimitHeaders
+from .limiter import LimitGroup
 
 if TYPE_CHECKING:
     import openai
@@ -38,9 +39,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Burst the pool allows itself, in seconds of refill. Kept below the one second servers are
+# seen to allow, so that a request that arrives a little late (and so finds the server's bucket
+# already full, its refill wasted) does not push the next one over the server's limit.
+DEFAULT_BURST_SECONDS = 0.5
 # Used when a 429 names no wait at all: long enough to let a per-second window pass.
 DEFAULT_COOLDOWN = 1.0
-# While every key's group is still probing for unknown limits, poll this often.
+# The longest a 429 cools a group down: a "retry in a day" (daily limit) is retried hourly
+# rather than sleeping a day; the request's own retry budget ends the run sooner.
+MAX_COOLDOWN = 60.0
+# While a group is still probing for its unknown limits, poll this often.
 PROBE_POLL_INTERVAL = 0.02
 
 
@@ -120,6 +128,8 @@ class Lease:
 
     __slots__ = ("_done", "_key", "_pool", "send_at", "tokens")
 
+    _done: bool
+
     def __init__(self, pool: APIKeyManager, key: _Key, tokens: int, send_at: float) -> None:
         self._pool = pool
         self._key = key
@@ -146,23 +156,41 @@ class Lease:
         """False if the key was removed or its group started cooling down after the lease."""
         return self._pool._lease_valid(self)
 
-    def succeed(self, tokens_used: int | None = None) -> None:
-        """The request succeeded; `tokens_used` (prompt + completion) settles the token cost."""
-        self._finish(lambda: self._pool._on_success(self, tokens_used))
+    @property
+    def settled(self) -> bool:
+        """True once `succeed`, `fail` or `cancel` was called."""
+        return self._done
 
-    def fail(self, verdict: Verdict) -> None:
-        """The request failed; the pool acts on `verdict` (cool down, remove the key, count)."""
-        self._finish(lambda: self._pool._on_failure(self, verdict))
+    def succeed(self, tokens_used: int | None = None) -> None:
+        """The request succeeded; `tokens_used` (prompt + completion) settles the token cost.
+
+        Usage above the reservation is charged; unused reservation is not given back, because
+        the API charges ``max_tokens`` when the request starts.
+        """
+        self._finish()
+        self._pool._on_success(self, tokens_used)
+
+    def fail(self, verdict: Verdict) -> Verdict:
+        """The request failed; the pool acts on `verdict` (cool down, remove the key, count).
+
+        Returns the verdict with this key masked in its reason.
+        """
+        self._finish()
+        return self._pool._on_failure(self, verdict)
 
     def cancel(self) -> None:
-        """The request was never sent; give its reservation back."""
-        self._finish(lambda: self._pool._on_cancel(self))
+        """The request was not sent (or its outcome is unknown); give its reservation back."""
+        self._finish()
+        self._pool._on_cancel(self)
 
-    def _finish(self, action: Callable[[], None]) -> None:
+    def scrub(self, exc: BaseException) -> BaseException:
+        """Mask this lease's key in `exc` (in place) before it travels further."""
+        return scrub_exception(exc, [self._key.config.api_key])
+
+    def _finish(self) -> None:
         if self._done:
             raise RuntimeError("lease already settled")
         self._done = True
-        action()
 
     def __repr__(self) -> str:
         return f"<Lease {self.key} tokens={self.tokens} send_at={self.send_at:.3f}>"
@@ -194,7 +222,7 @@ class APIKeyManager:
         dotenv: str | os.PathLike[str] | bool | None = None,
         make_default: bool = True,
         timeout: float = 120.0,
-        burst_seconds: float = 1.0,
+        burst_seconds: float = DEFAULT_BURST_SECONDS,
         clock: Clock | None = None,
         client_factory: Callable[[KeyConfig, Callable[[Any], None]], openai.OpenAI] | None = None,
     ) -> None:
@@ -265,7 +293,7 @@ class APIKeyManager:
             best: _Key | None = None
             best_at = 0.0
             best_index = 0
-            usable = False
+            usable = probing_busy = False
             for offset in range(count):
                 index = (self._rotation + offset) % count
                 key = self._keys[index]
@@ -273,13 +301,16 @@ class APIKeyManager:
                     continue
                 usable = True
                 at = key.group.ready_at(tokens, now)
-                if at is not None and (best is None or at < best_at):
+                if at is None:
+                    probing_busy = True
+                elif best is None or at < best_at:
                     best, best_at, best_index = key, at, index
             if not usable:
                 raise NoKeysAvailableError(
                     {key.masked: key.removed_reason or "removed" for key in self._keys}
                 )
-            if best is None:
+            # A probing group frees up within one round trip: better than a far-off slot.
+            if best is None or (probing_busy and best_at - now > PROBE_POLL_INTERVAL):
                 return PROBE_POLL_INTERVAL
             self._rotation = (best_index + 1) % count
             best.group.reserve(tokens, best_at)
@@ -308,35 +339,45 @@ class APIKeyManager:
         key = lease._key
         with self._lock:
             key.successes += 1
+            key.group.responses_seen += 1
+            overuse = 0
             if tokens_used is not None:
                 key.tokens += tokens_used
-            refund = lease.tokens - tokens_used if tokens_used is not None else 0
-            key.group.release(refund_request=False, refund_tokens=refund)
+                overuse = max(0, tokens_used - lease.tokens)
+            key.group.release(self.clock.monotonic(), tokens=-overuse)
 
     def _on_cancel(self, lease: Lease) -> None:
         key = lease._key
         with self._lock:
             key.requests -= 1
-            key.group.release(refund_request=True, refund_tokens=lease.tokens)
+            key.group.release(self.clock.monotonic(), refund_request=True, tokens=lease.tokens)
 
-    def _on_failure(self, lease: Lease, verdict: Verdict) -> None:
+    def _on_failure(self, lease: Lease, verdict: Verdict) -> Verdict:
         key = lease._key
+        verdict = verdict.redacted([key.config.api_key])
         with self._lock:
             now = self.clock.monotonic()
             group = key.group
+            if verdict.status_code is not None:
+                group.responses_seen += 1
             # A rejected request still counts against the server's request limit; its tokens
             # were not spent.
-            group.release(refund_request=False, refund_tokens=lease.tokens)
+            group.release(now, tokens=lease.tokens)
             if verdict.action is Action.RATE_LIMITED:
                 key.rate_limited += 1
                 wait = verdict.retry_after if verdict.retry_after is not None else DEFAULT_COOLDOWN
+                wait = min(wait, MAX_COOLDOWN)
                 group.cool_down(now + wait)
-                logger.info("rate limited on %s: cooling group down %.2fs", key.masked, wait)
-                return
-            key.errors += 1
-            if verdict.action is Action.KEY_DEAD and key.removed_reason is None:
+            else:
+                key.errors += 1
+            newly_removed = verdict.action is Action.KEY_DEAD and key.removed_reason is None
+            if newly_removed:
                 key.removed_reason = verdict.reason
-                logger.warning("removing key %s for this run: %s", key.masked, verdict.reason)
+        if verdict.action is Action.RATE_LIMITED:
+            logger.info("rate limited on %s: cooling its group down %.2fs", key.masked, wait)
+        elif newly_removed:
+            logger.warning("removing key %s for this run: %s", key.masked, verdict.reason)
+        return verdict
 
     def _header_hook(self, key: _Key) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:
@@ -367,6 +408,7 @@ class APIKeyManager:
         with self._lock:
             now = self.clock.monotonic()
             stats = tuple(self._key_stats(key, now) for key in self._keys)
+            in_flight = sum(group.in_flight for group in self._groups.values())
         return PoolStats(
             keys=stats,
             requests=sum(s.requests for s in stats),
@@ -375,7 +417,7 @@ class APIKeyManager:
             errors=sum(s.errors for s in stats),
             tokens=sum(s.tokens for s in stats),
             active_keys=sum(s.state is not KeyState.REMOVED for s in stats),
-            in_flight=sum(g.in_flight for g in self._groups.values()),
+            in_flight=in_flight,
         )
 
     @staticmethod

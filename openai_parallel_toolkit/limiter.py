@@ -12,92 +12,9 @@ each refill. Nothing here sleeps or locks: the key pool holds the lock and calle
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from .headers import RateLimitHeaders
 
-__all__ = ["LimitGroup", "RateLimitHeaders", "parse_reset"]
-
-_RESET_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_reset(value: str | None) -> float | None:
-    """Seconds in an ``x-ratelimit-reset-*`` value: ``1s``, ``6m0s``, ``12ms``, ``1h2m3.5s``.
-
-    A bare number is taken as seconds. Returns None for anything unparseable or negative.
-    """
-    if value is None:
-        return None
-    text = value.strip().lower()
-    if not text:
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        return number if number >= 0 and math.isfinite(number) else None
-    total = 0.0
-    position = 0
-    for match in _RESET_PART.finditer(text):
-        if match.start() != position:
-            return None
-        amount = float(match.group(1))
-        total += amount * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[match.group(2)]
-        position = match.end()
-    return total if position == len(text) else None
-
-
-def _positive(value: str | None) -> float | None:
-    # Compatible servers send "-1" or "0" for "no limit"; treat both as unknown.
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if number > 0 and math.isfinite(number) else None
-
-
-def _non_negative(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if number >= 0 and math.isfinite(number) else None
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitHeaders:
-    """The ``x-ratelimit-*`` headers of one response; None where missing or meaningless."""
-
-    limit_requests: float | None = None
-    limit_tokens: float | None = None
-    remaining_requests: float | None = None
-    remaining_tokens: float | None = None
-    reset_requests: float | None = None
-    reset_tokens: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
-        """Parse a (case-insensitive, lower-case keyed) header mapping."""
-        get = headers.get
-        return cls(
-            limit_requests=_positive(get("x-ratelimit-limit-requests")),
-            limit_tokens=_positive(get("x-ratelimit-limit-tokens")),
-            remaining_requests=_non_negative(get("x-ratelimit-remaining-requests")),
-            remaining_tokens=_non_negative(get("x-ratelimit-remaining-tokens")),
-            reset_requests=parse_reset(get("x-ratelimit-reset-requests")),
-            reset_tokens=parse_reset(get("x-ratelimit-reset-tokens")),
-        )
-
-    @property
-    def empty(self) -> bool:
-        """True when the response carried none of the headers."""
-        return all(getattr(self, name) is None for name in self.__slots__)  # type: ignore[attr-defined]
+__all__ = ["LimitGroup"]
 
 
 class _Bucket:
@@ -131,8 +48,13 @@ class _Bucket:
         self.level = self._level_at(at) - amount
         self.updated = at
 
-    def give(self, amount: float) -> None:
-        self.level = min(self.capacity, self.level + amount)
+    def adjust(self, delta: float, now: float) -> None:
+        """Add `delta` (negative: charge) to the level as of `now`."""
+        if self.updated <= now:
+            # Date the level to now first, or a later refill from the old date would undo it.
+            self.level = self._level_at(now)
+            self.updated = now
+        self.level = min(self.capacity, self.level + delta)
 
     def level_now(self, now: float) -> float:
         if self.updated > now:  # queued sends: what the level is now, before they happen
@@ -144,7 +66,7 @@ class _Bucket:
         # own view more pessimistic than its, so a lower server figure means traffic we missed.
         excess = self.level_now(now) - remaining
         if excess > 0:
-            self.level -= excess
+            self.adjust(-excess, now)
 
     def __repr__(self) -> str:
         return f"<bucket {self.level:.1f}/{self.capacity:.1f} at {self.rate:.3f}/s>"
@@ -213,6 +135,8 @@ class LimitGroup:
     def observe(self, headers: RateLimitHeaders, now: float) -> None:
         """Correct limits and levels from one response's ``x-ratelimit-*`` headers."""
         self.responses_seen += 1
+        if headers.empty:
+            return
         if headers.limit_requests is not None:
             self._learn("requests", self.configured_requests_per_min, headers.limit_requests, now)
         if headers.limit_tokens is not None:
@@ -243,16 +167,13 @@ class LimitGroup:
             self.tokens.take(tokens, at)
         self.in_flight += 1
 
-    def release(self, *, refund_request: bool, refund_tokens: float) -> None:
-        """End a reservation; give back what the server did not charge."""
+    def release(self, now: float, *, refund_request: bool = False, tokens: float = 0.0) -> None:
+        """End a reservation: give back what was not charged (`tokens` > 0) or charge more (< 0)."""
         self.in_flight = max(0, self.in_flight - 1)
         if refund_request and self.requests is not None:
-            self.requests.give(1.0)
-        if self.tokens is not None and refund_tokens:
-            if refund_tokens > 0:
-                self.tokens.give(refund_tokens)
-            else:  # used more than reserved
-                self.tokens.level += refund_tokens
+            self.requests.adjust(1.0, now)
+        if self.tokens is not None and tokens:
+            self.tokens.adjust(tokens, now)
 
     def cool_down(self, until: float) -> None:
         """Send nothing on this group before `until` (monotonic seconds)."""

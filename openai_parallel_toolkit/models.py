@@ -91,6 +91,11 @@ class ChatModel(OpenAIModel):
                 messages.insert(0, {"role": "system", "content": prompt})
         elif content is not None or prompt is not None:
             raise ValueError("give either messages= or content=/prompt=, not both")
+        if params.get("stream"):
+            raise ValueError(
+                "ChatModel returns the whole reply and cannot stream; for streaming, subclass "
+                "OpenAIModel and consume the stream in generate()"
+            )
         self.messages: list[Mapping[str, Any]] = list(messages)
         self.model = model or self.default_model
         self.params = params

@@ -72,45 +72,45 @@ def request_openai_api(
     attempts = transient = rate_limited = 0
     while True:
         lease = pool.acquire(tokens)
-        wait = lease.delay()
-        if wait > 0:
-            clock.sleep(wait)
-            if not lease.still_valid():  # its key died or cooled down while we waited
-                lease.cancel()
-                continue
-        attempts += 1
         try:
-            response = openai_model.generate(lease.client)
-        except Exception as exc:
-            verdict = classify(exc)
-            lease.fail(verdict)
-            if verdict.action is Action.FATAL:
-                raise RequestFailedError(
-                    f"request failed: {verdict.reason}",
-                    status_code=verdict.status_code,
-                    attempts=attempts,
-                ) from exc
-            if verdict.action is Action.RATE_LIMITED:
-                rate_limited += 1
-                if rate_limited > policy.max_rate_limited:
+            wait = lease.delay()
+            if wait > 0:
+                clock.sleep(wait)
+                if not lease.still_valid():  # its key died or cooled down while we waited
+                    continue
+            attempts += 1
+            try:
+                response = openai_model.generate(lease.client)
+            except Exception as exc:
+                verdict = lease.fail(classify(exc))
+                lease.scrub(exc)
+                if verdict.action is Action.FATAL:
                     raise RequestFailedError(
-                        f"still rate limited after {rate_limited} tries: {verdict.reason}",
+                        f"request failed: {verdict.reason}",
                         status_code=verdict.status_code,
                         attempts=attempts,
                     ) from exc
-            elif verdict.action is Action.TRANSIENT:
-                transient += 1
-                if transient > policy.max_retries:
-                    raise RequestFailedError(
-                        f"gave up after {attempts} attempts: {verdict.reason}",
-                        status_code=verdict.status_code,
-                        attempts=attempts,
-                    ) from exc
-                clock.sleep(policy.backoff(transient, verdict.retry_after))
-            continue
-        except BaseException:
-            # KeyboardInterrupt and friends: the slot was used, the outcome is unknown.
-            lease.cancel()
-            raise
-        lease.succeed(openai_model.usage_tokens(response))
+                if verdict.action is Action.RATE_LIMITED:
+                    rate_limited += 1
+                    if rate_limited > policy.max_rate_limited:
+                        raise RequestFailedError(
+                            f"still rate limited after {rate_limited} tries: {verdict.reason}",
+                            status_code=verdict.status_code,
+                            attempts=attempts,
+                        ) from exc
+                elif verdict.action is Action.TRANSIENT:
+                    transient += 1
+                    if transient > policy.max_retries:
+                        raise RequestFailedError(
+                            f"gave up after {attempts} attempts: {verdict.reason}",
+                            status_code=verdict.status_code,
+                            attempts=attempts,
+                        ) from exc
+                    clock.sleep(policy.backoff(transient, verdict.retry_after))
+                continue
+            lease.succeed(openai_model.usage_tokens(response))
+        finally:
+            # Ctrl-C while waiting, a failing hook: never leave a reservation open.
+            if not lease.settled:
+                lease.cancel()
         return response if raw else openai_model.parse(response)

@@ -8,7 +8,8 @@ import openai
 import pytest
 
 from openai_parallel_toolkit import Action, ConfigError, NoKeysAvailableError, classify, mask_key
-from openai_parallel_toolkit.errors import redact, retry_after_seconds
+from openai_parallel_toolkit.errors import redact, scrub_exception
+from openai_parallel_toolkit.headers import retry_after_seconds
 
 try:  # openai >= 3 speaks httpx2; older releases httpx
     import httpx2 as httpx
@@ -100,6 +101,36 @@ def test_classify_reads_the_servers_wait() -> None:
     verdict = classify(status_error(429, "rate_limit_exceeded", retry_after="3"))
     assert verdict.retry_after == pytest.approx(3.0)
     assert classify(status_error(429, "rate_limit_exceeded")).retry_after is None
+    # No retry-after: the reset of the exhausted limit says how long.
+    tokens = status_error(
+        429,
+        "rate_limit_exceeded",
+        "tokens",
+        x_ratelimit_reset_tokens="20s",
+        x_ratelimit_reset_requests="1s",
+    )
+    assert classify(tokens).retry_after == pytest.approx(20.0)
+    unnamed = status_error(
+        429,
+        "rate_limit_exceeded",
+        x_ratelimit_remaining_requests="0",
+        x_ratelimit_reset_requests="6m0s",
+        x_ratelimit_remaining_tokens="5000",
+        x_ratelimit_reset_tokens="2s",
+    )
+    assert classify(unnamed).retry_after == pytest.approx(360.0)
+
+
+def test_scrub_exception_masks_an_echoed_key() -> None:
+    secret = "gsk_" + "z" * 40  # not shaped like sk-...: only the given secret can catch it
+    error = status_error(401, "invalid_api_key")
+    error.args = (f"Incorrect API key provided: {secret}",)
+    error.message = error.args[0]
+    error.body = {"message": f"bad key {secret}", "code": "invalid_api_key"}
+    scrub_exception(error, [secret])
+    assert secret not in str(error) and secret not in error.message
+    assert secret not in str(error.body)
+    assert "...zzzz" in str(error)
 
 
 def test_retry_after_forms() -> None:

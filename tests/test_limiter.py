@@ -133,6 +133,20 @@ def test_remaining_header_lowers_the_level() -> None:
     assert at is not None and at == pytest.approx(clock.monotonic() + 0.1)
 
 
+def test_corrections_hold_after_an_idle_bucket_refilled() -> None:
+    clock = FakeClock()
+    group = LimitGroup("g", requests_per_min=600, tokens_per_min=6000, now=clock.monotonic())
+    clock.advance(10.0)  # idle: both buckets are full, their levels dated 10 s ago
+    now = clock.monotonic()
+    group.observe(RateLimitHeaders(remaining_requests=0), now)
+    assert group.ready_at(0, now) == pytest.approx(now + 0.1)
+    # Usage beyond the reservation is charged, and stays charged.
+    group.reserve(0, now + 0.1)
+    group.release(now, tokens=-600)  # 600 tokens over: 100 tokens/s -> 5 s of debt
+    at = group.ready_at(100, now)
+    assert at is not None and at == pytest.approx(now + 6.0)
+
+
 def test_probing_allows_one_request_in_flight() -> None:
     clock = FakeClock()
     group = LimitGroup("g", now=clock.monotonic())
@@ -141,7 +155,7 @@ def test_probing_allows_one_request_in_flight() -> None:
     group.reserve(0, at)
     assert group.ready_at(0, clock.monotonic()) is None
     group.observe(RateLimitHeaders(), clock.monotonic())  # a response without headers
-    group.release(refund_request=False, refund_tokens=0)
+    group.release(clock.monotonic())
     assert group.ready_at(0, clock.monotonic()) == clock.monotonic()
 
 

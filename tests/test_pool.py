@@ -1,0 +1,164 @@
+"""The key pool under concurrency, its lease bookkeeping, and secrets in odd places."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+
+from openai_parallel_toolkit import (
+    APIKeyManager,
+    ChatModel,
+    KeyState,
+    NoKeysAvailableError,
+    OpenAIModel,
+    RequestFailedError,
+    request_openai_api,
+)
+from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+
+try:  # openai >= 3 speaks httpx2; older releases httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - depends on the installed openai
+    import httpx  # type: ignore[no-redef]
+
+KEYS = [f"sk-pool-{'k' * 32}-{i:04d}" for i in range(4)]
+
+
+def _pool(server: FakeOpenAIServer, keys: list[str], **entry: object) -> APIKeyManager:
+    return APIKeyManager(
+        api_keys=[{"api_key": k, "api_base": server.base_url, **entry} for k in keys],
+        make_default=False,
+    )
+
+
+def _run_parallel(manager: APIKeyManager, models: list[OpenAIModel], threads: int) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=threads) as executor:
+        return list(executor.map(lambda m: request_openai_api(m, manager=manager), models))
+
+
+def test_many_threads_stay_within_configured_limits() -> None:
+    with FakeOpenAIServer(keys=KEYS[:3], rpm=1800) as server:
+        manager = _pool(server, KEYS[:3], requests_per_min=1800)
+        models = [ChatModel(content=f"n{i}") for i in range(150)]
+        results = _run_parallel(manager, models, threads=24)
+        assert results == [f"echo: n{i}" for i in range(150)]
+        total = server.total()
+        assert total.rate_limited <= 2  # paced below the server's limit, not bounced off it
+        stats = manager.statistics()
+        assert stats.successes == 150 and stats.in_flight == 0
+        assert all(abs(key.successes - 50) <= 5 for key in stats.keys)
+
+
+def test_reserved_output_tokens_are_not_given_back() -> None:
+    # The server charges prompt + max_tokens at the start; a pool that refunded the unused
+    # max_tokens after each reply would run ahead of it and collect 429s.
+    with FakeOpenAIServer(keys=KEYS[:1], tpm=180_000) as server:
+        manager = _pool(server, KEYS[:1], tokens_per_min=180_000)
+        models = [ChatModel(content=f"t{i}", max_tokens=200) for i in range(40)]
+        assert len(_run_parallel(manager, models, threads=8)) == 40
+        assert server.total().rate_limited <= 1
+        assert manager.statistics().in_flight == 0
+
+
+def test_in_flight_returns_to_zero_after_every_outcome() -> None:
+    with FakeOpenAIServer(keys=KEYS[:2]) as server:
+        server.set_fault(KEYS[0], "invalid_api_key")
+        manager = _pool(server, KEYS[:2])
+        assert request_openai_api(ChatModel(content="ok"), manager=manager) == "echo: ok"
+        with pytest.raises(RequestFailedError):
+            request_openai_api(ChatModel(content="[[context_length_exceeded]]"), manager=manager)
+
+        class BrokenUsage(ChatModel):
+            def usage_tokens(self, response: Any) -> int | None:
+                raise RuntimeError("bug in a user's model")
+
+        with pytest.raises(RuntimeError, match="bug in a user's model"):
+            request_openai_api(BrokenUsage(content="x"), manager=manager)
+        stats = manager.statistics()
+        assert stats.in_flight == 0
+        # The pool is still usable: no reservation was left open.
+        assert request_openai_api(ChatModel(content="again"), manager=manager) == "echo: again"
+
+
+def test_lease_cancel_and_validity() -> None:
+    clock = FakeClock()
+    manager = APIKeyManager(
+        api_keys=[{"api_key": KEYS[0], "requests_per_min": 60}],
+        make_default=False,
+        clock=clock,
+        client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
+    )
+    first = manager.acquire()
+    assert first.delay() == 0 and first.still_valid()
+    second = manager.acquire()
+    assert second.delay() == pytest.approx(1.0)  # 60 RPM: one per second after the burst
+    manager.remove_key(KEYS[0], "revoked")
+    assert not second.still_valid()
+    second.cancel()
+    first.succeed(None)
+    with pytest.raises(RuntimeError):
+        first.succeed(None)
+    stats = manager.statistics()
+    assert stats.in_flight == 0 and stats.requests == 1
+    assert stats.keys[0].state is KeyState.REMOVED
+    with pytest.raises(NoKeysAvailableError, match="revoked"):
+        manager.acquire()
+
+
+def _echoing_client_factory(status: int, message: Callable[[str], str]) -> Any:
+    """Clients whose server echoes the full key back in its error message."""
+
+    def build(config: Any, on_response: Callable[[Any], None]) -> openai.OpenAI:
+        def handler(request: Any) -> Any:
+            key = request.headers["authorization"].removeprefix("Bearer ")
+            body = {"error": {"message": message(key), "type": "invalid_request_error"}}
+            return httpx.Response(status, json=body)
+
+        client = httpx.Client(transport=httpx.MockTransport(handler))
+        return openai.OpenAI(
+            api_key=config.api_key,
+            base_url="http://echo.test/v1",
+            max_retries=0,
+            http_client=client,
+        )
+
+    return build
+
+
+@pytest.mark.parametrize("secret", ["gsk_" + "y" * 40, "sk-proj-" + "y" * 40])
+def test_a_server_that_echoes_the_key_does_not_leak_it(
+    secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    manager = APIKeyManager(
+        api_keys=[secret],
+        make_default=False,
+        client_factory=_echoing_client_factory(401, lambda key: f"Incorrect API key: {key}"),
+    )
+    with pytest.raises(NoKeysAvailableError) as info:
+        request_openai_api(ChatModel(content="x"), manager=manager)
+    removed = manager.statistics().keys[0].removed_reason or ""
+    assert "Incorrect API key" in removed
+    fatal = APIKeyManager(
+        api_keys=[secret],
+        make_default=False,
+        client_factory=_echoing_client_factory(400, lambda key: f"bad request from {key}"),
+    )
+    with pytest.raises(RequestFailedError) as bad:
+        request_openai_api(ChatModel(content="x"), manager=fatal)
+    everything = "".join(
+        [
+            caplog.text,
+            removed,
+            *traceback.format_exception(info.value),
+            *traceback.format_exception(bad.value),
+        ]
+    )
+    assert secret not in everything
+    assert "...yyyy" in everything
