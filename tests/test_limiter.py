@@ -171,6 +171,7 @@ def _manager(keys: list[object], clock: FakeClock) -> APIKeyManager:
         api_keys=keys,  # type: ignore[arg-type]
         make_default=False,
         clock=clock,
+        burst_seconds=1.0,
         client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
     )
 
