@@ -13,7 +13,14 @@ no network is touched until a pool is built or a request is sent.
 """
 
 from .clock import Clock, SystemClock
-from .config import KeyConfig, ToolkitConfig, config_from_env, config_from_keys, load_config
+from .config import (
+    KeyConfig,
+    ToolkitConfig,
+    config_from_env,
+    config_from_keys,
+    config_from_mapping,
+    load_config,
+)
 from .errors import (
     Action,
     ConfigError,
@@ -89,6 +96,7 @@ __all__ = [
     "classify",
     "config_from_env",
     "config_from_keys",
+    "config_from_mapping",
     "encoding_for",
     "estimate_chat_tokens",
     "estimate_tokens",

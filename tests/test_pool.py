@@ -162,3 +162,23 @@ def test_a_server_that_echoes_the_key_does_not_leak_it(
     )
     assert secret not in everything
     assert "...yyyy" in everything
+
+
+def test_each_key_goes_through_its_own_proxy() -> None:
+    # Two fake servers stand in for two HTTP proxies: a proxied request reaches the proxy with
+    # the upstream URL, which the fake server answers itself. The upstream host does not exist,
+    # so a reply at all proves the proxy was used.
+    with FakeOpenAIServer() as proxy_a, FakeOpenAIServer() as proxy_b:
+        proxies = [proxy_a.base_url.removesuffix("/v1"), proxy_b.base_url.removesuffix("/v1")]
+        manager = APIKeyManager(
+            api_keys=[
+                {"api_key": key, "api_base": "http://api.example.invalid/v1", "proxy": proxy}
+                for key, proxy in zip(KEYS[:2], proxies, strict=True)
+            ],
+            make_default=False,
+        )
+        for i in range(6):
+            assert request_openai_api(ChatModel(content=str(i)), manager=manager) == f"echo: {i}"
+        assert set(proxy_a.counters()) == {KEYS[0]}
+        assert set(proxy_b.counters()) == {KEYS[1]}
+        assert proxy_a.total().successes == proxy_b.total().successes == 3
