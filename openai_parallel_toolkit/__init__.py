@@ -12,6 +12,7 @@ Importing the package has no side effects: no environment is read, no logging is
 no network is touched until a pool is built or a request is sent.
 """
 
+from .cache import RequestCache, use_cache
 from .clock import Clock, SystemClock
 from .config import (
     KeyConfig,
@@ -41,6 +42,7 @@ from .keys import (
     PoolStats,
     get_default_manager,
     reset_default_manager,
+    use_manager,
 )
 from .limiter import LimitGroup
 from .models import (
@@ -53,6 +55,7 @@ from .models import (
     Gpt35Turbo16K,
     OpenAIModel,
 )
+from .parallel import BatchError, default_concurrency, multi_process_one, parallel_map
 from .request import RetryPolicy, request_openai_api
 from .tokens import (
     encoding_for,
@@ -61,17 +64,20 @@ from .tokens import (
     num_tokens_from_string,
     split_string_by_tokens,
 )
+from .toolkit import FileFailure, ParallelToolkit, RunSummary
 
 __version__ = "1.0.0.dev0"
 
 __all__ = [
     "APIKeyManager",
     "Action",
+    "BatchError",
     "ChatModel",
     "Clock",
     "CompletionModel",
     "ConfigError",
     "EmbeddingModel",
+    "FileFailure",
     "Gpt4",
     "Gpt35Turbo",
     "Gpt35Turbo0613",
@@ -83,10 +89,13 @@ __all__ = [
     "LimitGroup",
     "NoKeysAvailableError",
     "OpenAIModel",
+    "ParallelToolkit",
     "PoolStats",
     "RateLimitHeaders",
+    "RequestCache",
     "RequestFailedError",
     "RetryPolicy",
+    "RunSummary",
     "SystemClock",
     "TokenizerUnavailableError",
     "ToolkitConfig",
@@ -97,15 +106,20 @@ __all__ = [
     "config_from_env",
     "config_from_keys",
     "config_from_mapping",
+    "default_concurrency",
     "encoding_for",
     "estimate_chat_tokens",
     "estimate_tokens",
     "get_default_manager",
     "load_config",
     "mask_key",
+    "multi_process_one",
     "num_tokens_from_string",
+    "parallel_map",
     "parse_reset",
     "request_openai_api",
     "reset_default_manager",
     "split_string_by_tokens",
+    "use_cache",
+    "use_manager",
 ]

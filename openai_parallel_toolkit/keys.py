@@ -8,11 +8,13 @@ never held while anyone sleeps or does I/O.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "get_default_manager",
     "reset_default_manager",
     "resolve_manager",
+    "use_manager",
 ]
 
 logger = logging.getLogger(__name__)
@@ -487,6 +490,20 @@ def _default_client_factory(timeout: float) -> Callable[[KeyConfig, Callable[[An
 
 _default_lock = threading.Lock()
 _default: APIKeyManager | None = None
+_active: contextvars.ContextVar[APIKeyManager | None] = contextvars.ContextVar(
+    "openai_parallel_toolkit_manager", default=None
+)
+
+
+@contextlib.contextmanager
+def use_manager(manager: APIKeyManager | None) -> Iterator[APIKeyManager | None]:
+    """Within this block (and the worker threads `multi_process_one` starts from it), calls
+    without `manager=` use `manager` instead of the default pool."""
+    token = _active.set(manager)
+    try:
+        yield manager
+    finally:
+        _active.reset(token)
 
 
 def _set_default(manager: APIKeyManager) -> None:
@@ -546,7 +563,8 @@ def resolve_manager(
     keys: Sequence[str | Mapping[str, Any]] | None = None,
     config_path: str | os.PathLike[str] | None = None,
 ) -> APIKeyManager:
-    """The pool a call should use: `manager`, else one for `keys` / `config_path`, else the default.
+    """The pool a call should use: `manager`, else one for `keys` / `config_path`, else the one
+    made active by `use_manager`, else the default.
 
     Pools built for `keys` or `config_path` are kept and reused by later calls with the same
     argument, so a loop of calls does not rebuild clients or forget key health.
@@ -554,7 +572,7 @@ def resolve_manager(
     if manager is not None:
         return manager
     if keys is None and config_path is None:
-        return get_default_manager()
+        return _active.get() or get_default_manager()
     default = current_default()
     if keys is None and default is not None and default.config.source == os.fspath(config_path):
         return default

@@ -48,6 +48,14 @@ class OpenAIModel(abc.ABC):
         """Tokens this request may consume, reserved against the token limit before sending."""
         return 0
 
+    def describe(self) -> dict[str, Any] | None:
+        """The full request as JSON-able data (endpoint, model, every parameter), or None.
+
+        It keys the response cache: two models with equal descriptions share one cached
+        response. None (the default for subclasses) means "never cache this request".
+        """
+        return None
+
     def parse(self, response: Any) -> Any:
         """The result `request_openai_api` returns for `response`; the response itself here."""
         return response
@@ -102,6 +110,14 @@ class ChatModel(OpenAIModel):
 
     def estimate_tokens(self) -> int:
         return estimate_chat_tokens(self.messages, self.model) + _max_output(self.params)
+
+    def describe(self) -> dict[str, Any] | None:
+        return {
+            "endpoint": "chat.completions",
+            "model": self.model,
+            "messages": self.messages,
+            **self.params,
+        }
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.chat.completions.create(
@@ -171,6 +187,14 @@ class CompletionModel(OpenAIModel):
     def estimate_tokens(self) -> int:
         return estimate_tokens(self.prompt, self.model) + _max_output(self.params)
 
+    def describe(self) -> dict[str, Any] | None:
+        return {
+            "endpoint": "completions",
+            "model": self.model,
+            "prompt": self.prompt,
+            **self.params,
+        }
+
     def generate(self, client: openai.OpenAI) -> Any:
         return client.completions.create(model=self.model, prompt=self.prompt, **self.params)
 
@@ -194,6 +218,9 @@ class EmbeddingModel(OpenAIModel):
     def estimate_tokens(self) -> int:
         texts = [self.input] if isinstance(self.input, str) else self.input
         return sum(estimate_tokens(text, self.model) for text in texts)
+
+    def describe(self) -> dict[str, Any] | None:
+        return {"endpoint": "embeddings", "model": self.model, "input": self.input, **self.params}
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.embeddings.create(model=self.model, input=self.input, **self.params)

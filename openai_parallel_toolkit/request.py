@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cache import RequestCache, active_cache
 from .errors import Action, RequestFailedError, classify
 from .keys import APIKeyManager, resolve_manager
 from .models import OpenAIModel
@@ -55,6 +56,7 @@ def request_openai_api(
     manager: APIKeyManager | None = None,
     raw: bool = False,
     policy: RetryPolicy | None = None,
+    cache: RequestCache | bool | None = None,
 ) -> Any:
     """Send `openai_model`'s request on the best available key and return its result.
 
@@ -62,11 +64,37 @@ def request_openai_api(
     for embeddings; with `raw=True` the client's response object. The pool is `manager`, else
     one built from `keys` or `config_path`, else the default pool.
 
+    Successful responses are stored in `cache` (None: the cache made active with `use_cache`,
+    if any; False: none) and a request found there is not sent again.
+
     Raises `RequestFailedError` when the request is wrong (400, 404, 422) or its retries are
     spent, and `NoKeysAvailableError` when every key has been removed.
     """
-    pool = resolve_manager(manager, keys=keys, config_path=config_path)
-    policy = policy or RetryPolicy(max_retries=max_retries)
+    store: RequestCache | None
+    if cache is None or cache is True:
+        store = active_cache()
+    elif cache is False:
+        store = None
+    else:
+        store = cache
+    description = openai_model.describe() if store is not None else None
+    cache_key = RequestCache.key_for(description) if description is not None else None
+    if store is not None and cache_key is not None:
+        cached = store.get(cache_key)
+        if cached is not None:
+            return cached if raw else openai_model.parse(cached)
+    response = _send(
+        openai_model,
+        resolve_manager(manager, keys=keys, config_path=config_path),
+        policy or RetryPolicy(max_retries=max_retries),
+    )
+    if store is not None and cache_key is not None:
+        store.put(cache_key, response)
+    return response if raw else openai_model.parse(response)
+
+
+def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -> Any:
+    """Send until success or a final error; returns the client's response."""
     tokens = openai_model.estimate_tokens()
     clock = pool.clock
     attempts = transient = rate_limited = 0
@@ -109,8 +137,8 @@ def request_openai_api(
                     clock.sleep(policy.backoff(transient, verdict.retry_after))
                 continue
             lease.succeed(openai_model.usage_tokens(response))
+            return response
         finally:
             # Ctrl-C while waiting, a failing hook: never leave a reservation open.
             if not lease.settled:
                 lease.cancel()
-        return response if raw else openai_model.parse(response)

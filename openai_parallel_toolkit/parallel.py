@@ -1,0 +1,231 @@
+"""`multi_process_one` and the ordered parallel map under it.
+
+Items run on a thread pool (requests spend their time waiting on the network and the rate
+limiter, not on the CPU); results come back in input order. A failed item never loses the
+others: every item runs to its end before failures are reported.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from typing import Any, Literal, TypeVar
+
+from tqdm.auto import tqdm
+
+from .cache import RequestCache
+from .errors import ToolkitError, redact
+from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
+from .models import OpenAIModel
+from .request import request_openai_api
+
+__all__ = [
+    "BatchError",
+    "completed",
+    "default_concurrency",
+    "multi_process_one",
+    "parallel_map",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+OnError = Literal["raise", "none", "return"]
+
+# In-flight requests wanted per second of rate limit: covers a typical response time.
+EXPECTED_LATENCY_SECONDS = 2.0
+MIN_CONCURRENCY = 8
+MAX_CONCURRENCY = 128
+UNKNOWN_LIMIT_CONCURRENCY_PER_KEY = 8
+
+_nested: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "openai_parallel_toolkit_nested", default=False
+)
+
+
+class BatchError(ToolkitError):
+    """Some items of a batch failed. Every other item finished first.
+
+    `results` holds each item's result in input order (None where it failed) and `errors`
+    maps the index of each failed item to its exception.
+    """
+
+    def __init__(self, results: list[Any], errors: dict[int, BaseException]):
+        self.results = results
+        self.errors = errors
+        first = min(errors)
+        detail = redact(f"{type(errors[first]).__name__}: {errors[first]}")
+        super().__init__(
+            f"{len(errors)} of {len(results)} items failed (first: item {first}: {detail})"
+        )
+
+
+def default_concurrency(manager: APIKeyManager) -> int:
+    """Worker threads sized for I/O: the pool's rate times a typical latency, within bounds.
+
+    With known limits that is ``requests per second x 2 s``; keys with unknown limits count 8
+    each. Clamped to 8..128: threads mostly wait on the network and on the limiter.
+    """
+    wanted = 0.0
+    seen: set[str] = set()
+    for key in manager.statistics().keys:
+        if key.state is KeyState.REMOVED or key.group in seen:
+            continue
+        seen.add(key.group)
+        if key.requests_per_min:
+            wanted += key.requests_per_min / 60.0 * EXPECTED_LATENCY_SECONDS
+        else:
+            wanted += UNKNOWN_LIMIT_CONCURRENCY_PER_KEY
+    return int(max(MIN_CONCURRENCY, min(MAX_CONCURRENCY, wanted)))
+
+
+def parallel_map(
+    function: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    threads: int,
+    on_error: OnError = "raise",
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> list[Any]:
+    """Apply `function` to every item on `threads` threads; results in input order.
+
+    The caller's context (active key pool and cache) is carried into the workers. Failures
+    follow `on_error`: "raise" a `BatchError` once all items ended, or put None ("none") or the
+    exception itself ("return") in the failed item's place. `progress=None` shows a bar unless
+    this runs inside another toolkit job.
+    """
+    if on_error not in ("raise", "none", "return"):
+        raise ValueError(f"on_error must be 'raise', 'none' or 'return', not {on_error!r}")
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    results: list[Any] = [None] * len(items)
+    errors: dict[int, BaseException] = {}
+    show = (not _nested.get()) if progress is None else progress
+    bar = tqdm(total=len(items), desc=desc, disable=not show, leave=True, dynamic_ncols=True)
+
+    def run_indexed(pair: tuple[int, T]) -> R:
+        token = _nested.set(True)
+        try:
+            return function(pair[1])
+        finally:
+            _nested.reset(token)
+
+    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(items)))) as executor:
+        try:
+            pairs = enumerate(items)
+            for (index, _), future in completed(executor, run_indexed, pairs, threads * 2):
+                exc = future.exception()
+                if exc is None:
+                    results[index] = future.result()
+                else:
+                    errors[index] = exc
+                    if on_error == "return":
+                        results[index] = exc
+                bar.update(1)
+        finally:
+            bar.close()
+    if errors and on_error == "raise":
+        raise BatchError(results, errors)
+    return results
+
+
+def completed(
+    executor: Executor, function: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[tuple[T, Future[R]]]:
+    """Submit `function(item)` for each item, at most `window` ahead; yield them as they end.
+
+    Items are drawn from `items` lazily, so a huge or endless input is never all queued. Each
+    call runs in a copy of the caller's context (active pool, cache). Leaving the loop early
+    (an exception, Ctrl-C, `break`) cancels what has not started yet.
+    """
+    source = iter(items)
+    futures: dict[Future[R], T] = {}
+
+    def submit(count: int) -> None:
+        for item in itertools.islice(source, count):
+            futures[executor.submit(contextvars.copy_context().run, function, item)] = item
+
+    submit(window)
+    try:
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield futures.pop(future), future
+            submit(len(done))
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _model_builder(
+    model_class: type[OpenAIModel], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[Sequence[Any]], OpenAIModel]:
+    """Build models from (prompt, content, *more) tuples, the extras in the class's own order."""
+    parameters = [
+        p.name
+        for p in inspect.signature(model_class).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.name not in ("prompt", "content")
+    ]
+
+    def build(item: Sequence[Any]) -> OpenAIModel:
+        if isinstance(item, str) or len(item) < 2:
+            raise TypeError(f"each item must be a tuple (prompt, content, ...), got {item!r}")
+        extras = [*item[2:], *args]
+        if len(extras) > len(parameters):
+            raise TypeError(
+                f"{model_class.__name__} takes {len(parameters)} parameters after prompt and "
+                f"content ({', '.join(parameters) or 'none'}), got {len(extras)}"
+            )
+        named = dict(zip(parameters, extras, strict=False))
+        clash = named.keys() & kwargs.keys()
+        if clash:
+            raise TypeError(f"{', '.join(sorted(clash))} given both in an item and as a keyword")
+        return model_class(prompt=item[0], content=item[1], **named, **kwargs)
+
+    return build
+
+
+def multi_process_one(
+    data: Sequence[Sequence[Any]],
+    openai_model_class: type[OpenAIModel],
+    *args: Any,
+    threads: int | None = None,
+    manager: APIKeyManager | None = None,
+    cache: RequestCache | bool | None = None,
+    on_error: OnError = "raise",
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run one request per `(prompt, content, *more)` tuple of `data` in parallel; results in order.
+
+    Each tuple becomes ``openai_model_class(prompt=..., content=..., <more>..., **kwargs)``: the
+    values after prompt and content fill the class's other parameters in their declared order
+    (for `Gpt35Turbo`, `temperature`), followed by `args`. Keyword arguments go to every model.
+
+    If items fail, the others still finish; then by default a `BatchError` is raised that holds
+    the partial results and each item's error (`on_error="none"` or `"return"` put None or the
+    exception in place instead). `threads` defaults to `default_concurrency(pool)`; `manager`
+    and `cache` as for `request_openai_api`.
+    """
+    build = _model_builder(openai_model_class, args, kwargs)
+    models = [build(item) for item in data]  # argument errors surface before any request
+    pool = resolve_manager(manager)
+
+    def one(model: OpenAIModel) -> Any:
+        return request_openai_api(model, manager=pool, cache=cache)
+
+    count = threads if threads is not None else default_concurrency(pool)
+    with use_manager(pool):
+        return parallel_map(
+            one,
+            models,
+            threads=count,
+            on_error=on_error,
+            progress=progress,
+            desc=openai_model_class.__name__,
+        )
