@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -290,7 +291,7 @@ class ParallelToolkit:
         )
         logger.info("%s: %s", self.name, summary)
         if self.progress:
-            tqdm.write(f"{self.name}: {summary}")
+            tqdm.write(f"{self.name}: {summary}", file=sys.stderr)
         return summary
 
     def _process(self, task: _Task, staging: Path) -> list[str]:
@@ -316,6 +317,7 @@ class ParallelToolkit:
     ) -> None:
         stats = self.manager.statistics()
         elapsed = max(1e-9, time.monotonic() - started)
+        bar.n = counts["processed"] + counts["skipped"] + len(failures)
         bar.set_postfix(
             done=counts["processed"],
             skipped=counts["skipped"],
