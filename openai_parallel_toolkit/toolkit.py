@@ -97,6 +97,9 @@ class _Journal:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # Commits survive a killed process; only a power cut may lose the last few, and
+        # those files are then redone (their outputs, already in place, count as done).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS done "
             "(input TEXT PRIMARY KEY, outputs TEXT NOT NULL, finished REAL NOT NULL)"
