@@ -9,10 +9,10 @@ bundled fake OpenAI server on 127.0.0.1 and runs against it, so it works offline
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
+from _setup import key_pool
 
 from openai_parallel_toolkit import APIKeyManager, Gpt35Turbo, request_openai_api
 
@@ -25,21 +25,7 @@ def summarise(manager: APIKeyManager, sentence: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    with contextlib.ExitStack() as stack:
-        if len(argv) > 1:
-            manager = APIKeyManager(config_path=argv[1])
-        elif any(name.startswith("OPENAI_API_KEY") and value for name, value in os.environ.items()):
-            manager = APIKeyManager()
-        else:
-            from openai_parallel_toolkit.testing import FakeOpenAIServer
-
-            keys = [f"sk-fake-quickstart-000000-key{i}" for i in range(4)]
-            server = stack.enter_context(FakeOpenAIServer(keys=keys, rpm=600, latency=0.05))
-            print(f"No key configured: using the bundled fake server at {server.base_url}")
-            manager = APIKeyManager(
-                api_keys=[{"api_key": k, "api_base": server.base_url} for k in keys]
-            )
-        stack.callback(manager.close)
+    with key_pool(argv[1] if len(argv) > 1 else None, name="quickstart") as manager:
         with ThreadPoolExecutor(max_workers=16) as pool:
             results = list(pool.map(lambda s: summarise(manager, s), SENTENCES))
         for sentence, result in list(zip(SENTENCES, results, strict=True))[:5]:
