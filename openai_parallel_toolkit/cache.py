@@ -34,6 +34,10 @@ _active: contextvars.ContextVar[RequestCache | None] = contextvars.ContextVar(
 )
 
 
+# Request options that shape the HTTP exchange, not the answer.
+_TRANSPORT_OPTIONS = frozenset({"timeout"})
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -63,7 +67,9 @@ def _decode(text: str) -> Any:
     cls: Any = importlib.import_module(module_name)
     for part in name.split("."):
         cls = getattr(cls, part)
-    return cls.model_validate(data)
+    # Built like the client builds its responses: leniently, so whatever it accepted from a
+    # compatible server (odd enum values, extra fields) comes back the same way.
+    return cls.construct(**data)
 
 
 class RequestCache:
@@ -88,9 +94,19 @@ class RequestCache:
         self.misses = 0
 
     @staticmethod
-    def key_for(request: Mapping[str, Any]) -> str:
-        """The cache key of a request description: a SHA-256 of its canonical JSON."""
-        return hashlib.sha256(_dumps(request).encode()).hexdigest()
+    def key_for(request: Mapping[str, Any]) -> str | None:
+        """The cache key of a request description: a SHA-256 of its canonical JSON.
+
+        Transport options (``timeout``) are left out: they do not change the answer. None when
+        the description is not JSON data: such a request is simply not cached.
+        """
+        request = {k: v for k, v in request.items() if k not in _TRANSPORT_OPTIONS}
+        try:
+            text = _dumps(request)
+        except (TypeError, ValueError) as exc:
+            logger.debug("request not cacheable: %s", exc)
+            return None
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def get(self, key: str) -> Any | None:
         """The stored response for `key`, rebuilt as the client's object, or None."""

@@ -67,6 +67,12 @@ class OpenAIModel(abc.ABC):
         return total if isinstance(total, int) else None
 
 
+def _qualified_name(model: OpenAIModel) -> str:
+    # Part of the cache key: a subclass that changes generate() must not share its entries.
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _max_output(params: Mapping[str, Any]) -> int:
     limit = params.get("max_completion_tokens") or params.get("max_tokens")
     n = params.get("n") or 1
@@ -114,6 +120,7 @@ class ChatModel(OpenAIModel):
     def describe(self) -> dict[str, Any] | None:
         return {
             "endpoint": "chat.completions",
+            "class": _qualified_name(self),
             "model": self.model,
             "messages": self.messages,
             **self.params,
@@ -220,7 +227,13 @@ class EmbeddingModel(OpenAIModel):
         return sum(estimate_tokens(text, self.model) for text in texts)
 
     def describe(self) -> dict[str, Any] | None:
-        return {"endpoint": "embeddings", "model": self.model, "input": self.input, **self.params}
+        return {
+            "endpoint": "embeddings",
+            "class": _qualified_name(self),
+            "model": self.model,
+            "input": self.input,
+            **self.params,
+        }
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.embeddings.create(model=self.model, input=self.input, **self.params)

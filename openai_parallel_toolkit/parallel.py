@@ -7,6 +7,7 @@ others: every item runs to its end before failures are reported.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import itertools
@@ -43,6 +44,11 @@ UNKNOWN_LIMIT_CONCURRENCY_PER_KEY = 8
 
 _nested: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "openai_parallel_toolkit_nested", default=False
+)
+# Set by a ParallelToolkit run: the one bounded pool that multi_process_one calls inside its
+# hooks share, instead of each starting threads of its own (32 files x 40 items = 1,000+).
+_shared_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
+    "openai_parallel_toolkit_shared_executor", default=None
 )
 
 
@@ -108,26 +114,31 @@ def parallel_map(
     bar = tqdm(total=len(items), desc=desc, disable=not show, leave=True, dynamic_ncols=True)
 
     def run_indexed(pair: tuple[int, T]) -> R:
-        token = _nested.set(True)
+        nested = _nested.set(True)
+        # A call nested one level deeper must not queue behind itself on the shared pool.
+        shared = _shared_executor.set(None)
         try:
             return function(pair[1])
         finally:
-            _nested.reset(token)
+            _shared_executor.reset(shared)
+            _nested.reset(nested)
 
-    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(items)))) as executor:
-        try:
-            pairs = enumerate(items)
-            for (index, _), future in completed(executor, run_indexed, pairs, threads * 2):
-                exc = future.exception()
-                if exc is None:
-                    results[index] = future.result()
-                else:
-                    errors[index] = exc
-                    if on_error == "return":
-                        results[index] = exc
-                bar.update(1)
-        finally:
-            bar.close()
+    with contextlib.ExitStack() as stack:
+        executor = _shared_executor.get()
+        if executor is None:
+            workers = min(threads, max(1, len(items)))
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
+        stack.callback(bar.close)
+        pairs = enumerate(items)
+        for (index, _), future in completed(executor, run_indexed, pairs, threads * 2):
+            exc = future.exception()
+            if exc is None:
+                results[index] = future.result()
+            else:
+                errors[index] = exc
+                if on_error == "return":
+                    results[index] = exc
+            bar.update(1)
     if errors and on_error == "raise":
         raise BatchError(results, errors)
     return results

@@ -10,19 +10,18 @@ kill never leaves a half-written output where the next run would take it for fin
 staging leftovers of dead runs are removed at the next start.
 
 Beside the outputs, the folder ``.openai-parallel-toolkit/`` holds the run's state:
-``done.sqlite`` (the inputs finished, and their outputs), ``cache.sqlite`` (every successful
-API response, so a re-run never pays twice; ``cache=False`` turns it off, deleting the file
-clears it) and ``staging/``.
+``done.sqlite`` (the inputs finished, and their outputs, see `filestate`), ``cache.sqlite``
+(every successful API response, so a re-run never pays twice; ``cache=False`` turns it off,
+deleting the file clears it) and ``staging/``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
 import logging
 import os
-import secrets
 import shutil
-import sqlite3
 import sys
 import threading
 import time
@@ -37,8 +36,9 @@ from tqdm.auto import tqdm
 
 from .cache import RequestCache, use_cache
 from .errors import redact
+from .filestate import Journal, StagingArea
 from .keys import APIKeyManager, PoolStats, resolve_manager, use_manager
-from .parallel import _nested, completed, default_concurrency
+from .parallel import _nested, _shared_executor, completed, default_concurrency
 
 __all__ = ["FileFailure", "ParallelToolkit", "RunSummary"]
 
@@ -88,39 +88,6 @@ class _Task:
     relative: str  # its path below the input root, the journal's key
     out_dir: Path  # where its outputs go
     out_name: str  # output_file_without_ext's last component
-
-
-class _Journal:
-    """Inputs finished, with the outputs they produced (SQLite, committed per file)."""
-
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Commits survive a killed process; only a power cut may lose the last few, and
-        # those files are then redone (their outputs, already in place, count as done).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS done "
-            "(input TEXT PRIMARY KEY, outputs TEXT NOT NULL, finished REAL NOT NULL)"
-        )
-
-    def outputs(self, relative: str) -> list[str] | None:
-        with self._lock:
-            row = self._db.execute("SELECT outputs FROM done WHERE input = ?", (relative,))
-            found = row.fetchone()
-        return None if found is None else list(json.loads(found[0]))
-
-    def record(self, relative: str, outputs: list[str]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO done (input, outputs, finished) VALUES (?, ?, ?)",
-                (relative, json.dumps(outputs), time.time()),
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -201,71 +168,37 @@ class ParallelToolkit:
 
         A file whose hook raises, whose request fails or that is not UTF-8 text gets no output
         and is listed in the summary; the others go on. Ctrl-C stops taking new files, lets
-        the ones in progress finish and returns the summary (a second Ctrl-C abandons them).
+        the ones in progress finish and returns the summary. A second Ctrl-C stops waiting
+        (`run` raises KeyboardInterrupt): the files still in progress publish nothing.
         """
         if not self.input_path.exists():
             raise FileNotFoundError(f"input path does not exist: {self.input_path}")
+        if self.input_path.is_dir() and self.input_path.resolve() == self.output_path.resolve():
+            raise ValueError("output_path must differ from input_path (outputs would be inputs)")
+        self._abandon.clear()
         state = self.output_path / STATE_DIR
-        staging_root = state / "staging"
-        staging_root.mkdir(parents=True, exist_ok=True)
-        _clean_stale_staging(staging_root)
-        run_staging = staging_root / f"{os.getpid()}-{secrets.token_hex(4)}"
-        run_staging.mkdir()
-        journal = _Journal(state / "done.sqlite")
+        state.mkdir(parents=True, exist_ok=True)
+        journal = Journal(state / "done.sqlite")
+        staging = StagingArea(state / "staging")
         cache, own_cache = self._open_cache(state)
-        counts: Counter[str] = Counter()
-        failures: list[FileFailure] = []
-        lock = threading.Lock()
-        started = time.monotonic()
-        baseline = self.manager.statistics()
+        run = _RunState(self.manager.statistics())
+        bar = tqdm(desc=self.name, unit="file", disable=not self.progress, dynamic_ncols=True)
+        # One pool for every multi_process_one call inside the hooks (see parallel.py).
+        inner = ThreadPoolExecutor(default_concurrency(self.manager), thread_name_prefix="items")
+        executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="files")
         interrupted = False
-        bar = tqdm(
-            total=sum(1 for _ in self._inputs()),
-            desc=self.name,
-            unit="file",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        serial = iter(range(1 << 62))
-
-        def work(task: _Task) -> None:
-            staging = run_staging / str(next(serial))
-            try:
-                outputs = self._process(task, staging)
-                if self._abandon.is_set():
-                    return
-                journal.record(task.relative, outputs)
-                with lock:
-                    counts["processed"] += 1
-            except Exception as exc:
-                reason = _failure_reason(exc)
-                logger.warning("failed: %s: %s", task.relative, reason)
-                logger.debug("failure details for %s", task.relative, exc_info=True)
-                with lock:
-                    failures.append(FileFailure(task.relative, reason))
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-
-        def skipped() -> None:
-            counts["skipped"] += 1
-            bar.update(1)
-
-        last_refresh = 0.0
         try:
-            with (
-                use_manager(self.manager),
-                use_cache(cache),
-                ThreadPoolExecutor(self.num_threads, thread_name_prefix="toolkit") as executor,
-            ):
-                token = _nested.set(True)  # inner multi_process_one calls: no bars of their own
+            bar.total = sum(1 for _ in self._inputs())
+            with use_manager(self.manager), use_cache(cache), _quiet_inner_bars(inner):
                 try:
-                    tasks = self._pending(journal, skipped)
-                    for _ in completed(executor, work, tasks, self.num_threads * 2):
+                    tasks = self._pending(journal, legacy=not journal.existed, run=run, bar=bar)
+                    work = functools.partial(self._work, journal, staging, run)
+                    for task, future in completed(executor, work, tasks, self.num_threads * 2):
+                        failure = future.exception()
+                        if failure is not None:  # SystemExit and the like escaped the hooks
+                            run.fail(task, failure)
                         bar.update(1)
-                        now = time.monotonic()
-                        if now - last_refresh >= _PROGRESS_REFRESH_SECONDS:
-                            last_refresh = now
-                            self._refresh_bar(bar, counts, failures, started, baseline)
+                        run.refresh(bar, self.manager)
                 except KeyboardInterrupt:
                     interrupted = True
                     logger.warning(
@@ -276,59 +209,47 @@ class ParallelToolkit:
                     except KeyboardInterrupt:
                         self._abandon.set()
                         raise
-                finally:
-                    _nested.reset(token)
         finally:
-            self._refresh_bar(bar, counts, failures, started, baseline)
+            executor.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
+            inner.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
+            run.refresh(bar, self.manager, force=True)
             bar.close()
             journal.close()
+            staging.close()
             if own_cache and cache is not None:
                 cache.close()
-            shutil.rmtree(run_staging, ignore_errors=True)
-        summary = RunSummary(
-            processed=counts["processed"],
-            skipped=counts["skipped"],
-            failed=tuple(failures),
-            interrupted=interrupted,
-            elapsed=time.monotonic() - started,
-        )
+        summary = run.summary(interrupted)
         logger.info("%s: %s", self.name, summary)
         if self.progress:
             tqdm.write(f"{self.name}: {summary}", file=sys.stderr)
         return summary
 
-    def _process(self, task: _Task, staging: Path) -> list[str]:
-        """Run the three hooks on one input; publish its outputs; return their names."""
-        with open(task.source, encoding="utf-8") as file:
-            data = self.process_input(file)
-        result = self.process_data(data)
-        staging.mkdir(parents=True)
-        self.process_output(result, str(staging / task.out_name))
-        task.out_dir.mkdir(parents=True, exist_ok=True)
-        produced = sorted(entry.name for entry in os.scandir(staging))
-        for name in produced:
-            os.replace(staging / name, task.out_dir / name)
-        return produced
-
-    def _refresh_bar(
-        self,
-        bar: tqdm[Any],
-        counts: Counter[str],
-        failures: list[FileFailure],
-        started: float,
-        baseline: PoolStats,
-    ) -> None:
-        stats = self.manager.statistics()
-        elapsed = max(1e-9, time.monotonic() - started)
-        bar.n = counts["processed"] + counts["skipped"] + len(failures)
-        bar.set_postfix(
-            done=counts["processed"],
-            skipped=counts["skipped"],
-            failed=len(failures),
-            req_s=f"{(stats.requests - baseline.requests) / elapsed:.1f}",
-            r429=stats.rate_limited - baseline.rate_limited,
-            refresh=False,
-        )
+    def _work(self, journal: Journal, staging: StagingArea, run: _RunState, task: _Task) -> None:
+        """One input, in a worker thread: hooks, then publish and record (or a failure)."""
+        folder = staging.new_folder()
+        try:
+            with open(task.source, encoding="utf-8") as file:
+                data = self.process_input(file)
+            result = self.process_data(data)
+            self.process_output(result, str(folder / task.out_name))
+            produced = sorted(entry.name for entry in os.scandir(folder))
+            if not produced:
+                raise RuntimeError(
+                    f"process_output wrote nothing under output_file_without_ext "
+                    f"({task.out_name!r} plus an extension)"
+                )
+            if self._abandon.is_set():
+                return
+            task.out_dir.mkdir(parents=True, exist_ok=True)
+            journal.publishing(task.relative, produced)
+            for name in produced:
+                os.replace(folder / name, task.out_dir / name)
+            journal.done(task.relative, produced)
+            run.succeed()
+        except Exception as exc:
+            run.fail(task, exc)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _open_cache(self, state: Path) -> tuple[RequestCache | None, bool]:
         option = self._cache_option
@@ -349,85 +270,166 @@ class ParallelToolkit:
             yield _Task(source, source.name, self.output_path, source.stem)
             return
         output = self.output_path.resolve()
+        seen: set[tuple[int, int]] = set()  # folders visited: a symlink loop ends here
         folders: list[tuple[Path, str]] = [(self.input_path, "")]
         while folders:
             folder, relative = folders.pop()
             try:
+                info = folder.stat()
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as exc:
                 logger.warning("cannot list %s: %s", folder, exc)
                 continue
-            files = [e for e in entries if not e.name.startswith(".") and e.is_file()]
-            stems = Counter(Path(e.name).stem for e in files)
+            files, subfolders = [], []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_file():
+                        files.append(entry)
+                    elif self.recursive and entry.is_dir() and Path(entry.path).resolve() != output:
+                        subfolders.append(entry)
+                except OSError as exc:
+                    logger.warning("skipping %s: %s", entry.path, exc)
             out_dir = self.output_path / relative
-            for entry in files:
-                stem = Path(entry.name).stem
-                out_name = stem if stems[stem] == 1 else entry.name
+            names = _output_names([entry.name for entry in files])
+            for entry, out_name in zip(files, names, strict=True):
                 rel = f"{relative}/{entry.name}" if relative else entry.name
                 yield _Task(Path(entry.path), rel, out_dir, out_name)
-            if self.recursive:
-                subfolders = [
-                    e
-                    for e in entries
-                    if not e.name.startswith(".")
-                    and e.is_dir()
-                    and Path(e.path).resolve() != output  # outputs inside the input folder
-                ]
-                for entry in reversed(subfolders):  # popped in sorted order
-                    sub = f"{relative}/{entry.name}" if relative else entry.name
-                    folders.append((Path(entry.path), sub))
+            for entry in reversed(subfolders):  # popped in sorted order
+                sub = f"{relative}/{entry.name}" if relative else entry.name
+                folders.append((Path(entry.path), sub))
 
-    def _pending(self, journal: _Journal, on_skip: Any) -> Iterator[_Task]:
-        """Inputs not done yet, at most `file_count` of them; calls `on_skip` for done ones."""
+    def _pending(
+        self, journal: Journal, *, legacy: bool, run: _RunState, bar: tqdm[Any]
+    ) -> Iterator[_Task]:
+        """Inputs not done yet, at most `file_count` of them; the done ones count as skipped.
+
+        With `legacy` (a first run on this output folder), an existing output file named like
+        the input plus one extension also counts as done: outputs of the original toolkit.
+        """
         taken = 0
         listing: dict[Path, set[str]] = {}
         for task in self._inputs():
             if self.file_count is not None and taken >= self.file_count:
                 return
-            if self._is_done(task, journal, listing):
-                on_skip()
+            outputs = journal.finished_outputs(task.relative)
+            if outputs is not None:
+                done = all((task.out_dir / name).is_file() for name in outputs)
+            else:
+                done = legacy and _legacy_output(task, listing)
+            if done:
+                run.skip()
+                bar.update(1)
                 continue
             taken += 1
             yield task
 
-    @staticmethod
-    def _is_done(task: _Task, journal: _Journal, listing: dict[Path, set[str]]) -> bool:
-        recorded = journal.outputs(task.relative)
-        if recorded is not None:
-            return all((task.out_dir / name).exists() for name in recorded)
-        # Not in the journal: outputs of a run killed between publishing and recording, or of
-        # the original toolkit. Only complete files are ever moved there, so they count.
-        names = listing.get(task.out_dir)
-        if names is None:
-            listing.clear()  # one folder at a time: memory stays bounded
-            try:
-                names = {e.name for e in os.scandir(task.out_dir) if not e.name.startswith(".")}
-            except OSError:
-                names = set()
-            listing[task.out_dir] = names
-        prefix = task.out_name + "."
-        return any(
-            name == task.out_name or (name.startswith(prefix) and "." not in name[len(prefix) :])
-            for name in names
-        )
+
+def _output_names(names: list[str]) -> list[str]:
+    """`output_file_without_ext` names for one folder's files: the stem, unless that is shared.
+
+    A stem shared by two files (``a.json``, ``a.txt``), or equal to another file's chosen name,
+    gives way to the full file name, which is unique in the folder.
+    """
+    stems = Counter(Path(name).stem for name in names)
+    chosen = [Path(n).stem if stems[Path(n).stem] == 1 else n for n in names]
+    while True:
+        counts = Counter(chosen)
+        clashes = [i for i, name in enumerate(chosen) if counts[name] > 1]
+        if not clashes:
+            return chosen
+        for i in clashes:
+            chosen[i] = names[i]
 
 
-def _clean_stale_staging(staging_root: Path) -> None:
-    """Remove the staging folders of runs whose process is gone (killed, crashed)."""
-    for entry in os.scandir(staging_root):
-        pid_text = entry.name.split("-", 1)[0]
-        if pid_text.isdigit() and _alive(int(pid_text)):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
+def _legacy_output(task: _Task, listing: dict[Path, set[str]]) -> bool:
+    names = listing.get(task.out_dir)
+    if names is None:
+        listing.clear()  # one folder at a time: memory stays bounded
+        try:
+            names = {
+                e.name
+                for e in os.scandir(task.out_dir)
+                if not e.name.startswith(".") and e.is_file()
+            }
+        except OSError:
+            names = set()
+        listing[task.out_dir] = names
+    prefix = task.out_name + "."
+    return any(
+        name.startswith(prefix) and name[len(prefix) :] and "." not in name[len(prefix) :]
+        for name in names
+    )
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a stale folder of an earlier run that had our pid
+class _RunState:
+    """Counters of one run, shared by the worker threads."""
+
+    def __init__(self, baseline: PoolStats) -> None:
+        self._lock = threading.Lock()
+        self.processed = 0
+        self.skipped = 0
+        self.failures: list[FileFailure] = []
+        self.started = time.monotonic()
+        self.baseline = baseline
+        self._last_refresh = 0.0
+
+    def succeed(self) -> None:
+        with self._lock:
+            self.processed += 1
+
+    def skip(self) -> None:
+        with self._lock:
+            self.skipped += 1
+
+    def fail(self, task: _Task, exc: BaseException) -> None:
+        reason = _failure_reason(exc)
+        logger.warning("failed: %s: %s", task.relative, reason)
+        logger.debug("failure details for %s", task.relative, exc_info=exc)
+        with self._lock:
+            self.failures.append(FileFailure(task.relative, reason))
+
+    def refresh(self, bar: tqdm[Any], manager: APIKeyManager, *, force: bool = False) -> None:
+        """Update the bar's counts and the pool's rate, at most every half second."""
+        now = time.monotonic()
+        if not force and now - self._last_refresh < _PROGRESS_REFRESH_SECONDS:
+            return
+        self._last_refresh = now
+        stats = manager.statistics()
+        elapsed = max(1e-9, now - self.started)
+        with self._lock:
+            bar.n = self.processed + self.skipped + len(self.failures)
+            bar.set_postfix(
+                done=self.processed,
+                skipped=self.skipped,
+                failed=len(self.failures),
+                req_s=f"{(stats.requests - self.baseline.requests) / elapsed:.1f}",
+                r429=stats.rate_limited - self.baseline.rate_limited,
+                refresh=False,
+            )
+
+    def summary(self, interrupted: bool) -> RunSummary:
+        with self._lock:
+            return RunSummary(
+                processed=self.processed,
+                skipped=self.skipped,
+                failed=tuple(self.failures),
+                interrupted=interrupted,
+                elapsed=time.monotonic() - self.started,
+            )
+
+
+@contextlib.contextmanager
+def _quiet_inner_bars(inner: ThreadPoolExecutor) -> Iterator[None]:
+    """Inside the hooks: no progress bars of multi_process_one's own, one shared item pool."""
+    nested = _nested.set(True)
+    shared = _shared_executor.set(inner)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
+        yield
+    finally:
+        _shared_executor.reset(shared)
+        _nested.reset(nested)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,3 +289,151 @@ def test_request_cache_round_trip(server: FakeOpenAIServer, tmp_path: Path) -> N
         assert len(cache) == 0
         request_openai_api(model, manager=manager, cache=cache)
         assert server.total().requests == 3
+
+
+def test_hook_raising_base_exception_is_reported(config: str, tmp_path: Path) -> None:
+    class Exits(SeedToolkit):
+        @staticmethod
+        def process_data(data: Any) -> Any:
+            if data["text"] == "exit":
+                raise SystemExit(3)
+            return data["text"]
+
+    write(tmp_path / "in" / "a.json", json.dumps({"text": "fine"}))
+    write(tmp_path / "in" / "b.json", json.dumps({"text": "exit"}))
+    summary = Exits(config, tmp_path / "in", tmp_path / "out", progress=False).run()
+    assert summary.processed == 1
+    assert [(f.path, f.reason) for f in summary.failed] == [("b.json", "SystemExit: 3")]
+
+
+def test_hook_that_writes_nothing_is_a_failure(config: str, tmp_path: Path) -> None:
+    class Silent(SeedToolkit):
+        @staticmethod
+        def process_output(data: Any, output_file_without_ext: str) -> None:
+            pass
+
+    write(tmp_path / "in" / "a.json", json.dumps({"text": "a"}))
+    summary = Silent(config, tmp_path / "in", tmp_path / "out", progress=False).run()
+    assert "process_output wrote nothing" in summary.failed[0].reason
+
+
+def test_death_between_two_published_files_is_not_done(
+    config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class TwoFiles(SeedToolkit):
+        @staticmethod
+        def process_output(data: Any, output_file_without_ext: str) -> None:
+            for ext in (".csv", ".json"):
+                with open(output_file_without_ext + ext, "w", encoding="utf-8") as file:
+                    file.write(data)
+
+    write(tmp_path / "in" / "a.json", json.dumps({"text": "a"}))
+    out = tmp_path / "out"
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def dies_after_first(src: Any, dst: Any) -> None:
+        if moved:
+            raise SystemExit("killed")  # the process dies between the two moves
+        moved.append(str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_after_first)
+    first = TwoFiles(config, tmp_path / "in", out, progress=False).run()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert first.processed == 0 and outputs(out) == ["a.csv"]  # half the set is in place
+    second = TwoFiles(config, tmp_path / "in", out, progress=False).run()
+    assert (second.processed, second.skipped) == (1, 0)  # ...and was not taken for done
+    assert outputs(out) == ["a.csv", "a.json"]
+
+
+def test_tricky_names_never_collide_or_skip(config: str, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    for name in ("a.json", "a.txt", "a.json.txt", "sub.txt"):
+        write(inputs / name, json.dumps({"text": name}))
+    write(inputs / "sub" / "x.json", json.dumps({"text": "x"}))
+    (inputs / "loop").symlink_to(inputs, target_is_directory=True)  # must not recurse forever
+    out = tmp_path / "out"
+    summary = SeedToolkit(config, inputs, out, progress=False).run()
+    assert summary.ok and summary.processed == 5
+    results = {
+        path: json.loads((out / path).read_text())["result"]
+        for path in outputs(out)
+        if not path.startswith("loop/")
+    }
+    assert results == {
+        "a.json.json": "echo: a.json",
+        "a.json.txt.json": "echo: a.json.txt",
+        "a.txt.json": "echo: a.txt",
+        "sub.json": "echo: sub.txt",
+        "sub/x.json": "echo: x",
+    }
+    again = SeedToolkit(config, inputs, out, progress=False).run()
+    assert again.processed == 0 and again.skipped == summary.processed
+
+
+def test_output_folder_must_differ_from_input(config: str, tmp_path: Path) -> None:
+    write(tmp_path / "in" / "a.json", json.dumps({"text": "a"}))
+    with pytest.raises(ValueError, match="must differ"):
+        SeedToolkit(config, tmp_path / "in", tmp_path / "in").run()
+
+
+def test_unserialisable_parameter_still_works_with_the_cache(
+    config: str, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    import openai
+
+    class WithTimeout(SeedToolkit):
+        @staticmethod
+        def process_data(data: Any) -> Any:
+            model = ChatModel(content=data["text"], timeout=openai.Timeout(30.0))
+            return request_openai_api(model)
+
+    write(tmp_path / "in" / "a.json", json.dumps({"text": "a"}))
+    summary = WithTimeout(config, tmp_path / "in", tmp_path / "out", progress=False).run()
+    assert summary.ok and summary.processed == 1
+
+
+def test_nested_multi_process_one_shares_one_bounded_pool(
+    config: str, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    peak = 0
+
+    class Counting(ItemsToolkit):
+        def process_data(self, data: Any) -> Any:
+            nonlocal peak
+            peak = max(peak, threading.active_count())
+            return super().process_data(data)
+
+    for i in range(16):
+        write(
+            tmp_path / "in" / f"f{i}.json", json.dumps({"items": [f"{i}-{j}" for j in range(40)]})
+        )
+    toolkit = Counting(config, tmp_path / "in", tmp_path / "out", num_threads=16, progress=False)
+    before = threading.active_count()
+    summary = toolkit.run()
+    assert summary.ok and summary.processed == 16
+    # 16 file threads + one shared pool for the items (24: 8 per key of unknown limits), not
+    # 16 pools of their own (16 x 24 threads).
+    assert peak <= before + 16 + 24 + 4  # + helpers such as tqdm's monitor thread
+
+
+def test_cache_rebuilds_lenient_responses_and_skips_odd_requests(tmp_path: Path) -> None:
+    from openai.types.chat import ChatCompletion
+
+    odd = ChatCompletion.construct(
+        id="x",
+        object="chat.completion",
+        created=0,
+        model="local-model",
+        choices=[
+            {"index": 0, "finish_reason": "eos", "message": {"role": "assistant", "content": "hi"}}
+        ],
+    )
+    with RequestCache(tmp_path / "c.sqlite") as cache:
+        assert cache.put("k", odd)
+        again = cache.get("k")
+        assert isinstance(again, ChatCompletion)
+        assert again.choices[0].finish_reason == "eos" and again.choices[0].message.content == "hi"
+        assert RequestCache.key_for({"model": "m", "timeout": object()}) is not None  # ignored
+        assert RequestCache.key_for({"model": "m", "metadata": object()}) is None  # not JSON
