@@ -164,14 +164,16 @@ class Lease:
         """True once `succeed`, `fail` or `cancel` was called."""
         return self._done
 
-    def succeed(self, tokens_used: int | None = None) -> None:
-        """The request succeeded; `tokens_used` (prompt + completion) settles the token cost.
+    def succeed(self, tokens_used: int | None = None, charged: int | None = None) -> None:
+        """The request succeeded: count `tokens_used` (prompt + completion), settle the cost.
 
-        Usage above the reservation is charged; unused reservation is not given back, because
-        the API charges ``max_tokens`` when the request starts.
+        With `charged` (what the server charged the token limit, e.g. the prompt's real count
+        plus ``max_tokens``) the reservation is corrected to it, up or down. Without it, usage
+        above the reservation is charged and the rest is not given back, because the API
+        charges ``max_tokens`` when the request starts.
         """
         self._finish()
-        self._pool._on_success(self, tokens_used)
+        self._pool._on_success(self, tokens_used, charged)
 
     def fail(self, verdict: Verdict) -> Verdict:
         """The request failed; the pool acts on `verdict` (cool down, remove the key, count).
@@ -338,16 +340,20 @@ class APIKeyManager:
         with self._lock:
             return key.removed_reason is None and key.group.cooldown_until <= lease.send_at
 
-    def _on_success(self, lease: Lease, tokens_used: int | None) -> None:
+    def _on_success(self, lease: Lease, tokens_used: int | None, charged: int | None) -> None:
         key = lease._key
         with self._lock:
             key.successes += 1
             key.group.responses_seen += 1
-            overuse = 0
             if tokens_used is not None:
                 key.tokens += tokens_used
-                overuse = max(0, tokens_used - lease.tokens)
-            key.group.release(self.clock.monotonic(), tokens=-overuse)
+            if charged is not None:
+                settle = lease.tokens - charged
+            elif tokens_used is not None:
+                settle = -max(0, tokens_used - lease.tokens)
+            else:
+                settle = 0
+            key.group.release(self.clock.monotonic(), tokens=settle)
 
     def _on_cancel(self, lease: Lease) -> None:
         key = lease._key
@@ -371,6 +377,7 @@ class APIKeyManager:
                 wait = verdict.retry_after if verdict.retry_after is not None else DEFAULT_COOLDOWN
                 wait = min(wait, MAX_COOLDOWN)
                 group.cool_down(now + wait)
+                group.on_rate_limited(now)
             else:
                 key.errors += 1
             newly_removed = verdict.action is Action.KEY_DEAD and key.removed_reason is None

@@ -12,6 +12,8 @@ each refill. Nothing here sleeps or locks: the key pool holds the lock and calle
 
 from __future__ import annotations
 
+import math
+
 from .headers import RateLimitHeaders
 
 __all__ = ["LimitGroup"]
@@ -72,6 +74,20 @@ class _Bucket:
         return f"<bucket {self.level:.1f}/{self.capacity:.1f} at {self.rate:.3f}/s>"
 
 
+# Adapting to 429s (additive increase, multiplicative decrease): a 429 is the only sign that
+# the limit is shared with traffic the pool cannot see (keys of one project not declared as a
+# limit_group, another program on the same key). A group whose limits were learned from headers
+# starts slowly and doubles its pace each second until the first 429 or its full limit.
+SLOW_START_FACTOR = 0.25
+SLOW_START_DOUBLING_SECONDS = 1.0
+DECREASE_IN_SLOW_START = 0.5
+DECREASE = 0.8
+ADDITIVE_INCREASE_PER_SECOND = 0.01
+MIN_FACTOR = 0.02
+# Several 429s from one overshoot (the requests already in flight) count as one signal.
+DECREASE_HOLDOFF_SECONDS = 1.0
+
+
 class LimitGroup:
     """Request and token pacing for one limit group (one project, or one key by default).
 
@@ -96,6 +112,13 @@ class LimitGroup:
         self.burst_seconds = burst_seconds
         self.configured_requests_per_min = requests_per_min
         self.configured_tokens_per_min = tokens_per_min
+        # The limits known (configured or learned); the buckets refill at limit x factor.
+        self.limit_requests_per_min = requests_per_min
+        self.limit_tokens_per_min = tokens_per_min
+        self.factor = 1.0
+        self._slow_start = False
+        self._adapted_at = now
+        self._decreased_at = -math.inf
         self.requests: _Bucket | None = (
             _Bucket(requests_per_min, burst_seconds, now) if requests_per_min else None
         )
@@ -111,12 +134,12 @@ class LimitGroup:
     @property
     def requests_per_min(self) -> float | None:
         """The request limit in force (configured, or learned from headers)."""
-        return self.requests.rate * 60.0 if self.requests else None
+        return self.limit_requests_per_min
 
     @property
     def tokens_per_min(self) -> float | None:
         """The token limit in force (configured, or learned from headers)."""
-        return self.tokens.rate * 60.0 if self.tokens else None
+        return self.limit_tokens_per_min
 
     @property
     def probing(self) -> bool:
@@ -126,11 +149,49 @@ class LimitGroup:
     def _learn(self, attr: str, configured: float | None, reported: float, now: float) -> None:
         # A configured limit is trusted unless the server reports a lower one.
         limit = reported if configured is None else min(configured, reported)
+        if self.limit_requests_per_min is None and self.limit_tokens_per_min is None:
+            # The first limit this group learns: start slowly, in case it is shared.
+            self.factor = SLOW_START_FACTOR
+            self._slow_start = True
+            self._adapted_at = now
+        setattr(self, f"limit_{attr}_per_min", limit)
         bucket: _Bucket | None = getattr(self, attr)
         if bucket is None:
-            setattr(self, attr, _Bucket(limit, self.burst_seconds, now))
-        elif abs(bucket.rate * 60.0 - limit) > 1e-9:
-            bucket.set_limit(limit, self.burst_seconds)
+            setattr(self, attr, _Bucket(limit * self.factor, self.burst_seconds, now))
+        elif abs(bucket.rate * 60.0 - limit * self.factor) > 1e-9:
+            bucket.set_limit(limit * self.factor, self.burst_seconds)
+
+    def _apply_factor(self) -> None:
+        for bucket, limit in (
+            (self.requests, self.limit_requests_per_min),
+            (self.tokens, self.limit_tokens_per_min),
+        ):
+            if bucket is not None and limit is not None:
+                bucket.set_limit(limit * self.factor, self.burst_seconds)
+
+    def _adapt(self, now: float) -> None:
+        """Raise the pace back toward the full limit as time passes without 429s."""
+        elapsed = now - self._adapted_at
+        if self.factor >= 1.0 or elapsed < 0.05:
+            return
+        self._adapted_at = now
+        if self._slow_start:
+            self.factor *= 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS)
+        else:
+            self.factor += ADDITIVE_INCREASE_PER_SECOND * elapsed
+        self.factor = min(1.0, self.factor)
+        self._apply_factor()
+
+    def on_rate_limited(self, now: float) -> None:
+        """A 429 came back: slow this group's pace down (once per overshoot)."""
+        if now - self._decreased_at < DECREASE_HOLDOFF_SECONDS:
+            return
+        self._adapt(now)
+        decrease = DECREASE_IN_SLOW_START if self._slow_start else DECREASE
+        self.factor = max(MIN_FACTOR, self.factor * decrease)
+        self._slow_start = False
+        self._decreased_at = self._adapted_at = now
+        self._apply_factor()
 
     def observe(self, headers: RateLimitHeaders, now: float) -> None:
         """Correct limits and levels from one response's ``x-ratelimit-*`` headers."""
@@ -152,6 +213,7 @@ class LimitGroup:
         """Earliest time a request costing `tokens` may be sent; None while probing is busy."""
         if self.probing and self.in_flight > 0:
             return None
+        self._adapt(now)
         t = max(now, self.cooldown_until)
         if self.requests is not None:
             t = max(t, self.requests.ready_at(1.0, t))
@@ -182,6 +244,6 @@ class LimitGroup:
     def __repr__(self) -> str:
         return (
             f"<LimitGroup {self.name} rpm={self.requests_per_min} tpm={self.tokens_per_min} "
-            f"in_flight={self.in_flight} requests={self.requests!r} tokens={self.tokens!r} "
-            f"cooldown_until={self.cooldown_until:.3f}>"
+            f"factor={self.factor:.2f} in_flight={self.in_flight} requests={self.requests!r} "
+            f"tokens={self.tokens!r} cooldown_until={self.cooldown_until:.3f}>"
         )

@@ -66,6 +66,19 @@ class OpenAIModel(abc.ABC):
         total = getattr(usage, "total_tokens", None)
         return total if isinstance(total, int) else None
 
+    def charged_tokens(self, response: Any) -> int | None:
+        """What the request cost against the token limit, as far as `response` tells.
+
+        The pool settles its reservation with it (both ways). None (the default) settles with
+        `usage_tokens` instead, charging only usage above the reservation.
+        """
+        return None
+
+
+def _prompt_usage(response: Any) -> int | None:
+    prompt = getattr(getattr(response, "usage", None), "prompt_tokens", None)
+    return prompt if isinstance(prompt, int) else None
+
 
 def _qualified_name(model: OpenAIModel) -> str:
     # Part of the cache key: a subclass that changes generate() must not share its entries.
@@ -125,6 +138,11 @@ class ChatModel(OpenAIModel):
             "messages": self.messages,
             **self.params,
         }
+
+    def charged_tokens(self, response: Any) -> int | None:
+        # The API charges the prompt and the whole output allowance when the request starts.
+        prompt = _prompt_usage(response)
+        return None if prompt is None else prompt + _max_output(self.params)
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.chat.completions.create(
@@ -202,6 +220,10 @@ class CompletionModel(OpenAIModel):
             **self.params,
         }
 
+    def charged_tokens(self, response: Any) -> int | None:
+        prompt = _prompt_usage(response)
+        return None if prompt is None else prompt + _max_output(self.params)
+
     def generate(self, client: openai.OpenAI) -> Any:
         return client.completions.create(model=self.model, prompt=self.prompt, **self.params)
 
@@ -234,6 +256,9 @@ class EmbeddingModel(OpenAIModel):
             "input": self.input,
             **self.params,
         }
+
+    def charged_tokens(self, response: Any) -> int | None:
+        return _prompt_usage(response)
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.embeddings.create(model=self.model, input=self.input, **self.params)

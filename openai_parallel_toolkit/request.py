@@ -136,7 +136,9 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                         ) from exc
                     clock.sleep(policy.backoff(transient, verdict.retry_after))
                 continue
-            lease.succeed(openai_model.usage_tokens(response))
+            lease.succeed(
+                openai_model.usage_tokens(response), openai_model.charged_tokens(response)
+            )
             return response
         finally:
             # Ctrl-C while waiting, a failing hook: never leave a reservation open.

@@ -313,7 +313,12 @@ def test_status_faults(
         api.chat.completions.create(model="m", messages=USER_HI)
         client(server, OTHER).chat.completions.create(model="m", messages=USER_HI)
         assert server.counters()[KEY] == KeyCounters(
-            requests=2, successes=1, errors=1, prompt_tokens=1, completion_tokens=3
+            requests=2,
+            successes=1,
+            errors=1,
+            prompt_tokens=1,
+            completion_tokens=3,
+            charged_tokens=1 + 16,  # the prompt and the default max_tokens, at admission
         )
 
 
@@ -389,7 +394,7 @@ def test_counters_log_latency_and_reset() -> None:
             client(server, "sk-intruder-0000").chat.completions.create(model="m", messages=USER_HI)
         counters = server.counters()
         assert counters[KEY] == KeyCounters(
-            requests=1, successes=1, prompt_tokens=3, completion_tokens=4
+            requests=1, successes=1, prompt_tokens=3, completion_tokens=4, charged_tokens=3 + 16
         )
         assert counters["sk-intruder-0000"].errors == 1
         assert server.total().requests == 2

@@ -131,7 +131,9 @@ def test_default_concurrency_follows_the_pools_limits() -> None:
     unknown = pool([{"api_key": k} for k in KEYS])
     assert default_concurrency(unknown) == 32  # 8 per key with unknown limits
     fast = pool([{"api_key": k, "requests_per_min": 1200} for k in KEYS])
-    assert default_concurrency(fast) == 128  # 4 x 20 req/s x 2 s = 160, capped
+    assert default_concurrency(fast) == 160  # 4 x 20 req/s x 2 s
+    many = pool([{"api_key": f"{k}-{i}", "requests_per_min": 6000} for k in KEYS for i in range(2)])
+    assert default_concurrency(many) == 512  # 8 x 100 req/s x 2 s = 1,600, capped
     shared = pool([{"api_key": k, "requests_per_min": 300, "limit_group": "p"} for k in KEYS])
     assert default_concurrency(shared) == 10  # one group: 5 req/s x 2 s
     slow = pool([{"api_key": KEYS[0], "requests_per_min": 30}])

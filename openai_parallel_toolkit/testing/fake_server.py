@@ -93,10 +93,12 @@ class KeyCounters:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    charged_tokens: int = 0  # what admitted requests cost the token limit (prompt + max_tokens)
 
 
 class _Counts:
     __slots__ = (
+        "charged_tokens",
         "completion_tokens",
         "errors",
         "prompt_tokens",
@@ -112,6 +114,7 @@ class _Counts:
         self.errors = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.charged_tokens = 0
 
     def snapshot(self) -> KeyCounters:
         return KeyCounters(
@@ -121,6 +124,7 @@ class _Counts:
             errors=self.errors,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            charged_tokens=self.charged_tokens,
         )
 
 
@@ -830,6 +834,8 @@ class FakeOpenAIServer:
                 self._finish(ckey, "limited")
                 await self._reply_limited(send, bucket, plan, *rejected, base_headers)
                 return
+        with self._lock:
+            self._counts[ckey].charged_tokens += plan.cost
 
         if plan.marker is not None:
             self._finish(ckey, "error")
