@@ -51,6 +51,11 @@ DEFAULT_COOLDOWN = 1.0
 # The longest a 429 cools a group down: a "retry in a day" (daily limit) is retried hourly
 # rather than sleeping a day; the request's own retry budget ends the run sooner.
 MAX_COOLDOWN = 60.0
+# Keys found to share one limit: two groups with the same limits that both get 429s within this
+# window while pacing within their limit are one project's keys (see `_merge_shared`).
+MERGE_WINDOW_SECONDS = 5.0
+# The prompt-size correction (server count / local estimate) learns with this weight.
+PROMPT_SCALE_WEIGHT = 0.1
 # While a group is still probing for its unknown limits, poll this often.
 PROBE_POLL_INTERVAL = 0.02
 
@@ -272,6 +277,8 @@ class APIKeyManager:
                 )
             self._keys.append(_Key(key_config, group))
         self._groups = groups
+        self._recent_429s: dict[int, list[float]] = {}
+        self.prompt_scale = 1.0
         for key in self._keys:
             key.client = self._client_factory(key.config, self._header_hook(key))
         logger.info(
@@ -378,6 +385,7 @@ class APIKeyManager:
                 wait = min(wait, MAX_COOLDOWN)
                 group.cool_down(now + wait)
                 group.on_rate_limited(now)
+                merged = self._merge_shared(group, now)
             else:
                 key.errors += 1
             newly_removed = verdict.action is Action.KEY_DEAD and key.removed_reason is None
@@ -385,9 +393,62 @@ class APIKeyManager:
                 key.removed_reason = verdict.reason
         if verdict.action is Action.RATE_LIMITED:
             logger.info("rate limited on %s: cooling its group down %.2fs", key.masked, wait)
+            if merged:
+                logger.warning(
+                    "keys %s seem to share one rate limit (keys of one project?): pacing them "
+                    "as one limit group; set limit_group in the config to say so up front",
+                    ", ".join(merged),
+                )
         elif newly_removed:
             logger.warning("removing key %s for this run: %s", key.masked, verdict.reason)
         return verdict
+
+    def _merge_shared(self, group: LimitGroup, now: float) -> list[str]:
+        """Merge `group` with undeclared groups that look like the same project's; under lock.
+
+        A 429 while pacing within a known limit means someone else spends that limit. When two
+        default (undeclared) groups with the same limits both see that within a few seconds,
+        they are taken for keys of one project and paced as one group from then on. Returns
+        the masked keys merged, or [] when nothing was merged.
+        """
+        if not group.name.startswith("key:") or (
+            group.limit_requests_per_min is None and group.limit_tokens_per_min is None
+        ):
+            return []
+        recent = [
+            t for t in self._recent_429s.get(id(group), []) if now - t <= MERGE_WINDOW_SECONDS
+        ]
+        recent.append(now)
+        self._recent_429s[id(group)] = recent
+        limits = (group.limit_requests_per_min, group.limit_tokens_per_min)
+        partners = [
+            other
+            for other in self._groups.values()
+            if other is not group
+            and other.name.startswith("key:")
+            and (other.limit_requests_per_min, other.limit_tokens_per_min) == limits
+            and any(now - t <= MERGE_WINDOW_SECONDS for t in self._recent_429s.get(id(other), []))
+        ]
+        if not partners:
+            return []
+        for other in partners:
+            for key in self._keys:
+                if key.group is other:
+                    key.group = group
+            group.in_flight += other.in_flight
+            group.cool_down(other.cooldown_until)
+            del self._groups[other.name]
+            self._recent_429s.pop(id(other), None)
+        group.restart_slowly(now)
+        return [key.masked for key in self._keys if key.group is group]
+
+    def observe_prompt_ratio(self, estimated: int, counted: int) -> None:
+        """Learn how the server's prompt counts compare with local estimates."""
+        if estimated <= 0 or counted <= 0:
+            return
+        ratio = min(4.0, max(0.25, counted / estimated))
+        with self._lock:
+            self.prompt_scale += PROMPT_SCALE_WEIGHT * (ratio - self.prompt_scale)
 
     def _header_hook(self, key: _Key) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:

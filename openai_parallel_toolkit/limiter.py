@@ -182,6 +182,13 @@ class LimitGroup:
         self.factor = min(1.0, self.factor)
         self._apply_factor()
 
+    def restart_slowly(self, now: float) -> None:
+        """Pace from a quarter of the limit again, doubling each second (after a merge)."""
+        self.factor = SLOW_START_FACTOR
+        self._slow_start = True
+        self._adapted_at = self._decreased_at = now
+        self._apply_factor()
+
     def on_rate_limited(self, now: float) -> None:
         """A 429 came back: slow this group's pace down (once per overshoot)."""
         if now - self._decreased_at < DECREASE_HOLDOFF_SECONDS:

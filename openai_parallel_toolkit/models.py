@@ -45,7 +45,20 @@ class OpenAIModel(abc.ABC):
         """Send the request with `client` (the chosen key's client) and return the response."""
 
     def estimate_tokens(self) -> int:
-        """Tokens this request may consume, reserved against the token limit before sending."""
+        """Tokens this request may consume, reserved against the token limit before sending.
+
+        By default the prompt estimate plus the output allowance. Overriding this instead of
+        the two methods below is fine; the pool then cannot learn how its prompt estimates
+        compare with the server's counts.
+        """
+        return (self.estimate_prompt_tokens() or 0) + self.max_output_tokens()
+
+    def estimate_prompt_tokens(self) -> int | None:
+        """The prompt's tokens as counted locally (tiktoken), or None if unknown."""
+        return None
+
+    def max_output_tokens(self) -> int:
+        """The output allowance the server charges up front (``max_tokens`` x ``n``)."""
         return 0
 
     def describe(self) -> dict[str, Any] | None:
@@ -75,7 +88,8 @@ class OpenAIModel(abc.ABC):
         return None
 
 
-def _prompt_usage(response: Any) -> int | None:
+def prompt_usage(response: Any) -> int | None:
+    """``usage.prompt_tokens`` of a response: the server's own count of the prompt."""
     prompt = getattr(getattr(response, "usage", None), "prompt_tokens", None)
     return prompt if isinstance(prompt, int) else None
 
@@ -127,8 +141,11 @@ class ChatModel(OpenAIModel):
         self.model = model or self.default_model
         self.params = params
 
-    def estimate_tokens(self) -> int:
-        return estimate_chat_tokens(self.messages, self.model) + _max_output(self.params)
+    def estimate_prompt_tokens(self) -> int | None:
+        return estimate_chat_tokens(self.messages, self.model)
+
+    def max_output_tokens(self) -> int:
+        return _max_output(self.params)
 
     def describe(self) -> dict[str, Any] | None:
         return {
@@ -141,8 +158,8 @@ class ChatModel(OpenAIModel):
 
     def charged_tokens(self, response: Any) -> int | None:
         # The API charges the prompt and the whole output allowance when the request starts.
-        prompt = _prompt_usage(response)
-        return None if prompt is None else prompt + _max_output(self.params)
+        prompt = prompt_usage(response)
+        return None if prompt is None else prompt + self.max_output_tokens()
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.chat.completions.create(
@@ -209,8 +226,11 @@ class CompletionModel(OpenAIModel):
         self.model = model
         self.params = params
 
-    def estimate_tokens(self) -> int:
-        return estimate_tokens(self.prompt, self.model) + _max_output(self.params)
+    def estimate_prompt_tokens(self) -> int | None:
+        return estimate_tokens(self.prompt, self.model)
+
+    def max_output_tokens(self) -> int:
+        return _max_output(self.params)
 
     def describe(self) -> dict[str, Any] | None:
         return {
@@ -221,8 +241,8 @@ class CompletionModel(OpenAIModel):
         }
 
     def charged_tokens(self, response: Any) -> int | None:
-        prompt = _prompt_usage(response)
-        return None if prompt is None else prompt + _max_output(self.params)
+        prompt = prompt_usage(response)
+        return None if prompt is None else prompt + self.max_output_tokens()
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.completions.create(model=self.model, prompt=self.prompt, **self.params)
@@ -244,7 +264,7 @@ class EmbeddingModel(OpenAIModel):
         self.model = model
         self.params = params
 
-    def estimate_tokens(self) -> int:
+    def estimate_prompt_tokens(self) -> int | None:
         texts = [self.input] if isinstance(self.input, str) else self.input
         return sum(estimate_tokens(text, self.model) for text in texts)
 
@@ -258,7 +278,7 @@ class EmbeddingModel(OpenAIModel):
         }
 
     def charged_tokens(self, response: Any) -> int | None:
-        return _prompt_usage(response)
+        return prompt_usage(response)
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.embeddings.create(model=self.model, input=self.input, **self.params)

@@ -8,6 +8,7 @@ never returns None in place of an error.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 from .cache import RequestCache, active_cache
 from .errors import Action, RequestFailedError, classify
 from .keys import APIKeyManager, resolve_manager
-from .models import OpenAIModel
+from .models import OpenAIModel, prompt_usage
 
 __all__ = ["RetryPolicy", "request_openai_api"]
 
@@ -95,7 +96,11 @@ def request_openai_api(
 
 def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -> Any:
     """Send until success or a final error; returns the client's response."""
-    tokens = openai_model.estimate_tokens()
+    prompt = openai_model.estimate_prompt_tokens()
+    if prompt is None:
+        tokens = openai_model.estimate_tokens()
+    else:  # scaled by what the server's own counts taught the pool
+        tokens = math.ceil(prompt * pool.prompt_scale) + openai_model.max_output_tokens()
     clock = pool.clock
     attempts = transient = rate_limited = 0
     while True:
@@ -139,6 +144,9 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
             lease.succeed(
                 openai_model.usage_tokens(response), openai_model.charged_tokens(response)
             )
+            counted = prompt_usage(response)
+            if prompt and counted:
+                pool.observe_prompt_ratio(prompt, counted)
             return response
         finally:
             # Ctrl-C while waiting, a failing hook: never leave a reservation open.

@@ -221,3 +221,54 @@ def test_shared_limit_group_is_one_budget() -> None:
     # One 1,200 RPM budget (20/s, 20 burst) for all four keys together.
     assert _max_in_window(times, 5.0) <= 20 + 20 * 5
     assert times[-1] - times[0] == pytest.approx((600 - 20) / 20, rel=1e-6)
+
+
+def _rate_now(group: LimitGroup, clock: FakeClock) -> float:
+    """Requests per second the group grants right now (reserving 20 in a row)."""
+    start = group.ready_at(0, clock.monotonic())
+    assert start is not None
+    group.reserve(0, start)
+    times = _schedule(group, clock, 20)
+    return 20 / (times[-1] - start)
+
+
+def test_learned_limits_start_slowly_then_reach_the_limit() -> None:
+    clock = FakeClock()
+    group = LimitGroup("g", burst_seconds=0.1, now=clock.monotonic())
+    group.observe(RateLimitHeaders(limit_requests=600), clock.monotonic())  # 10/s
+    assert group.factor == pytest.approx(0.25)
+    assert _rate_now(group, clock) == pytest.approx(2.5, rel=0.2)
+    clock.advance(10.0)  # doubling each second: full pace well before this
+    group.ready_at(0, clock.monotonic())
+    assert group.factor == 1.0
+    assert group.requests_per_min == 600  # the limit itself is unchanged
+
+
+def test_429s_slow_a_group_down_once_per_overshoot_and_it_recovers() -> None:
+    clock = FakeClock()
+    group = LimitGroup("g", requests_per_min=600, now=clock.monotonic())
+    assert group.factor == 1.0  # configured limits start at full pace
+    group.on_rate_limited(clock.monotonic())
+    assert group.factor == pytest.approx(0.8)
+    group.on_rate_limited(clock.monotonic() + 0.2)  # the same overshoot: ignored
+    assert group.factor == pytest.approx(0.8)
+    clock.advance(1.5)
+    group.on_rate_limited(clock.monotonic())
+    assert group.factor == pytest.approx((0.8 + 0.015) * 0.8)
+    clock.advance(100.0)  # no 429 for a long time: back to the full limit, never above
+    group.ready_at(0, clock.monotonic())
+    assert group.factor == 1.0
+    times = _schedule(group, clock, 200)
+    assert _max_in_window(times, 5.0) <= 10 + 10 * 5.0 + 1e-9
+
+
+def test_a_429_in_slow_start_halves_the_pace() -> None:
+    clock = FakeClock()
+    group = LimitGroup("g", now=clock.monotonic())
+    group.observe(RateLimitHeaders(limit_requests=1200), clock.monotonic())
+    clock.advance(1.0)
+    group.on_rate_limited(clock.monotonic())  # at 0.5 after one doubling
+    assert group.factor == pytest.approx(0.25)
+    clock.advance(1.0)
+    group.ready_at(0, clock.monotonic())
+    assert group.factor == pytest.approx(0.26)  # additive from now on, not doubling
