@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,10 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def wait(self, condition: threading.Condition, seconds: float) -> None:
+        """Wait on `condition` (whose lock is held) for at most `seconds`."""
+        ...
+
 
 class SystemClock:
     """The real clock: `time.monotonic` and `time.sleep`."""
@@ -26,6 +31,9 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def wait(self, condition: threading.Condition, seconds: float) -> None:
+        condition.wait(seconds)
 
     def __repr__(self) -> str:
         return "SystemClock()"

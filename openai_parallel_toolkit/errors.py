@@ -118,6 +118,7 @@ class Verdict:
     reason: str
     status_code: int | None = None
     retry_after: float | None = None
+    limit: str | None = None  # for 429s: "requests" or "tokens" when the server says which
 
     def redacted(self, secrets: Sequence[str]) -> Verdict:
         """This verdict with `secrets` masked in its reason."""
@@ -202,7 +203,9 @@ def classify(exc: BaseException) -> Verdict:
         if code in _DEAD_CODES or typ in _DEAD_CODES or status in (401, 403):
             return Verdict(Action.KEY_DEAD, reason, status)
         if status == 429:
-            return Verdict(Action.RATE_LIMITED, reason, status, _rate_limit_wait(headers, typ))
+            limit = typ if typ in ("requests", "tokens") else None
+            wait = _rate_limit_wait(headers, typ)
+            return Verdict(Action.RATE_LIMITED, reason, status, wait, limit)
         if status in (408, 409) or status >= 500:
             return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
         return Verdict(Action.FATAL, reason, status)

@@ -8,6 +8,7 @@ never held while anyone sleeps or does I/O.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import enum
@@ -129,18 +130,19 @@ class _Key:
 
 
 class Lease:
-    """The right to send one request on one key, at `send_at` (monotonic seconds).
+    """The right to send one request on one key, granted at `send_at` (monotonic seconds).
 
     Exactly one of `succeed`, `fail` or `cancel` must be called once the request is over.
     """
 
-    __slots__ = ("_done", "_key", "_pool", "send_at", "tokens")
+    __slots__ = ("_done", "_group", "_key", "_pool", "send_at", "tokens")
 
     _done: bool
 
     def __init__(self, pool: APIKeyManager, key: _Key, tokens: int, send_at: float) -> None:
         self._pool = pool
         self._key = key
+        self._group = key.group
         self.tokens = tokens
         self.send_at = send_at
         self._done = False
@@ -161,7 +163,8 @@ class Lease:
         return max(0.0, self.send_at - self._pool.clock.monotonic())
 
     def still_valid(self) -> bool:
-        """False if the key was removed or its group started cooling down after the lease."""
+        """False if, since the lease, the key was removed, its group started cooling down or
+        was merged into another."""
         return self._pool._lease_valid(self)
 
     @property
@@ -277,8 +280,10 @@ class APIKeyManager:
                 )
             self._keys.append(_Key(key_config, group))
         self._groups = groups
+        self._waiting: collections.deque[threading.Condition] = collections.deque()
         self._recent_429s: dict[int, list[float]] = {}
         self.prompt_scale = 1.0
+        self._prompt_samples = 0
         for key in self._keys:
             key.client = self._client_factory(key.config, self._header_hook(key))
         logger.info(
@@ -293,59 +298,91 @@ class APIKeyManager:
     # -- leasing ------------------------------------------------------------------------------
 
     def try_acquire(self, tokens: int = 0) -> Lease | float:
-        """Reserve a slot on the key that can send soonest, without waiting.
+        """Take a slot on the key that can send now, without waiting.
 
-        Returns a `Lease` (whose `send_at` may lie in the future), or, when every usable
-        group is busy probing for its unknown limits, the seconds after which to try again.
-        Raises `NoKeysAvailableError` when every key has been removed.
+        Returns a `Lease` to send with at once, or the seconds until a slot is expected (the
+        caller waits that long, or less, and asks again). Nothing is reserved in the future,
+        so every correction (a 429, a header, a settled cost) applies to the next send.
+        Raises `NoKeysAvailableError` when every key has been removed. `acquire` adds
+        waiting in turn; use this one where blocking a thread is not an option.
         """
         with self._lock:
-            now = self.clock.monotonic()
-            count = len(self._keys)
-            best: _Key | None = None
-            best_at = 0.0
-            best_index = 0
-            usable = probing_busy = False
-            for offset in range(count):
-                index = (self._rotation + offset) % count
-                key = self._keys[index]
-                if key.removed_reason is not None:
-                    continue
-                usable = True
-                at = key.group.ready_at(tokens, now)
-                if at is None:
-                    probing_busy = True
-                elif best is None or at < best_at:
-                    best, best_at, best_index = key, at, index
-            if not usable:
-                raise NoKeysAvailableError(
-                    {key.masked: key.removed_reason or "removed" for key in self._keys}
-                )
-            # A probing group frees up within one round trip: better than a far-off slot.
-            if best is None or (probing_busy and best_at - now > PROBE_POLL_INTERVAL):
-                return PROBE_POLL_INTERVAL
-            self._rotation = (best_index + 1) % count
-            best.group.reserve(tokens, best_at)
-            best.requests += 1
-            return Lease(self, best, tokens, best_at)
+            return self._grant(tokens)
+
+    def _grant(self, tokens: int) -> Lease | float:
+        now = self.clock.monotonic()
+        count = len(self._keys)
+        best: _Key | None = None
+        best_at = 0.0
+        best_index = 0
+        usable = probing_busy = False
+        for offset in range(count):
+            index = (self._rotation + offset) % count
+            key = self._keys[index]
+            if key.removed_reason is not None:
+                continue
+            usable = True
+            at = key.group.ready_at(tokens, now)
+            if at is None:
+                probing_busy = True
+            elif best is None or at < best_at:
+                best, best_at, best_index = key, at, index
+                if at <= now:
+                    break  # ready now: the first such key in rotation order is the one
+        if not usable:
+            raise NoKeysAvailableError(
+                {key.masked: key.removed_reason or "removed" for key in self._keys}
+            )
+        if best is None:
+            return PROBE_POLL_INTERVAL
+        if best_at > now:
+            # A probing group frees up within one round trip: look again by then.
+            wait = best_at - now
+            return min(wait, PROBE_POLL_INTERVAL) if probing_busy else wait
+        self._rotation = (best_index + 1) % count
+        best.group.reserve(tokens, now)
+        best.requests += 1
+        return Lease(self, best, tokens, now)
 
     def acquire(self, tokens: int = 0) -> Lease:
-        """Like `try_acquire`, but waits (with the pool's clock) until a lease is granted.
+        """Wait (with the pool's clock) for a slot, in turn with other threads; return it.
 
-        The returned lease may still ask for a wait: sleep `lease.delay()` before sending.
+        Waiting threads form a queue: only the first one watches the clock, the others sleep
+        until their turn, so hundreds of waiting threads cost nothing. Anything that frees
+        capacity early (a refund, a header, a key back from cooling down) wakes the first.
         """
-        while True:
-            lease = self.try_acquire(tokens)
-            if isinstance(lease, Lease):
-                return lease
-            self.clock.sleep(lease)
+        with self._lock:
+            turn = threading.Condition(self._lock)
+            self._waiting.append(turn)
+            try:
+                while True:
+                    if self._waiting[0] is turn:
+                        lease = self._grant(tokens)
+                        if isinstance(lease, Lease):
+                            return lease
+                        self.clock.wait(turn, lease)
+                    else:
+                        turn.wait()
+            finally:
+                self._waiting.remove(turn)
+                self._wake_first()
+
+    def _wake_first(self) -> None:
+        """Under the lock: let the first waiting thread look at the pool again."""
+        if self._waiting:
+            self._waiting[0].notify()
 
     # -- reports from leases --------------------------------------------------------------------
 
     def _lease_valid(self, lease: Lease) -> bool:
         key = lease._key
         with self._lock:
-            return key.removed_reason is None and key.group.cooldown_until <= lease.send_at
+            group = key.group
+            return (
+                key.removed_reason is None
+                and group is lease._group
+                and group.cooldown_until <= lease.send_at
+            )
 
     def _on_success(self, lease: Lease, tokens_used: int | None, charged: int | None) -> None:
         key = lease._key
@@ -361,12 +398,14 @@ class APIKeyManager:
             else:
                 settle = 0
             key.group.release(self.clock.monotonic(), tokens=settle)
+            self._wake_first()
 
     def _on_cancel(self, lease: Lease) -> None:
         key = lease._key
         with self._lock:
             key.requests -= 1
             key.group.release(self.clock.monotonic(), refund_request=True, tokens=lease.tokens)
+            self._wake_first()
 
     def _on_failure(self, lease: Lease, verdict: Verdict) -> Verdict:
         key = lease._key
@@ -384,13 +423,18 @@ class APIKeyManager:
                 wait = verdict.retry_after if verdict.retry_after is not None else DEFAULT_COOLDOWN
                 wait = min(wait, MAX_COOLDOWN)
                 group.cool_down(now + wait)
-                group.on_rate_limited(now)
-                merged = self._merge_shared(group, now)
+                merged = []
+                # Only request counts are exact on both sides: a token 429 may just mean the
+                # prompt estimate was low, which settling and the learned scale correct.
+                if verdict.limit != "tokens":
+                    group.on_rate_limited(now)
+                    merged = self._merge_shared(group, now)
             else:
                 key.errors += 1
             newly_removed = verdict.action is Action.KEY_DEAD and key.removed_reason is None
             if newly_removed:
                 key.removed_reason = verdict.reason
+            self._wake_first()
         if verdict.action is Action.RATE_LIMITED:
             logger.info("rate limited on %s: cooling its group down %.2fs", key.masked, wait)
             if merged:
@@ -448,13 +492,18 @@ class APIKeyManager:
             return
         ratio = min(4.0, max(0.25, counted / estimated))
         with self._lock:
-            self.prompt_scale += PROMPT_SCALE_WEIGHT * (ratio - self.prompt_scale)
+            # A plain mean over the first samples, then a moving average: right from the first
+            # few replies, and still following a change of model or text later.
+            self._prompt_samples += 1
+            weight = max(PROMPT_SCALE_WEIGHT, 1.0 / self._prompt_samples)
+            self.prompt_scale += weight * (ratio - self.prompt_scale)
 
     def _header_hook(self, key: _Key) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:
             headers = RateLimitHeaders.from_headers(response.headers)
             with self._lock:
                 key.group.observe(headers, self.clock.monotonic())
+                self._wake_first()
 
         return on_response
 
@@ -466,6 +515,7 @@ class APIKeyManager:
             for entry in self._keys:
                 if key in (entry.config.api_key, entry.masked):
                     entry.removed_reason = entry.removed_reason or reason
+                    self._wake_first()
                     return
         raise KeyError("no such key in the pool")
 

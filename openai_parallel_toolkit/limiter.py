@@ -19,6 +19,11 @@ from .headers import RateLimitHeaders
 __all__ = ["LimitGroup"]
 
 
+# Sends that need a full bucket go this much later than the bucket says: thread wake-ups and
+# the network shift arrival times by milliseconds, which a full bucket on the server cannot absorb.
+FULL_BUCKET_MARGIN_SECONDS = 0.05
+
+
 class _Bucket:
     """A continuously refilling bucket whose level may be dated in the future (queued sends)."""
 
@@ -41,9 +46,12 @@ class _Bucket:
     def ready_at(self, amount: float, now: float) -> float:
         base = max(now, self.updated)
         level = self._level_at(base)
-        # A cost above the capacity waits only for a full bucket, never forever.
-        need = min(amount, self.capacity)
-        return base if level >= need else base + (need - level) / self.rate
+        if amount > self.capacity:
+            # A cost above the capacity waits only for a full bucket, never forever; a server
+            # admits it when its own bucket is full too, to the millisecond, so leave a margin.
+            full_at = self.updated + max(0.0, self.capacity - self.level) / self.rate
+            return max(base, full_at + FULL_BUCKET_MARGIN_SECONDS)
+        return base if level >= amount else base + (amount - level) / self.rate
 
     def take(self, amount: float, at: float) -> None:
         at = max(at, self.updated)

@@ -96,8 +96,10 @@ def test_lease_cancel_and_validity() -> None:
     )
     first = manager.acquire()
     assert first.delay() == 0 and first.still_valid()
-    second = manager.acquire()
-    assert second.delay() == pytest.approx(1.0)  # 60 RPM: one per second after the burst
+    assert isinstance(manager.try_acquire(), float)  # nothing free now: how long to wait
+    second = manager.acquire()  # waits its turn on the (fake) clock: 60 RPM, one per second
+    assert clock.sleeps == [pytest.approx(1.0)]
+    assert second.delay() == 0
     manager.remove_key(KEYS[0], "revoked")
     assert not second.still_valid()
     second.cancel()

@@ -28,6 +28,10 @@ class FakeClock:
             if seconds > 0:
                 self._now += seconds
 
+    def wait(self, condition: threading.Condition, seconds: float) -> None:
+        """Like `sleep`: a timed wait on a condition ends at once, its time having passed."""
+        self.sleep(seconds)
+
     def advance(self, seconds: float) -> None:
         """Move time forward by `seconds` without recording a sleep."""
         with self._lock:
