@@ -184,3 +184,24 @@ def test_each_key_goes_through_its_own_proxy() -> None:
         assert set(proxy_a.counters()) == {KEYS[0]}
         assert set(proxy_b.counters()) == {KEYS[1]}
         assert proxy_a.total().successes == proxy_b.total().successes == 3
+
+
+def test_undeclared_keys_of_one_project_are_found_and_paced_together() -> None:
+    # Four keys share one 3,000 RPM limit on the server, rejected requests charged too; the
+    # config does not say so and gives no limits.
+    keys = KEYS[:4]
+    with FakeOpenAIServer(
+        keys=keys,
+        groups={key: "project" for key in keys},
+        group_limits={"project": (3000, None)},
+        charge_rejected=True,
+        latency=0.02,
+    ) as server:
+        manager = _pool(server, keys)
+        models = [ChatModel(content=f"s{i}") for i in range(200)]
+        results = _run_parallel(manager, models, threads=32)
+        assert results == [f"echo: s{i}" for i in range(200)]
+        groups = {key.group for key in manager.statistics().keys}
+        assert len(groups) == 1  # merged into one limit group
+        total = server.total()
+        assert total.rate_limited <= 0.1 * total.requests
