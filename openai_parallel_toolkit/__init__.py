@@ -14,6 +14,7 @@ no network is touched until a pool is built or a request is sent.
 
 from .cache import RequestCache, use_cache
 from .clock import Clock, SystemClock
+from .compat import ChatCompletion, Completion, Embedding, append_auth_from_config
 from .config import (
     KeyConfig,
     ToolkitConfig,
@@ -44,6 +45,7 @@ from .keys import (
     reset_default_manager,
     use_manager,
 )
+from .knobs import Knobs
 from .limiter import LimitGroup
 from .models import (
     ChatModel,
@@ -72,10 +74,13 @@ __all__ = [
     "APIKeyManager",
     "Action",
     "BatchError",
+    "ChatCompletion",
     "ChatModel",
     "Clock",
+    "Completion",
     "CompletionModel",
     "ConfigError",
+    "Embedding",
     "EmbeddingModel",
     "FileFailure",
     "Gpt4",
@@ -85,6 +90,7 @@ __all__ = [
     "KeyConfig",
     "KeyState",
     "KeyStats",
+    "Knobs",
     "Lease",
     "LimitGroup",
     "NoKeysAvailableError",
@@ -102,6 +108,7 @@ __all__ = [
     "ToolkitError",
     "Verdict",
     "__version__",
+    "append_auth_from_config",
     "classify",
     "config_from_env",
     "config_from_keys",

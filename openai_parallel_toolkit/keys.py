@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import enum
 import logging
 import os
@@ -23,6 +24,7 @@ from .clock import Clock, SystemClock
 from .config import KeyConfig, ToolkitConfig, config_from_env, config_from_keys, load_config
 from .errors import Action, ConfigError, NoKeysAvailableError, Verdict, scrub_exception
 from .headers import RateLimitHeaders
+from .knobs import Knobs
 from .limiter import LimitGroup
 
 if TYPE_CHECKING:
@@ -223,6 +225,9 @@ class APIKeyManager:
 
     `set_api_base` is accepted for compatibility and has no effect: each key's own client
     gets its base URL, and the global ``openai`` module is never modified.
+
+    `knobs` (default: `Knobs.from_env()`, read now) supplies default limits for keys that
+    have none in their config, and whether token costs are settled after each reply.
     """
 
     def __init__(
@@ -238,6 +243,7 @@ class APIKeyManager:
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         clock: Clock | None = None,
         client_factory: Callable[[KeyConfig, Callable[[Any], None]], openai.OpenAI] | None = None,
+        knobs: Knobs | None = None,
     ) -> None:
         del set_api_base  # compatibility only, see the docstring
         if api_keys is not None:
@@ -249,22 +255,49 @@ class APIKeyManager:
         if not config.keys:
             raise ConfigError("no API keys configured", source=config.source, field="api_keys")
         self.config = config
+        self.knobs = knobs if knobs is not None else Knobs.from_env()
         self.clock: Clock = clock or SystemClock()
         self.timeout = timeout
+        self.burst_seconds = burst_seconds
         self._client_factory = client_factory or _default_client_factory(timeout)
         self._lock = threading.Lock()
         self._rotation = 0
-        now = self.clock.monotonic()
-        groups: dict[str, LimitGroup] = {}
+        self._groups: dict[str, LimitGroup] = {}
         self._keys: list[_Key] = []
-        for key_config in config.keys:
-            group = groups.get(key_config.group)
+        self._waiting: collections.deque[threading.Condition] = collections.deque()
+        self._recent_429s: dict[int, list[float]] = {}
+        self.prompt_scale = 1.0
+        self._prompt_samples = 0
+        self._add(config.keys)
+        logger.info(
+            "key pool from %s: %d keys in %d limit groups",
+            config.source,
+            len(self._keys),
+            len(self._groups),
+        )
+        if make_default:
+            _set_default(self)
+
+    def _add(self, key_configs: Sequence[KeyConfig]) -> list[_Key]:
+        """Build groups and clients for new keys (the knobs' default limits filled in)."""
+        now = self.clock.monotonic()
+        added: list[_Key] = []
+        for key_config in key_configs:
+            if key_config.requests_per_min is None and self.knobs.requests_per_min is not None:
+                key_config = dataclasses.replace(
+                    key_config, requests_per_min=self.knobs.requests_per_min
+                )
+            if key_config.tokens_per_min is None and self.knobs.tokens_per_min is not None:
+                key_config = dataclasses.replace(
+                    key_config, tokens_per_min=self.knobs.tokens_per_min
+                )
+            group = self._groups.get(key_config.group)
             if group is None:
-                group = groups[key_config.group] = LimitGroup(
+                group = self._groups[key_config.group] = LimitGroup(
                     key_config.group,
                     requests_per_min=key_config.requests_per_min,
                     tokens_per_min=key_config.tokens_per_min,
-                    burst_seconds=burst_seconds,
+                    burst_seconds=self.burst_seconds,
                     now=now,
                 )
             elif (key_config.requests_per_min, key_config.tokens_per_min) != (
@@ -278,22 +311,24 @@ class APIKeyManager:
                     group.configured_requests_per_min,
                     group.configured_tokens_per_min,
                 )
-            self._keys.append(_Key(key_config, group))
-        self._groups = groups
-        self._waiting: collections.deque[threading.Condition] = collections.deque()
-        self._recent_429s: dict[int, list[float]] = {}
-        self.prompt_scale = 1.0
-        self._prompt_samples = 0
-        for key in self._keys:
-            key.client = self._client_factory(key.config, self._header_hook(key))
-        logger.info(
-            "key pool from %s: %d keys in %d limit groups",
-            config.source,
-            len(self._keys),
-            len(groups),
-        )
-        if make_default:
-            _set_default(self)
+            key = _Key(key_config, group)
+            key.client = self._client_factory(key_config, self._header_hook(key))
+            added.append(key)
+        self._keys.extend(added)
+        return added
+
+    def add_keys(self, config: ToolkitConfig) -> int:
+        """Add the keys of `config` to this pool; keys it already holds are skipped.
+
+        Returns how many were added. Requests already running are not disturbed.
+        """
+        with self._lock:
+            known = {key.config.api_key for key in self._keys}
+            new = [key for key in config.keys if key.api_key not in known]
+            added = self._add(new)
+            self._wake_first()
+        logger.info("added %d keys from %s to %r", len(added), config.source, self)
+        return len(added)
 
     # -- leasing ------------------------------------------------------------------------------
 
@@ -391,7 +426,9 @@ class APIKeyManager:
             key.group.responses_seen += 1
             if tokens_used is not None:
                 key.tokens += tokens_used
-            if charged is not None:
+            if not self.knobs.ratelimit_after_submission:
+                settle = 0  # RATELIMIT_AFTER_SUBMISSION=false: the reservation stands as made
+            elif charged is not None:
                 settle = lease.tokens - charged
             elif tokens_used is not None:
                 settle = -max(0, tokens_used - lease.tokens)
@@ -501,9 +538,11 @@ class APIKeyManager:
     def _header_hook(self, key: _Key) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:
             headers = RateLimitHeaders.from_headers(response.headers)
+            success = response.status_code < 400
             with self._lock:
-                key.group.observe(headers, self.clock.monotonic())
-                self._wake_first()
+                key.group.observe(headers, self.clock.monotonic(), success=success)
+                if success:
+                    self._wake_first()
 
         return on_response
 

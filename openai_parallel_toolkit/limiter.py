@@ -208,9 +208,14 @@ class LimitGroup:
         self._decreased_at = self._adapted_at = now
         self._apply_factor()
 
-    def observe(self, headers: RateLimitHeaders, now: float) -> None:
-        """Correct limits and levels from one response's ``x-ratelimit-*`` headers."""
-        self.responses_seen += 1
+    def observe(self, headers: RateLimitHeaders, now: float, *, success: bool = True) -> None:
+        """Correct limits and levels from one response's ``x-ratelimit-*`` headers.
+
+        Only a successful response ends probing: after an error the caller decides first
+        (a dead key must be removed before another request can pick it).
+        """
+        if success:
+            self.responses_seen += 1
         if headers.empty:
             return
         if headers.limit_requests is not None:

@@ -1,0 +1,262 @@
+"""openai-manager style batched calls: ``Completion.create(prompt=[...])`` and friends.
+
+Each `create` takes the official request parameters; a list of prompts, conversations or
+inputs is spread over every key of the default pool and comes back as a list in input order,
+as plain dicts shaped like the API's JSON (``return_openai_response=True``: the client's
+response objects). Parameters this module does not know go into the request body unchanged.
+
+The toolkit's own options have names no API parameter uses: ``no_tqdm`` and
+``return_openai_response`` (openai-manager's), and ``opt_attempts``, ``opt_on_error``,
+``opt_manager``, ``opt_cache``. A prompt that fails for good raises a `BatchError` carrying the
+other results once they are all done (``opt_on_error="none"`` / ``"return"``: None or the
+exception in its place); nothing hangs.
+
+The calls are plain blocking functions on threads: they work from a script, from a worker
+thread, and while an event loop is running in the calling thread (Jupyter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+from .cache import RequestCache
+from .config import load_config
+from .errors import ConfigError
+from .keys import APIKeyManager, KeyState, current_default, get_default_manager
+from .models import ChatModel, CompletionModel, EmbeddingModel, OpenAIModel
+from .parallel import BatchError, OnError, default_concurrency, parallel_map
+from .request import RetryPolicy, request_openai_api
+
+__all__ = ["ChatCompletion", "Completion", "Embedding", "append_auth_from_config"]
+
+_PACKAGE_LOGGER = "openai_parallel_toolkit"
+# Inputs per embeddings request: several per request is cheaper, a few requests per key
+# spread the work.
+EMBEDDING_INPUTS_PER_REQUEST = 16
+
+
+def append_auth_from_config(config_path: str | os.PathLike[str]) -> APIKeyManager:
+    """Add the keys of a YAML (or JSON) key file to the default pool; return the pool.
+
+    Without a default pool yet, the environment's keys (and ``./.env``) are taken too when
+    there are any, as openai-manager did.
+    """
+    config = load_config(config_path)
+    pool = current_default()
+    if pool is None:
+        try:
+            pool = APIKeyManager(dotenv=True)
+        except ConfigError:  # no keys in the environment: the file's keys alone
+            return APIKeyManager(config=config)
+    pool.add_keys(config)
+    return pool
+
+
+def _pool(manager: APIKeyManager | None) -> APIKeyManager:
+    if manager is not None:
+        return manager
+    if current_default() is None:
+        # openai-manager read the environment and ./.env; build the default pool the same way.
+        with contextlib.suppress(ConfigError):
+            return APIKeyManager(dotenv=True)
+    return get_default_manager()  # raises the explanatory ConfigError
+
+
+@contextlib.contextmanager
+def _log_level(level: int | None) -> Iterator[None]:
+    if level is None:
+        yield
+        return
+    logger = logging.getLogger(_PACKAGE_LOGGER)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _as_result(response: Any, raw: bool) -> Any:
+    if raw:
+        return response
+    to_dict = getattr(response, "to_dict", None)
+    return to_dict() if callable(to_dict) else response
+
+
+class _BatchCall:
+    """What the three endpoints share: options, threads, retries, order, errors."""
+
+    endpoint: ClassVar[str]
+
+    @classmethod
+    def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
+        raise NotImplementedError
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        no_tqdm: bool = False,
+        return_openai_response: bool = False,
+        opt_attempts: int | None = None,
+        opt_on_error: OnError = "raise",
+        opt_manager: APIKeyManager | None = None,
+        opt_cache: RequestCache | bool | None = None,
+        **params: Any,
+    ) -> list[Any]:
+        """Send the request(s) described by the official parameters; results in input order."""
+        pool = _pool(opt_manager)
+        knobs = pool.knobs
+        attempts = opt_attempts if opt_attempts is not None else knobs.attempts_per_prompt
+        policy = RetryPolicy(max_retries=max(0, attempts - 1))
+        models = cls._models(params)
+        threads = default_concurrency(pool)
+        if knobs.concurrency_per_key is not None:
+            threads = knobs.concurrency_per_key * sum(
+                key.state is not KeyState.REMOVED for key in pool.statistics().keys
+            )
+        threads = max(1, min(threads, knobs.global_request_limit, len(models)))
+
+        def send(model: OpenAIModel) -> Any:
+            return request_openai_api(model, manager=pool, policy=policy, raw=True, cache=opt_cache)
+
+        with _log_level(knobs.log_level):
+            responses = parallel_map(
+                send,
+                models,
+                threads=threads,
+                on_error="return",
+                progress=False if no_tqdm else None,
+                desc=f"{cls.__name__}.create",
+            )
+        errors = {i: r for i, r in enumerate(responses) if isinstance(r, BaseException)}
+        results = [
+            None if i in errors else _as_result(r, return_openai_response)
+            for i, r in enumerate(responses)
+        ]
+        return _apply_on_error(errors, results, opt_on_error)
+
+
+def _apply_on_error(
+    errors: dict[int, BaseException], results: list[Any], on_error: OnError
+) -> list[Any]:
+    if on_error not in ("raise", "none", "return"):
+        raise ValueError(f"opt_on_error must be 'raise', 'none' or 'return', not {on_error!r}")
+    if errors and on_error == "raise":
+        raise BatchError(results, errors)
+    if on_error == "return":
+        for index, error in errors.items():
+            results[index] = error
+    return results
+
+
+def _is_batch_of_prompts(prompt: Any) -> bool:
+    # A list of strings, or a list of token lists, is a batch; a list of ints is one prompt.
+    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+
+
+class Completion(_BatchCall):
+    """``Completion.create(model=..., prompt=[...], ...)``: one request per prompt."""
+
+    endpoint = "completions"
+
+    @classmethod
+    def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
+        params = dict(params)
+        prompt = params.pop("prompt", None)
+        if prompt is None:
+            raise TypeError("Completion.create needs prompt=")
+        prompts = prompt if _is_batch_of_prompts(prompt) else [prompt]
+        return [CompletionModel(p, **params) for p in prompts]
+
+
+class ChatCompletion(_BatchCall):
+    """``ChatCompletion.create(model=..., messages=[conversation, ...], ...)``.
+
+    A list of conversations (each a list of message dicts) runs in parallel; a single
+    conversation runs alone (and still returns a list of one result).
+    """
+
+    endpoint = "chat.completions"
+
+    @classmethod
+    def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
+        params = dict(params)
+        messages = params.pop("messages", None)
+        if not isinstance(messages, list) or not messages:
+            raise TypeError("ChatCompletion.create needs messages= (a conversation or a list)")
+        conversations = messages if isinstance(messages[0], list) else [messages]
+        return [ChatModel(messages=conversation, **params) for conversation in conversations]
+
+
+class Embedding(_BatchCall):
+    """``Embedding.create(model=..., input=[...])``: one result per input, in order.
+
+    Inputs are sent several per request (up to 16); each input's result is shaped like the
+    API's answer for that input alone, with its share of the usage.
+    """
+
+    endpoint = "embeddings"
+
+    @classmethod
+    def create(cls, **kwargs: Any) -> list[Any]:  # type: ignore[override]
+        """Embed `input` (a string or a list); one result per input, in input order."""
+        raw = bool(kwargs.get("return_openai_response", False))
+        on_error: OnError = kwargs.pop("opt_on_error", "raise")
+        kwargs["opt_on_error"] = "return"
+        inputs = kwargs.get("input")
+        if inputs is None:
+            raise TypeError("Embedding.create needs input=")
+        single = isinstance(inputs, str) or (
+            isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], int)
+        )
+        items = [inputs] if single else list(inputs)
+        chunks = [
+            items[i : i + EMBEDDING_INPUTS_PER_REQUEST]
+            for i in range(0, len(items), EMBEDDING_INPUTS_PER_REQUEST)
+        ]
+        kwargs["input"] = chunks
+        kwargs["return_openai_response"] = True
+        responses = super().create(**kwargs)
+        results: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        for chunk, response in zip(chunks, responses, strict=True):
+            if isinstance(response, BaseException):
+                for _ in chunk:
+                    errors[len(results)] = response
+                    results.append(None)
+                continue
+            results.extend(_split_embeddings(response, chunk, raw))
+        return _apply_on_error(errors, results, on_error)
+
+    @classmethod
+    def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
+        params = dict(params)
+        chunks = params.pop("input")
+        return [EmbeddingModel(chunk, **params) for chunk in chunks]
+
+
+def _split_embeddings(response: Any, chunk: Sequence[Any], raw: bool) -> list[Any]:
+    """One single-input response per input of a batched embeddings response."""
+    data = sorted(response.data, key=lambda item: item.index)
+    usage = getattr(response, "usage", None)
+    total = getattr(usage, "prompt_tokens", 0) or 0
+    sizes = [max(1, len(item) if isinstance(item, list) else len(str(item))) for item in chunk]
+    results = []
+    for item, size in zip(data, sizes, strict=True):
+        share = math.ceil(total * size / sum(sizes)) if total else 0
+        record = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": item.embedding}],
+            "model": response.model,
+            "usage": {"prompt_tokens": share, "total_tokens": share},
+        }
+        if raw:
+            record = type(response).construct(**record)
+        results.append(record)
+    return results
