@@ -205,3 +205,45 @@ def test_undeclared_keys_of_one_project_are_found_and_paced_together() -> None:
         assert len(groups) == 1  # merged into one limit group
         total = server.total()
         assert total.rate_limited <= 0.1 * total.requests
+
+
+@pytest.mark.parametrize(("settle", "expected_wait"), [(True, 10.1), (False, 0.1)])
+def test_settling_with_the_servers_count_follows_the_knob(
+    settle: bool, expected_wait: float
+) -> None:
+    from openai_parallel_toolkit import Knobs
+
+    clock = FakeClock()
+    manager = APIKeyManager(
+        api_keys=[{"api_key": KEYS[0], "tokens_per_min": 6000}],  # 100 tokens/s
+        make_default=False,
+        clock=clock,
+        burst_seconds=0.1,  # a bucket of 10 tokens
+        knobs=Knobs(ratelimit_after_submission=settle),
+        client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
+    )
+    lease = manager.acquire(10)
+    lease.succeed(tokens_used=1010, charged=1010)  # the server counted 1,000 more
+    manager.acquire(10).cancel()  # 0.1 s to refill the 10 tokens, plus 10 s of debt if settled
+    assert sum(clock.sleeps) == pytest.approx(expected_wait, abs=0.01)
+
+
+def test_batched_calls_from_a_worker_thread() -> None:
+    from openai_parallel_toolkit import ChatCompletion
+
+    with FakeOpenAIServer(keys=KEYS[:2]) as server:
+        manager = _pool(server, KEYS[:2])
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            futures = [
+                executor.submit(
+                    ChatCompletion.create,
+                    model="m",
+                    messages=[[{"role": "user", "content": f"{w}-{i}"}] for i in range(5)],
+                    no_tqdm=True,
+                    opt_manager=manager,
+                )
+                for w in range(2)
+            ]
+            results = [f.result(timeout=30) for f in futures]
+        texts = [[r["choices"][0]["message"]["content"] for r in batch] for batch in results]
+        assert texts == [[f"echo: {w}-{i}" for i in range(5)] for w in range(2)]
