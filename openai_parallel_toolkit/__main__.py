@@ -1,6 +1,7 @@
 """Command line: ``openai-parallel-toolkit COMMAND ...`` or ``python -m openai_parallel_toolkit``.
 
 Commands:
+  serve            run the OpenAI-compatible proxy over your keys (needs the ``server`` extra)
   fake-server      run the bundled fake OpenAI server (needs the ``server`` extra)
   tiktoken-cache   seed tiktoken's cache with verified encoding files, for offline use
 """
@@ -26,6 +27,12 @@ def _fake_server(argv: list[str]) -> int:
     return fake_server_main(argv)
 
 
+def _serve(argv: list[str]) -> int:
+    from .serving import main as serving_main
+
+    return serving_main(argv, prog="openai-parallel-toolkit serve")
+
+
 def _tiktoken_cache(argv: list[str]) -> int:
     from .tiktoken_cache import main as tiktoken_cache_main
 
@@ -33,6 +40,7 @@ def _tiktoken_cache(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "serve": _serve,
     "fake-server": _fake_server,
     "tiktoken-cache": _tiktoken_cache,
 }

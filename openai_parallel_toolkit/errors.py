@@ -32,6 +32,7 @@ __all__ = [
     "ToolkitError",
     "Verdict",
     "classify",
+    "classify_response",
     "mask_key",
     "redact",
     "scrub_exception",
@@ -196,24 +197,41 @@ def classify(exc: BaseException) -> Verdict:
     import openai  # local: keeps `errors` importable without touching the client at import
 
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
         code, typ, message = _error_fields(exc)
         headers = exc.response.headers if exc.response is not None else None
-        reason = redact(f"HTTP {status} {code or typ or ''}: {message}".replace("  ", " "))
-        if code in _DEAD_CODES or typ in _DEAD_CODES or status in (401, 403):
-            return Verdict(Action.KEY_DEAD, reason, status)
-        if status == 429:
-            limit = typ if typ in ("requests", "tokens") else None
-            wait = _rate_limit_wait(headers, typ)
-            return Verdict(Action.RATE_LIMITED, reason, status, wait, limit)
-        if status in (408, 409) or status >= 500:
-            return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
-        return Verdict(Action.FATAL, reason, status)
+        return _classify_status(exc.status_code, code, typ, message, headers)
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
     if _is_transport_error(exc):
         return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
     return Verdict(Action.FATAL, redact(f"{type(exc).__name__}: {exc}"))
+
+
+def _classify_status(
+    status: int, code: str, typ: str, message: str, headers: Mapping[str, str] | None
+) -> Verdict:
+    reason = redact(f"HTTP {status} {code or typ or ''}: {message}".replace("  ", " "))
+    if code in _DEAD_CODES or typ in _DEAD_CODES or status in (401, 403):
+        return Verdict(Action.KEY_DEAD, reason, status)
+    if status == 429:
+        limit = typ if typ in ("requests", "tokens") else None
+        return Verdict(Action.RATE_LIMITED, reason, status, _rate_limit_wait(headers, typ), limit)
+    if status in (408, 409) or status >= 500:
+        return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
+    return Verdict(Action.FATAL, reason, status)
+
+
+def classify_response(status: int, body: Any, headers: Mapping[str, str] | None) -> Verdict:
+    """`classify` for a raw HTTP error response (`body` parsed JSON, or anything)."""
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    if isinstance(error, Mapping):
+        code = str(error.get("code") or "")
+        typ = str(error.get("type") or "")
+        message = str(error.get("message") or "")
+    else:
+        code = typ = ""
+        message = str(body)[:200]
+    return _classify_status(status, code, typ, message, headers)
 
 
 def scrub_exception(exc: BaseException, secrets: Sequence[str]) -> BaseException:

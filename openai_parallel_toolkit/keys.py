@@ -16,7 +16,7 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "KeyState",
     "KeyStats",
     "Lease",
+    "PoolCapacity",
     "PoolStats",
     "current_default",
     "get_default_manager",
@@ -104,6 +105,25 @@ class PoolStats:
     in_flight: int
 
 
+@dataclass(frozen=True, slots=True)
+class PoolCapacity:
+    """Known limits (per minute) and what is left now, summed over the usable groups.
+
+    None where no group knows that limit.
+    """
+
+    limit_requests: float | None
+    remaining_requests: float | None
+    limit_tokens: float | None
+    remaining_tokens: float | None
+    active_keys: int
+
+
+def _sum_known(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
 class _Key:
     """Mutable per-key state; only touched under the pool's lock."""
 
@@ -160,6 +180,11 @@ class Lease:
         """The leased key, masked."""
         return self._key.masked
 
+    @property
+    def key_config(self) -> KeyConfig:
+        """The leased key's configuration (for callers that send with their own client)."""
+        return self._key.config
+
     def delay(self) -> float:
         """Seconds still to wait before sending (0 when the slot has come)."""
         return max(0.0, self.send_at - self._pool.clock.monotonic())
@@ -197,6 +222,11 @@ class Lease:
         """The request was not sent (or its outcome is unknown); give its reservation back."""
         self._finish()
         self._pool._on_cancel(self)
+
+    def observe_headers(self, headers: Mapping[str, str], *, success: bool) -> None:
+        """Feed a response's ``x-ratelimit-*`` headers to the key's group (for callers that
+        send with their own HTTP client, such as the proxy server)."""
+        self._pool._observe(self._key, RateLimitHeaders.from_headers(headers), success)
 
     def scrub(self, exc: BaseException) -> BaseException:
         """Mask this lease's key in `exc` (in place) before it travels further."""
@@ -538,13 +568,33 @@ class APIKeyManager:
     def _header_hook(self, key: _Key) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:
             headers = RateLimitHeaders.from_headers(response.headers)
-            success = response.status_code < 400
-            with self._lock:
-                key.group.observe(headers, self.clock.monotonic(), success=success)
-                if success:
-                    self._wake_first()
+            self._observe(key, headers, response.status_code < 400)
 
         return on_response
+
+    def _observe(self, key: _Key, headers: RateLimitHeaders, success: bool) -> None:
+        with self._lock:
+            key.group.observe(headers, self.clock.monotonic(), success=success)
+            if success:
+                self._wake_first()
+
+    def capacity(self) -> PoolCapacity:
+        """The pool's known limits and what is left of them now, summed over usable groups."""
+        with self._lock:
+            now = self.clock.monotonic()
+            groups = {id(k.group): k.group for k in self._keys if k.removed_reason is None}
+            return PoolCapacity(
+                limit_requests=_sum_known(g.requests_per_min for g in groups.values()),
+                remaining_requests=_sum_known(
+                    max(0.0, g.requests.level_now(now)) if g.requests else None
+                    for g in groups.values()
+                ),
+                limit_tokens=_sum_known(g.tokens_per_min for g in groups.values()),
+                remaining_tokens=_sum_known(
+                    max(0.0, g.tokens.level_now(now)) if g.tokens else None for g in groups.values()
+                ),
+                active_keys=sum(k.removed_reason is None for k in self._keys),
+            )
 
     # -- management and introspection ----------------------------------------------------------
 
