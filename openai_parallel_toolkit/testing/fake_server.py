@@ -19,16 +19,13 @@ import argparse
 import asyncio
 import base64
 import collections
-import contextlib
 import hashlib
-import importlib.util
 import itertools
 import json
 import logging
 import math
 import random
 import signal
-import socket
 import struct
 import sys
 import threading
@@ -38,9 +35,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import uvicorn
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
+
+from ..asgi import BackgroundServer
 
 __all__ = [
     "FAULTS",
@@ -514,11 +512,7 @@ class FakeOpenAIServer:
         self._ids = itertools.count(1)
         self._id_prefix = f"{random.getrandbits(40):010x}"
 
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._socket: socket.socket | None = None
-        self._startup_error: BaseException | None = None
+        self._runner: BackgroundServer | None = None
         self._stopping = False
         self._base_url: str | None = None
 
@@ -552,75 +546,24 @@ class FakeOpenAIServer:
 
     def start(self) -> FakeOpenAIServer:
         """Start serving in a background thread; returns once connections are accepted."""
-        if self._thread is not None:
+        if self._runner is not None:
             raise RuntimeError("FakeOpenAIServer is already started")
         logging.getLogger("uvicorn.error").addFilter(_DROP_FILTER)
-        sock = _bind(self.host, self.port)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._socket = sock
         self._stopping = False
-        self._startup_error = None
-        thread = threading.Thread(
-            target=self._run, args=(server, sock), name=f"FakeOpenAIServer:{self.port}", daemon=True
-        )
-        self._thread = thread
-        thread.start()
-        deadline = time.monotonic() + 10.0
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"FakeOpenAIServer failed to start: {self._startup_error!r}")
-            time.sleep(0.002)
-        self._base_url = f"http://{_url_host(self.host)}:{self.port}/v1"
+        runner = BackgroundServer(self.app, self.host, self.port, name="FakeOpenAIServer")
+        runner.start()
+        self._runner, self.port = runner, runner.port
+        self._base_url = f"{runner.url}/v1"
         return self
-
-    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
-        async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            await server.serve(sockets=[sock])
-
-        try:
-            asyncio.run(serve())
-        except BaseException as exc:  # uvicorn reports startup failure with SystemExit
-            self._startup_error = exc
 
     def stop(self) -> None:
         """Stop the server and close open connections; quick (about 0.2 s) and idempotent."""
-        thread, server, loop = self._thread, self._server, self._loop
-        if thread is None or server is None:
+        if self._runner is None:
             return
         self._stopping = True
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed in between
-                loop.call_soon_threadsafe(self._shutdown_now, server)
-        server.should_exit = True
-        thread.join(timeout=5.0)
-        if self._socket is not None:
-            self._socket.close()
-        self._thread = self._server = self._loop = self._socket = None
+        self._runner.stop()
+        self._runner = None
         self._base_url = None
-
-    @staticmethod
-    def _shutdown_now(server: uvicorn.Server) -> None:
-        # Skip uvicorn's graceful wait, and cut in-flight requests (e.g. "slow" ones) so that
-        # clients see a closed connection at once instead of waiting for their timeout.
-        server.should_exit = True
-        server.force_exit = True
-        for connection in list(server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.close()
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
@@ -1230,30 +1173,6 @@ def _model_object(name: str) -> dict[str, Any]:
 def _check_limit(name: str, value: float | None) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"{name} must be > 0 or None, got {value!r}")
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if sys.platform != "win32":
-            # Lets the CLI restart on its fixed port while old connections sit in TIME_WAIT.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _url_host(host: str) -> str:
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 # ---------------------------------------------------------------------- command line
