@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .errors import Action, NoKeysAvailableError, classify, classify_response, redact
+from .errors import Action, NoKeysAvailableError, Verdict, classify, classify_response, redact
 from .keys import APIKeyManager, Lease
 from .models import DEFAULT_COMPLETION_TOKENS
 from .request import RetryPolicy
@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# A list prompt is split into one upstream request per prompt, this many at a time.
+MAX_PROMPTS = 2048
+MAX_PARTS_IN_FLIGHT = 64
 
 
 def _error(
@@ -59,7 +62,18 @@ def _error(
 
 
 def _estimate(path: str, body: Mapping[str, Any]) -> int:
-    """The token cost of a raw request body, as the pool reserves it."""
+    """The token cost of a raw request body, as the pool reserves it.
+
+    A body the estimate cannot make sense of is charged by its length: it is the upstream's
+    job, not the proxy's, to say what is wrong with it.
+    """
+    try:
+        return _estimate_parts(path, body)
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError):
+        return len(json.dumps(body, default=str)) // 4 + DEFAULT_COMPLETION_TOKENS
+
+
+def _estimate_parts(path: str, body: Mapping[str, Any]) -> int:
     model = body.get("model") if isinstance(body.get("model"), str) else None
     if isinstance(body.get("messages"), list):
         prompt = estimate_chat_tokens(body["messages"], model)
@@ -134,9 +148,17 @@ class ProxyServer:
             return await self._forward(
                 "POST", "/completions", body, stream=bool(body.get("stream"))
             )
-        parts = await asyncio.gather(
-            *(self._forward("POST", "/completions", {**body, "prompt": p}) for p in prompt)
-        )
+        if len(prompt) > MAX_PROMPTS:
+            return _error(
+                400, f"At most {MAX_PROMPTS} prompts per request.", "invalid_request_error"
+            )
+        gate = asyncio.Semaphore(MAX_PARTS_IN_FLIGHT)
+
+        async def part(one: Any) -> Response:
+            async with gate:
+                return await self._forward("POST", "/completions", {**body, "prompt": one})
+
+        parts = await asyncio.gather(*(part(p) for p in prompt))
         for part in parts:
             if part.status_code >= 400:
                 return part
@@ -150,7 +172,10 @@ class ProxyServer:
     async def _health(self, request: Request) -> Response:
         capacity = self.manager.capacity()
         status = "ok" if capacity.active_keys else "no usable keys"
-        return JSONResponse({"status": status, "active_keys": capacity.active_keys})
+        return JSONResponse(
+            {"status": status, "active_keys": capacity.active_keys},
+            status_code=200 if capacity.active_keys else 503,
+        )
 
     async def _stats(self, request: Request) -> Response:
         if (denied := self._check_key(request)) is not None:
@@ -192,7 +217,7 @@ class ProxyServer:
             chunks.append(chunk)
         try:
             body = json.loads(b"".join(chunks) or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return _error(400, "The request body is not valid JSON.", "invalid_request_error")
         if not isinstance(body, dict):
             return _error(400, "The request body must be a JSON object.", "invalid_request_error")
@@ -238,8 +263,9 @@ class ProxyServer:
                 headers[name] = str(math.floor(value))
         return headers
 
-    async def _acquire(self, tokens: int) -> Lease | Response:
-        waited = 0.0
+    async def _acquire(self, tokens: int, deadline: float) -> Lease | Response:
+        """A lease, waiting at most until `deadline` (loop time) in all; else 429 or 503."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 lease = self.manager.try_acquire(tokens)
@@ -247,7 +273,7 @@ class ProxyServer:
                 return _error(503, str(exc), "server_error", "no_keys_available")
             if isinstance(lease, Lease):
                 return lease
-            if waited + lease > self.max_wait:
+            if loop.time() + lease > deadline:
                 retry = max(1, math.ceil(lease))
                 return _error(
                     429,
@@ -257,59 +283,30 @@ class ProxyServer:
                     {"retry-after": str(retry), **self._pool_headers()},
                 )
             await asyncio.sleep(lease)
-            waited += lease
 
     async def _forward(
         self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False
     ) -> Response:
         tokens = _estimate(path, body) if body else 0
+        # One budget for all waiting on keys, however many 429s the request meets.
+        deadline = asyncio.get_running_loop().time() + self.max_wait
         transient = rate_limited = 0
         last_failure: Response | None = None
         while True:
-            lease = await self._acquire(tokens)
+            lease = await self._acquire(tokens, deadline)
             if isinstance(lease, Response):
                 if lease.status_code == 503 and last_failure is not None:
                     return last_failure  # every key died: the last upstream answer says why
                 return lease
-            client = self._client(lease)
-            url = (lease.key_config.api_base or DEFAULT_BASE_URL) + path
             try:
-                request = client.build_request(
-                    method, url, json=body, headers=self._upstream_headers(lease)
-                )
-                response = await client.send(request, stream=True)
-            except Exception as exc:  # transport failures: classified, never swallowed
-                verdict = lease.fail(classify(exc))
-                transient += 1
-                if verdict.action is not Action.TRANSIENT or transient > self.policy.max_retries:
-                    timed_out = "Timeout" in type(exc).__name__
-                    return _error(
-                        504 if timed_out else 502,
-                        f"upstream failed after {transient} attempts: {verdict.reason}",
-                        "server_error",
-                        "upstream_timeout" if timed_out else "upstream_unreachable",
-                    )
-                await asyncio.sleep(self.policy.backoff(transient, verdict.retry_after))
-                continue
-            success = response.status_code < 400
-            lease.observe_headers(response.headers, success=success)
-            if success and stream:
-                return StreamingResponse(
-                    _relay(response, lease),
-                    status_code=response.status_code,
-                    media_type=response.headers.get("content-type", "text/event-stream"),
-                    headers=self._pool_headers(),
-                )
-            content = await response.aread()
-            await response.aclose()
-            if success:
-                lease.succeed(_usage(content), None)
-                return self._reply(content, response)
-            verdict = lease.fail(
-                classify_response(response.status_code, _json(content), response.headers)
-            )
-            text = redact(content.decode("utf-8", "replace"), [lease.key_config.api_key])
-            failure = self._reply(text.encode(), response)
+                outcome = await self._attempt(lease, method, path, body, stream)
+            except BaseException:
+                if not lease.settled:  # cancelled (client gone) or a bug: give the slot back
+                    lease.cancel()
+                raise
+            if isinstance(outcome, Response):
+                return outcome
+            verdict, failure = outcome
             if verdict.action is Action.FATAL:
                 return failure
             if verdict.action is Action.KEY_DEAD:
@@ -324,6 +321,53 @@ class ProxyServer:
             if transient > self.policy.max_retries:
                 return failure
             await asyncio.sleep(self.policy.backoff(transient, verdict.retry_after))
+
+    async def _attempt(
+        self, lease: Lease, method: str, path: str, body: dict[str, Any] | None, stream: bool
+    ) -> Response | tuple[Verdict, Response]:
+        """Send once on `lease`: the answer to return, or (verdict, answer) after a failure."""
+        client = self._client(lease)
+        url = (lease.key_config.api_base or DEFAULT_BASE_URL) + path
+        try:
+            request = client.build_request(
+                method, url, json=body, headers=self._upstream_headers(lease)
+            )
+        except (TypeError, ValueError) as exc:  # e.g. NaN in the body: the client's fault
+            lease.cancel()
+            return _error(400, f"The request body cannot be sent: {exc}", "invalid_request_error")
+        try:
+            response = await client.send(request, stream=True)
+            success = response.status_code < 400
+            lease.observe_headers(response.headers, success=success)
+            if success and stream:
+                return StreamingResponse(
+                    _relay(response, lease),
+                    status_code=response.status_code,
+                    media_type=response.headers.get("content-type", "text/event-stream"),
+                    headers=self._pool_headers(),
+                )
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
+        except Exception as exc:  # transport failures, before or while reading the answer
+            verdict = lease.fail(classify(exc))
+            timed_out = "Timeout" in type(exc).__name__
+            failure = _error(
+                504 if timed_out else 502,
+                f"upstream failed: {verdict.reason}",
+                "server_error",
+                "upstream_timeout" if timed_out else "upstream_unreachable",
+            )
+            return verdict, failure
+        if success:
+            lease.succeed(_usage(content), None)
+            return self._reply(content, response)
+        verdict = lease.fail(
+            classify_response(response.status_code, _json(content), response.headers)
+        )
+        text = redact(content.decode("utf-8", "replace"), [lease.key_config.api_key])
+        return verdict, self._reply(text.encode(), response)
 
     def _reply(self, content: bytes, upstream: Any) -> Response:
         headers = self._pool_headers()
@@ -363,12 +407,18 @@ class ProxyServer:
 async def _relay(response: Any, lease: Lease) -> AsyncIterator[bytes]:
     """Pass a streamed upstream response through as it arrives, then settle the lease."""
     try:
-        async for chunk in response.aiter_raw():
+        # Decoded bytes: the upstream's content-encoding is not passed on to the client.
+        async for chunk in response.aiter_bytes():
             yield chunk
+    except Exception as exc:  # the upstream broke off: count it against the key
+        if not lease.settled:
+            lease.fail(classify(exc))
+        raise
     finally:
-        await response.aclose()
+        # Settled before awaiting anything: a cancelled task (client gone) may not resume.
         if not lease.settled:
             lease.succeed(None, None)
+        await response.aclose()
 
 
 def _json(content: bytes) -> Any:

@@ -100,8 +100,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         f"{manager.key_count} keys (Ctrl-C to stop)",
         flush=True,
     )
+
+    async def run() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await proxy.aclose()
+
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(run())
     except KeyboardInterrupt:
         pass
     finally:

@@ -191,3 +191,35 @@ def test_upstream_timeout_is_504() -> None:
                 )
             assert info.value.status_code == 504
             assert json.loads(info.value.response.text)["error"]["code"] == "upstream_timeout"
+
+
+def test_cut_off_upstream_answer_is_retried_and_nothing_leaks(setup: Setup) -> None:
+    setup.upstream.set_fault("*", "drop", times=1)  # headers, then the connection is cut
+    reply = setup.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "again"}]
+    )
+    assert reply.choices[0].message.content == "echo: again"
+    assert setup.manager.statistics().in_flight == 0
+    stream = setup.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "s"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: s"
+    assert setup.manager.statistics().in_flight == 0
+
+
+def test_chunked_oversized_body_and_bad_input(setup: Setup) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"}
+    url = setup.base_url + "/chat/completions"
+    assert httpx2.post(url, content=chunks(), headers=headers).status_code == 413
+    assert httpx2.post(url, content=b"{not json", headers=headers).status_code == 400
+    odd = httpx2.post(
+        url, json={"model": "m", "messages": [1, 2], "max_tokens": "many"}, headers=headers
+    )
+    assert odd.status_code < 500  # the upstream judges it; the proxy does not crash
+    assert setup.manager.statistics().in_flight == 0
