@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ class Setup:
 
     def client(self, api_key: str = CLIENT_KEY, **kwargs: object) -> openai.OpenAI:
         return openai.OpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, **kwargs)
+
+
+def _settled(manager: APIKeyManager) -> bool:
+    """True once no request is in flight; a relayed stream settles just after its last chunk."""
+    deadline = time.monotonic() + 2.0
+    while manager.statistics().in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return manager.statistics().in_flight == 0
 
 
 def _setup(upstream: FakeOpenAIServer, **options: object) -> Iterator[Setup]:
@@ -95,7 +104,7 @@ def test_streamed_chat_arrives_in_chunks(setup: Setup) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "echo: stream this please"
     assert chunks[-1].usage is not None
-    assert setup.manager.statistics().in_flight == 0
+    assert _settled(setup.manager)
 
 
 def test_wrong_or_missing_client_key(setup: Setup) -> None:
@@ -204,7 +213,7 @@ def test_cut_off_upstream_answer_is_retried_and_nothing_leaks(setup: Setup) -> N
         model="m", messages=[{"role": "user", "content": "s"}], stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: s"
-    assert setup.manager.statistics().in_flight == 0
+    assert _settled(setup.manager)
 
 
 def test_chunked_oversized_body_and_bad_input(setup: Setup) -> None:
