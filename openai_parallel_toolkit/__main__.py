@@ -1,6 +1,8 @@
 """Command line: ``openai-parallel-toolkit COMMAND ...`` or ``python -m openai_parallel_toolkit``.
 
 Commands:
+  run              send a JSONL file of requests, write a JSONL file of results (resumable)
+  keys check       check every key: works or why not, its limits, its latency
   serve            run the OpenAI-compatible proxy over your keys (needs the ``server`` extra)
   fake-server      run the bundled fake OpenAI server (needs the ``server`` extra)
   tiktoken-cache   seed tiktoken's cache with verified encoding files, for offline use
@@ -27,6 +29,18 @@ def _fake_server(argv: list[str]) -> int:
     return fake_server_main(argv)
 
 
+def _run(argv: list[str]) -> int:
+    from .cli import run_main
+
+    return run_main(argv)
+
+
+def _keys(argv: list[str]) -> int:
+    from .cli import keys_main
+
+    return keys_main(argv)
+
+
 def _serve(argv: list[str]) -> int:
     from .serving import main as serving_main
 
@@ -40,6 +54,8 @@ def _tiktoken_cache(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": _run,
+    "keys": _keys,
     "serve": _serve,
     "fake-server": _fake_server,
     "tiktoken-cache": _tiktoken_cache,

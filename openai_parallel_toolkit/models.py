@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .tokens import estimate_chat_tokens, estimate_tokens
+from .tokens import (
+    DEFAULT_COMPLETION_TOKENS,
+    estimate_chat_tokens,
+    estimate_request_tokens,
+    estimate_tokens,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -27,10 +32,8 @@ __all__ = [
     "Gpt35Turbo0613",
     "Gpt35Turbo16K",
     "OpenAIModel",
+    "RawRequest",
 ]
-
-# Reserved for the answer when a request sets no max_tokens; settled with the real usage after.
-DEFAULT_COMPLETION_TOKENS = 256
 
 
 class OpenAIModel(abc.ABC):
@@ -290,3 +293,42 @@ class EmbeddingModel(OpenAIModel):
     def __repr__(self) -> str:
         count = 1 if isinstance(self.input, str) else len(self.input)
         return f"EmbeddingModel(model={self.model!r}, inputs={count})"
+
+
+class RawRequest(OpenAIModel):
+    """A request body sent unchanged to an endpoint; the result is the answer's JSON (a dict).
+
+    `endpoint` is ``"chat"``, ``"completions"``, ``"embeddings"`` or ``"responses"``. Used by
+    the command line's JSONL jobs, where every line is a request body of its own.
+    """
+
+    PATHS: ClassVar[dict[str, str]] = {
+        "chat": "/chat/completions",
+        "completions": "/completions",
+        "embeddings": "/embeddings",
+        "responses": "/responses",
+    }
+
+    def __init__(self, endpoint: str, body: Mapping[str, Any]) -> None:
+        if endpoint not in self.PATHS:
+            raise ValueError(f"endpoint must be one of {', '.join(self.PATHS)}, not {endpoint!r}")
+        self.endpoint = endpoint
+        self.path = self.PATHS[endpoint]
+        self.body = dict(body)
+
+    def estimate_tokens(self) -> int:
+        return estimate_request_tokens(self.path, self.body)
+
+    def generate(self, client: openai.OpenAI) -> Any:
+        return client.post(self.path, body=self.body, cast_to=object)
+
+    def usage_tokens(self, response: Any) -> int | None:
+        usage = response.get("usage") if isinstance(response, dict) else None
+        total = usage.get("total_tokens") if isinstance(usage, dict) else None
+        return total if isinstance(total, int) else None
+
+    def describe(self) -> dict[str, Any] | None:
+        return {"endpoint": self.path, **self.body}
+
+    def __repr__(self) -> str:
+        return f"RawRequest({self.endpoint!r}, model={self.body.get('model')!r})"

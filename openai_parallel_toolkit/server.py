@@ -34,10 +34,9 @@ from starlette.routing import Route
 
 from .errors import Action, NoKeysAvailableError, Verdict, classify, classify_response, redact
 from .keys import APIKeyManager, Lease
-from .models import DEFAULT_COMPLETION_TOKENS
 from .request import RetryPolicy
 from .serving import DEFAULT_MAX_BODY_BYTES
-from .tokens import estimate_chat_tokens, estimate_tokens
+from .tokens import estimate_request_tokens
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ProxyServer"]
 
@@ -59,37 +58,6 @@ def _error(
 ) -> Response:
     body = {"error": {"message": message, "type": typ, "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=dict(headers) if headers else None)
-
-
-def _estimate(path: str, body: Mapping[str, Any]) -> int:
-    """The token cost of a raw request body, as the pool reserves it.
-
-    A body the estimate cannot make sense of is charged by its length: it is the upstream's
-    job, not the proxy's, to say what is wrong with it.
-    """
-    try:
-        return _estimate_parts(path, body)
-    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError):
-        return len(json.dumps(body, default=str)) // 4 + DEFAULT_COMPLETION_TOKENS
-
-
-def _estimate_parts(path: str, body: Mapping[str, Any]) -> int:
-    model = body.get("model") if isinstance(body.get("model"), str) else None
-    if isinstance(body.get("messages"), list):
-        prompt = estimate_chat_tokens(body["messages"], model)
-    else:
-        source = body.get("prompt", body.get("input", ""))
-        items = source if isinstance(source, list) else [source]
-        prompt = sum(
-            estimate_tokens(item if isinstance(item, str) else json.dumps(item), model)
-            for item in items
-        )
-    if path == "/embeddings":
-        return prompt
-    limit = (
-        body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-    )
-    return prompt + int(limit or DEFAULT_COMPLETION_TOKENS) * int(body.get("n") or 1)
 
 
 class ProxyServer:
@@ -287,7 +255,7 @@ class ProxyServer:
     async def _forward(
         self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False
     ) -> Response:
-        tokens = _estimate(path, body) if body else 0
+        tokens = estimate_request_tokens(path, body) if body else 0
         # One budget for all waiting on keys, however many 429s the request meets.
         deadline = asyncio.get_running_loop().time() + self.max_wait
         transient = rate_limited = 0

@@ -13,6 +13,7 @@ warning per process.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,11 @@ import tiktoken
 
 from .errors import TokenizerUnavailableError
 
+# Reserved for the answer when a request sets no max_tokens; settled with the real usage after.
+DEFAULT_COMPLETION_TOKENS = 256
+
 __all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
     "DEFAULT_ESTIMATE_ENCODING",
     "IMAGE_PART_TOKENS",
     "REPLY_PRIMING_TOKENS",
@@ -32,6 +37,7 @@ __all__ = [
     "encoding_for",
     "encoding_name_for",
     "estimate_chat_tokens",
+    "estimate_request_tokens",
     "estimate_tokens",
     "num_tokens_from_string",
     "split_string_by_tokens",
@@ -283,3 +289,35 @@ def split_string_by_tokens(
         pieces.append(string[start : ends[stop - 1]])
         first = stop
     return pieces
+
+
+def estimate_request_tokens(path: str, body: Mapping[str, Any]) -> int:
+    """The token cost of a raw request `body` for the endpoint `path` (e.g. "/chat/completions"):
+    the prompt's tokens plus the output allowance, as the API charges it.
+
+    A body the estimate cannot make sense of is charged by its length: it is the upstream's
+    job, not the proxy's, to say what is wrong with it.
+    """
+    try:
+        return _estimate_parts(path, body)
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError):
+        return len(json.dumps(body, default=str)) // 4 + DEFAULT_COMPLETION_TOKENS
+
+
+def _estimate_parts(path: str, body: Mapping[str, Any]) -> int:
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    if isinstance(body.get("messages"), list):
+        prompt = estimate_chat_tokens(body["messages"], model)
+    else:
+        source = body.get("prompt", body.get("input", ""))
+        items = source if isinstance(source, list) else [source]
+        prompt = sum(
+            estimate_tokens(item if isinstance(item, str) else json.dumps(item), model)
+            for item in items
+        )
+    if path == "/embeddings":
+        return prompt
+    limit = (
+        body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+    )
+    return prompt + int(limit or DEFAULT_COMPLETION_TOKENS) * int(body.get("n") or 1)
