@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m openai_parallel_toolkit.tiktoken_cache",
         description="Seed tiktoken's cache with verified encoding files so it works offline.",
+        epilog="example: %(prog)s --cache-dir ~/.cache/tiktoken",
     )
     parser.add_argument(
         "--cache-dir",

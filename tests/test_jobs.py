@@ -203,3 +203,29 @@ def test_keys_check(server: FakeOpenAIServer, tmp_path: Path) -> None:
     assert "insufficient_quota" in next(line for line in lines if line.startswith("sk-...0002"))
     assert "401" in next(line for line in lines if line.startswith("sk-...0003"))
     assert all(key not in result.stdout + result.stderr for key in keys)
+
+
+def test_ctrl_c_keeps_finished_results_and_the_next_run_continues(
+    config: Path, tmp_path: Path
+) -> None:
+    requests = write_requests(tmp_path / "requests.jsonl", 300)
+    output = tmp_path / "results.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
+         str(output), "--config", str(config), "--threads", "4", "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not output.exists() or output.stat().st_size < 5_000:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    first = results(output)  # every line complete: in-flight requests were finished and written
+    assert 0 < len(first) < 300
+    again = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    assert again.returncode == 0
+    assert sorted(r["id"] for r in results(output)) == list(range(1, 301))

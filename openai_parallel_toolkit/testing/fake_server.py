@@ -1183,6 +1183,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python -m openai_parallel_toolkit.testing",
         description="Run a fake OpenAI-compatible API server for offline testing.",
+        epilog="example: %(prog)s --port 8001 --keys sk-test-1,sk-test-2 --rpm 600 --latency 0.2",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8001, help="port, 0 for any free one (8001)")
