@@ -68,7 +68,7 @@ from .tokens import (
 )
 from .toolkit import FileFailure, ParallelToolkit, RunSummary
 
-__version__ = "1.0.0.dev0"
+__version__ = "2.0.0.dev0"
 
 __all__ = [
     "APIKeyManager",

@@ -6,6 +6,9 @@ Commands:
   serve            run the OpenAI-compatible proxy over your keys (needs the ``server`` extra)
   fake-server      run the bundled fake OpenAI server (needs the ``server`` extra)
   tiktoken-cache   seed tiktoken's cache with verified encoding files, for offline use
+
+Each command has --help. Example:
+  openai-parallel-toolkit run requests.jsonl -o results.jsonl --config config.yaml
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ def _fake_server(argv: list[str]) -> int:
     except ImportError as exc:
         print(
             f"error: the fake server needs the server extra ({exc}); "
-            'install it with: pip install "openai-parallel-toolkit[server]"',
+            'install it with: pip install ".[server]" in the project folder',
             file=sys.stderr,
         )
         return 2
-    return fake_server_main(argv)
+    return fake_server_main(argv, prog="openai-parallel-toolkit fake-server")
 
 
 def _run(argv: list[str]) -> int:
@@ -50,7 +53,7 @@ def _serve(argv: list[str]) -> int:
 def _tiktoken_cache(argv: list[str]) -> int:
     from .tiktoken_cache import main as tiktoken_cache_main
 
-    return tiktoken_cache_main(argv)
+    return tiktoken_cache_main(argv, prog="openai-parallel-toolkit tiktoken-cache")
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -151,7 +151,11 @@ def keys_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit keys") -
         epilog=f"example: {prog} check --config config.yaml",
     )
     sub = parser.add_subparsers(dest="action", required=True)
-    check = sub.add_parser("check", help="send one tiny request with each key")
+    check = sub.add_parser(
+        "check",
+        help="send one tiny request with each key",
+        epilog=f"example: {prog} check --config config.yaml",
+    )
     check.add_argument("--config", help="JSON or YAML key file (default: OPENAI_API_KEY*, .env)")
     check.add_argument("--model", default="gpt-4o-mini", help="model for the test request")
     args = parser.parse_args(argv)

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except ImportError as exc:
         print(
             f"error: the proxy needs the server extra ({exc}); "
-            'install it with: pip install "openai-parallel-toolkit[server]"',
+            'install it with: pip install ".[server]" in the project folder',
             file=sys.stderr,
         )
         return 2

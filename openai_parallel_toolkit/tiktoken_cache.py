@@ -262,10 +262,10 @@ def seed_cache(
     return directory
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Command line entry point: seed the cache, print what was done and the export line."""
     parser = argparse.ArgumentParser(
-        prog="python -m openai_parallel_toolkit.tiktoken_cache",
+        prog=prog or "python -m openai_parallel_toolkit.tiktoken_cache",
         description="Seed tiktoken's cache with verified encoding files so it works offline.",
         epilog="example: %(prog)s --cache-dir ~/.cache/tiktoken",
     )

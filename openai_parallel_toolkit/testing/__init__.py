@@ -1,6 +1,6 @@
 """Offline test helpers: a fake OpenAI server and a manual clock.
 
-`FakeOpenAIServer` needs the ``server`` extra (``pip install "openai-parallel-toolkit[server]"``);
+`FakeOpenAIServer` needs the ``server`` extra (``pip install ".[server]"`` in the project folder);
 it is imported on first use so that `FakeClock` works without it.
 """
 

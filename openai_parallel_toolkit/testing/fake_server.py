@@ -1225,9 +1225,9 @@ def server_from_args(args: argparse.Namespace) -> FakeOpenAIServer:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the fake server in the foreground until Ctrl-C or SIGTERM; returns the exit code."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         server = server_from_args(args).start()
