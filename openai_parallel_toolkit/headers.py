@@ -41,25 +41,25 @@ def parse_reset(value: str | None) -> float | None:
     return total if position == len(text) else None
 
 
-def _positive(value: str | None) -> float | None:
-    # Compatible servers send "-1" or "0" for "no limit"; treat both as unknown.
+def _number(value: str | None, *, zero_ok: bool) -> float | None:
     if value is None:
         return None
     try:
         number = float(value)
     except ValueError:
         return None
-    return number if number > 0 and math.isfinite(number) else None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        return None
+    return number
+
+
+def _positive(value: str | None) -> float | None:
+    # Compatible servers send "-1" or "0" for "no limit"; treat both as unknown.
+    return _number(value, zero_ok=False)
 
 
 def _non_negative(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if number >= 0 and math.isfinite(number) else None
+    return _number(value, zero_ok=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,28 +117,24 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
             except Exception as exc:
                 verdict = lease.fail(classify(exc))
                 lease.scrub(exc)
+                give_up = None
                 if verdict.action is Action.FATAL:
-                    raise RequestFailedError(
-                        f"request failed: {verdict.reason}",
-                        status_code=verdict.status_code,
-                        attempts=attempts,
-                    ) from exc
-                if verdict.action is Action.RATE_LIMITED:
+                    give_up = "request failed"
+                elif verdict.action is Action.RATE_LIMITED:
                     rate_limited += 1
                     if rate_limited > policy.max_rate_limited:
-                        raise RequestFailedError(
-                            f"still rate limited after {rate_limited} tries: {verdict.reason}",
-                            status_code=verdict.status_code,
-                            attempts=attempts,
-                        ) from exc
+                        give_up = f"still rate limited after {rate_limited} tries"
                 elif verdict.action is Action.TRANSIENT:
                     transient += 1
                     if transient > policy.max_retries:
-                        raise RequestFailedError(
-                            f"gave up after {attempts} attempts: {verdict.reason}",
-                            status_code=verdict.status_code,
-                            attempts=attempts,
-                        ) from exc
+                        give_up = f"gave up after {attempts} attempts"
+                if give_up is not None:
+                    raise RequestFailedError(
+                        f"{give_up}: {verdict.reason}",
+                        status_code=verdict.status_code,
+                        attempts=attempts,
+                    ) from exc
+                if verdict.action is Action.TRANSIENT:
                     clock.sleep(policy.backoff(transient, verdict.retry_after))
                 continue
             lease.succeed(

@@ -3,16 +3,18 @@
 tiktoken: before anything runs, `TIKTOKEN_CACHE_DIR` points at ``<repo>/.tiktoken-cache``
 (git-ignored), seeded with the verified cl100k_base and o200k_base files, so every test counts
 tokens with the real encodings and never downloads. Seeding failure stops the run: token tests
-are never skipped.
+are never skipped. Every test starts without a default key pool.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from openai_parallel_toolkit import reset_default_manager
 from openai_parallel_toolkit.tiktoken_cache import seed_cache
 
 TIKTOKEN_CACHE_DIR = Path(__file__).resolve().parent.parent / ".tiktoken-cache"
@@ -28,3 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
             f"cannot seed the tiktoken cache in {TIKTOKEN_CACHE_DIR}: {exc} "
             "(install the test extras: pip install -e '.[dev]')"
         ) from exc
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_pool() -> Iterator[None]:
+    """Every test starts and ends without a process-wide default key pool."""
+    reset_default_manager()
+    yield
+    reset_default_manager()

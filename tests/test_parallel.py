@@ -18,18 +18,10 @@ from openai_parallel_toolkit import (
     RequestFailedError,
     default_concurrency,
     multi_process_one,
-    reset_default_manager,
 )
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
 KEYS = [f"sk-multi-{'m' * 30}-{i:04d}" for i in range(4)]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_default_pool() -> Iterator[None]:
-    reset_default_manager()
-    yield
-    reset_default_manager()
 
 
 @pytest.fixture

@@ -21,19 +21,11 @@ from openai_parallel_toolkit import (
     RequestFailedError,
     RetryPolicy,
     request_openai_api,
-    reset_default_manager,
 )
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
 KEYS = [f"sk-proj-{name}{'x' * 40}{i:04d}" for i, name in enumerate(["alpha", "bravo", "charl"])]
 FAST = RetryPolicy(max_retries=3, backoff_base=0.01, backoff_max=0.05)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_default_pool() -> Iterator[None]:
-    reset_default_manager()
-    yield
-    reset_default_manager()
 
 
 @pytest.fixture

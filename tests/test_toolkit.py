@@ -19,18 +19,10 @@ from openai_parallel_toolkit import (
     RequestCache,
     multi_process_one,
     request_openai_api,
-    reset_default_manager,
 )
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
 KEYS = [f"sk-toolkit-{'t' * 30}-{i:04d}" for i in range(3)]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_default_pool() -> Iterator[None]:
-    reset_default_manager()
-    yield
-    reset_default_manager()
 
 
 @pytest.fixture
