@@ -63,21 +63,29 @@ def results(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def start_job_and_wait(
+    requests: Path, output: Path, config: Path, threads: int, written: int
+) -> subprocess.Popen[str]:
+    """`run` in the background; returns once it has written `written` bytes of results."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
+         str(output), "--config", str(config), "--threads", str(threads), "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not output.exists() or output.stat().st_size < written:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    return process
+
+
 def test_a_killed_job_resumes_each_id_once_without_resending(
     server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 200)
     output = tmp_path / "results.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
-         str(output), "--config", str(config), "--threads", "8", "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not output.exists() or output.stat().st_size < 20_000:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    process = start_job_and_wait(requests, output, config, threads=8, written=20_000)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     finished = {r["id"] for r in results_tolerant(output) if "response" in r}
@@ -210,16 +218,7 @@ def test_ctrl_c_keeps_finished_results_and_the_next_run_continues(
 ) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 300)
     output = tmp_path / "results.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
-         str(output), "--config", str(config), "--threads", "4", "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not output.exists() or output.stat().st_size < 5_000:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    process = start_job_and_wait(requests, output, config, threads=4, written=5_000)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
