@@ -20,21 +20,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from openai_parallel_toolkit.jobs import request_hash
+from openai_parallel_toolkit.jobs.results import result_line
+
 KEYS = [f"sk-jobs-bench-{'j' * 20}{i:04d}" for i in range(8)]
+
+
+def _body(i: int) -> dict[str, object]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}
 
 
 def _write_requests(path: Path, lines: int) -> None:
     with open(path, "w", encoding="utf-8") as file:
         for i in range(lines):
-            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}
-            file.write(json.dumps(body) + "\n")
+            file.write(json.dumps(_body(i)) + "\n")
 
 
 def _write_answers(path: Path, count: int) -> None:
     with open(path, "w", encoding="utf-8") as file:
         for i in range(1, count + 1):
             answer = {"choices": [{"index": 0, "message": {"content": f"echo: q{i - 1}"}}]}
-            file.write(json.dumps({"id": i, "metadata": None, "response": answer}) + "\n")
+            file.write(result_line(i, request_hash("chat", _body(i - 1)), None, "response", answer))
 
 
 def _run(requests: Path, output: Path, config: Path) -> tuple[float, float, str]:

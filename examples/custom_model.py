@@ -3,10 +3,12 @@
     python examples/custom_model.py [CONFIG]
 
 `Translate` sends a chat request of its own making with the client of the key the pool chose,
-tells the rate limiter what it may cost, turns the response into plain text and describes
-itself, so its responses can be cached. It is used with `request_openai_api`, then with
-`multi_process_one`, where each tuple ``(prompt, content, target_language)`` fills the
-model's parameters: prompt and content by name, the values after them in declared order.
+tells the rate limiter what it may cost and describes itself, so its responses can be cached.
+It needs no `parse`: the default one returns the reply's text, as the original toolkit did
+(override it to return something else, or pass ``raw=True`` for the response object).
+It is used with `request_openai_api`, then with `multi_process_one`, where each tuple
+``(prompt, content, target_language)`` fills the model's parameters: prompt and content by
+name, the values after them in declared order.
 
 CONFIG is a JSON or YAML key file; without one, keys come from OPENAI_API_KEY* variables, else
 the example runs against the bundled fake OpenAI server, which echoes instead of translating.
@@ -56,9 +58,6 @@ class Translate(OpenAIModel):
         # Reserved against the key's token limit before sending: the prompt plus the longest
         # answer allowed, as OpenAI counts it.
         return estimate_chat_tokens(self.messages, self.model) + self.max_tokens
-
-    def parse(self, response: Any) -> str:
-        return (response.choices[0].message.content or "").strip()
 
     def describe(self) -> dict[str, Any]:
         # Everything that shapes the answer: requests with equal descriptions share one cached

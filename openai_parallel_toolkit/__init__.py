@@ -28,6 +28,7 @@ from .errors import (
     ConfigError,
     NoKeysAvailableError,
     RequestFailedError,
+    ResultsFileError,
     TokenizerUnavailableError,
     ToolkitError,
     Verdict,
@@ -35,6 +36,7 @@ from .errors import (
     mask_key,
 )
 from .headers import RateLimitHeaders, parse_reset
+from .jobs import JobSummary, run_jsonl_job
 from .keys import (
     APIKeyManager,
     KeyState,
@@ -87,6 +89,7 @@ __all__ = [
     "Gpt35Turbo",
     "Gpt35Turbo0613",
     "Gpt35Turbo16K",
+    "JobSummary",
     "KeyConfig",
     "KeyState",
     "KeyStats",
@@ -100,6 +103,7 @@ __all__ = [
     "RateLimitHeaders",
     "RequestCache",
     "RequestFailedError",
+    "ResultsFileError",
     "RetryPolicy",
     "RunSummary",
     "SystemClock",
@@ -126,6 +130,7 @@ __all__ = [
     "parse_reset",
     "request_openai_api",
     "reset_default_manager",
+    "run_jsonl_job",
     "split_string_by_tokens",
     "use_cache",
     "use_manager",

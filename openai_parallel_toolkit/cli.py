@@ -1,17 +1,22 @@
 """The ``run`` and ``keys check`` commands of ``openai-parallel-toolkit``.
 
-Exit statuses: 0 all good; 1 some items failed (run again to retry them) or a key is unusable;
-2 bad usage, or a missing / broken input or config file (a one-line message says which);
-130 interrupted.
+Exit statuses: 0 all good; 1 some items failed or input lines were bad (run again to retry them)
+or a key is unusable; 2 bad usage, a missing / broken input or config file, or an output file
+that is not the results of this job (a one-line message says which; nothing was changed);
+130 interrupted by Ctrl-C, 143 stopped by SIGTERM (both finish and write the requests in flight
+and print the summary).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 from .config import KeyConfig
 from .errors import Action, ConfigError, classify, redact
@@ -28,9 +33,36 @@ def _manager(config: str | None) -> APIKeyManager:
     return APIKeyManager(dotenv=True, make_default=False)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM raises KeyboardInterrupt where Ctrl-C would, so both end a run the same way.
+
+    Yields a list that holds the signal numbers received, to tell the two apart afterwards.
+    """
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_status(received: list[int]) -> int:
+    return 128 + signal.SIGTERM if received else 130
+
+
 def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> int:
     """``run REQUESTS.jsonl -o RESULTS.jsonl``: a JSONL job; see `jobs.run_jsonl_job`."""
-    from .jobs import run_jsonl_job
+    from .jobs import ResultsFileError, run_jsonl_job
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -47,28 +79,44 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         help="one endpoint for every line (default: told by each line's fields)",
     )
     parser.add_argument("--ordered", action="store_true", help="also write a copy sorted by id")
+    parser.add_argument(
+        "--redo-changed",
+        action="store_true",
+        help="send again lines whose request changed since they were answered (their old "
+        "answers are dropped); without it such an output file is refused",
+    )
     parser.add_argument("--threads", type=int, help="requests in flight (default: from limits)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    received: list[int] = []
     try:
-        manager = _manager(args.config)
-        summary = run_jsonl_job(
-            args.input,
-            args.output,
-            manager=manager,
-            endpoint=args.endpoint,
-            threads=args.threads,
-            ordered=args.ordered,
-            progress=not args.no_progress,
-        )
-    except (ConfigError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        with _sigterm_as_interrupt() as received:
+            manager = _manager(args.config)
+            summary = run_jsonl_job(
+                args.input,
+                args.output,
+                manager=manager,
+                endpoint=args.endpoint,
+                threads=args.threads,
+                ordered=args.ordered,
+                progress=not args.no_progress,
+                redo_changed=args.redo_changed,
+            )
+    except (ConfigError, ResultsFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any request was sent
+        print("interrupted before any request was sent", file=sys.stderr)
+        return _interrupt_status(received)
     print(f"{args.output}: {summary}", file=sys.stderr)
     for line in summary.malformed[:20]:
-        print(f"  malformed {line}", file=sys.stderr)
+        print(f"  skipped {line}", file=sys.stderr)
+    if len(summary.malformed) > 20:
+        print(f"  ... and {len(summary.malformed) - 20} more bad lines", file=sys.stderr)
+    if summary.ordered_copy:
+        print(f"ordered copy: {summary.ordered_copy}", file=sys.stderr)
     if summary.interrupted:
-        return 130
+        return _interrupt_status(received)
     return 0 if summary.ok else 1
 
 

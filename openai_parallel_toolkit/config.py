@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import ConfigError, mask_key
+from .errors import ConfigError, describe_char, mask_key
 
 __all__ = [
     "KeyConfig",
@@ -56,6 +57,12 @@ _API_BASE_SCHEMES = ("http", "https")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 _SCHEME_PATTERN = re.compile(r"[a-z][a-z0-9+.\-]{0,15}")
 _NUMERIC_TEXT = re.compile(r"\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+# What httpx can send in a header value: ASCII, without control characters. Keys also have no
+# spaces; organization and project IDs are sent as headers too.
+_KEY_CHARS = re.compile(r"[\x21-\x7e]")
+_HEADER_CHARS = re.compile(r"[\x20-\x7e]")
+# Packages a proxy scheme needs beyond httpx itself, and the extra of ours that installs them.
+_PROXY_PACKAGES = {"socks5": ("socksio", "socks"), "socks5h": ("socksio", "socks")}
 
 
 # --- checks of single values ------------------------------------------------------------------
@@ -92,7 +99,24 @@ def _check_api_key(value: object, source: str, name: str) -> str:
     if any(char.isspace() for char in value):
         # The key itself is not shown: with whitespace inside, redact() would only mask part of it.
         _fail("the API key contains whitespace (a stray space or line break?)", source, name)
+    bad = _first_unsendable(value, _KEY_CHARS)
+    if bad is not None:
+        # It would fail every request in the HTTP stack, before anything is sent.
+        _fail(
+            f"the API key cannot be sent in an HTTP header: {describe_char(value, bad)}; "
+            "copy the key again (a zero-width space or a look-alike letter?)",
+            source,
+            name,
+        )
     return value
+
+
+def _first_unsendable(value: str, allowed: re.Pattern[str]) -> int | None:
+    """The index of the first character of `value` that `allowed` rejects, or None."""
+    for index, char in enumerate(value):
+        if not allowed.fullmatch(char):
+            return index
+    return None
 
 
 def _check_limit(value: object, source: str, name: str) -> float:
@@ -142,7 +166,19 @@ def _check_api_base(value: object, source: str, name: str) -> str:
 
 
 def _check_proxy(value: object, source: str, name: str) -> str:
-    return _check_url(value, source, name, _PROXY_SCHEMES)
+    url = _check_url(value, source, name, _PROXY_SCHEMES)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in _PROXY_PACKAGES:
+        package, extra = _PROXY_PACKAGES[scheme]
+        # Checked now: httpx only finds out when the first client is built, with a traceback.
+        if importlib.util.find_spec(package) is None:
+            _fail(
+                f"a {scheme}:// proxy needs the {package!r} package: install the {extra} "
+                f'extra (pip install ".[{extra}]" in the project folder)',
+                source,
+                name,
+            )
+    return url
 
 
 def _check_text(value: object, source: str, name: str) -> str:
@@ -153,12 +189,20 @@ def _check_text(value: object, source: str, name: str) -> str:
     return value
 
 
+def _check_header_text(value: object, source: str, name: str) -> str:
+    text = _check_text(value, source, name)
+    bad = _first_unsendable(text, _HEADER_CHARS)
+    if bad is not None:
+        _fail(f"cannot be sent in an HTTP header: {describe_char(text, bad)}", source, name)
+    return text
+
+
 # The optional per-key fields, in KeyConfig's order, with the check that validates each one.
 _OPTIONAL_CHECKS: dict[str, Callable[[object, str, str], object]] = {
     "api_base": _check_api_base,
     "proxy": _check_proxy,
-    "organization": _check_text,
-    "project": _check_text,
+    "organization": _check_header_text,
+    "project": _check_header_text,
     "requests_per_min": _check_limit,
     "tokens_per_min": _check_limit,
     "limit_group": _check_text,
@@ -615,8 +659,8 @@ def config_from_env(
         ("OPENAI_API_BASE", "api_base", _check_api_base),
         ("OPENAI_BASE_URL", "api_base", _check_api_base),  # after: the current name wins
         (_PROXY_PREFIX, "proxy", _check_proxy),
-        ("OPENAI_ORG_ID", "organization", _check_text),
-        ("OPENAI_PROJECT_ID", "project", _check_text),
+        ("OPENAI_ORG_ID", "organization", _check_header_text),
+        ("OPENAI_PROJECT_ID", "project", _check_header_text),
     ):
         value = lookup(name, check)
         if value is not None:

@@ -5,19 +5,25 @@ The exception tree::
     ToolkitError
     ├── ConfigError                 a config file, env var or argument is wrong (names file, field)
     ├── TokenizerUnavailableError   no tiktoken encoding could be loaded
+    ├── ResultsFileError            a JSONL job's output file is not this job's results (unchanged)
     └── RequestFailedError          one logical request failed for good
         └── NoKeysAvailableError    every key of the pool has been removed
 
 `classify(exc)` turns whatever a request raised into a `Verdict`: what the engine does next
-(see the error table in the README). Every message built here masks API keys.
+(see the error table in the README). Every message built here masks API keys, and so does what
+the toolkit hands on: `scrub_exception` cleans chained errors (bodies, responses, requests) and
+`protect_logs` keeps keys out of the HTTP libraries' own debug logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import re
-from collections.abc import Mapping, Sequence
+import threading
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,18 +34,25 @@ __all__ = [
     "ConfigError",
     "NoKeysAvailableError",
     "RequestFailedError",
+    "ResultsFileError",
     "TokenizerUnavailableError",
     "ToolkitError",
     "Verdict",
     "classify",
     "classify_response",
+    "describe_char",
     "mask_key",
+    "protect_logs",
     "redact",
     "scrub_exception",
 ]
 
 # OpenAI keys look like sk-..., sk-proj-..., sk-svcacct-...; the tail is what users recognise.
 _KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")
+# The credential of an Authorization header, as it shows in logged header lists and reprs.
+_BEARER_PATTERN = re.compile(r"(?i)\b(bearer\s+)([^\s'\"\\,;)\]]+)")
+# Headers whose whole value is a credential, whatever it looks like.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
 
 
 def mask_key(key: str) -> str:
@@ -62,6 +75,13 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return _KEY_PATTERN.sub(lambda m: mask_key(m.group(0)), text)
 
 
+def describe_char(text: str, index: int) -> str:
+    """Where and what the character at `index` of a secret is, without showing the secret."""
+    char = text[index]
+    name = unicodedata.name(char, "a control character" if ord(char) < 0x20 else "unnamed")
+    return f"character {index + 1} of {len(text)} is U+{ord(char):04X} ({name})"
+
+
 class ToolkitError(Exception):
     """Base class of every error this package raises on purpose."""
 
@@ -78,6 +98,10 @@ class ConfigError(ToolkitError, ValueError):
 
 class TokenizerUnavailableError(ToolkitError, RuntimeError):
     """tiktoken could not load the encoding (typically: offline with an empty cache)."""
+
+
+class ResultsFileError(ToolkitError, ValueError):
+    """A JSONL job's output file cannot be used for this job; nothing in it was changed."""
 
 
 class RequestFailedError(ToolkitError):
@@ -200,11 +224,46 @@ def classify(exc: BaseException) -> Verdict:
         code, typ, message = _error_fields(exc)
         headers = exc.response.headers if exc.response is not None else None
         return _classify_status(exc.status_code, code, typ, message, headers)
+    unsendable = _unsendable_key(exc)
+    if unsendable is not None:
+        return unsendable
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
     if _is_transport_error(exc):
         return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
     return Verdict(Action.FATAL, redact(f"{type(exc).__name__}: {exc}"))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or during, each once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def _unsendable_key(exc: BaseException) -> Verdict | None:
+    """KEY_DEAD when the HTTP stack could not encode the key's Authorization header.
+
+    Such a key fails every request in a millisecond, before anything is sent; left in the pool
+    it would win most grants. Other unencodable headers belong to the request, not the key.
+    """
+    for link in _chain(exc):
+        if (
+            isinstance(link, UnicodeEncodeError)
+            and link.object[:7].lower() == "bearer "
+            and link.start >= 7
+        ):
+            where = describe_char(link.object[7:], link.start - 7)
+            return Verdict(
+                Action.KEY_DEAD, f"the API key cannot be sent in an HTTP header: {where}"
+            )
+    return None
 
 
 def _classify_status(
@@ -234,19 +293,158 @@ def classify_response(status: int, body: Any, headers: Mapping[str, str] | None)
     return _classify_status(status, code, typ, message, headers)
 
 
-def scrub_exception(exc: BaseException, secrets: Sequence[str]) -> BaseException:
-    """Mask `secrets` (and key-shaped text) in `exc`'s message and error body, in place.
+def _scrub_value(value: Any, secrets: Sequence[str]) -> Any:
+    """`value` with secrets masked in every string inside it (dicts, lists, tuples)."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {_scrub_value(k, secrets): _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub_value(item, secrets) for item in value)
+    return value
 
-    Some compatible servers echo the key in their error messages; the toolkit chains API
-    errors to its own exceptions, so their text must be as clean as the toolkit's.
+
+def _mask_token(token: str) -> str:
+    """`token` masked, unless it already is (masking twice would lose the tail)."""
+    return token if "..." in token else mask_key(token)
+
+
+def _scrub_header(name: bytes, value: bytes, secrets: Sequence[str]) -> bytes:
+    # Latin-1 maps bytes to text one to one, so values in any encoding come back unchanged.
+    text = value.decode("latin-1")
+    if name.decode("latin-1").lower() in _CREDENTIAL_HEADERS:
+        scheme, space, token = text.rpartition(" ")
+        text = f"{scheme}{space}{_mask_token(token)}"
+    return redact(text, secrets).encode("latin-1")
+
+
+def _scrub_headers(owner: Any, secrets: Sequence[str]) -> None:
+    """Replace `owner.headers` (an httpx Headers) by a copy with credentials masked."""
+    headers = getattr(owner, "headers", None)
+    raw = getattr(headers, "raw", None)
+    if headers is None or not isinstance(raw, list):
+        return
+    clean = [(name, _scrub_header(name, value, secrets)) for name, value in raw]
+    if clean != raw:
+        # The same Headers class (httpx or httpx2), built through its public constructor.
+        owner.headers = type(headers)(clean, encoding=headers.encoding)
+
+
+def _scrub_response(response: Any, secrets: Sequence[str]) -> None:
+    """Mask secrets in a chained httpx response: its headers, body and request's headers."""
+    _scrub_headers(response, secrets)
+    try:
+        request = response.request
+    except RuntimeError:  # httpx raises it for a response built without a request
+        request = None
+    if request is not None:
+        _scrub_headers(request, secrets)
+    try:
+        content = response.content
+    except Exception:  # a streamed body never read: nothing of it can be handed on
+        return
+    if not isinstance(content, bytes):
+        return
+    text = content.decode("utf-8", errors="surrogateescape")
+    clean = redact(text, secrets)
+    if clean != text:
+        # httpx has no public way to replace a read body; `content` and `text` read these.
+        response._content = clean.encode("utf-8", errors="surrogateescape")
+        vars(response).pop("_text", None)
+
+
+def scrub_exception(exc: BaseException, secrets: Sequence[str]) -> BaseException:
+    """Mask `secrets` (and key-shaped text) in `exc` and the exceptions chained to it, in place.
+
+    Covers each one's message and args, its error body (nested dicts and lists too), the text
+    an encoding error failed on, and its HTTP response and request: headers (Authorization
+    included), body and text. Some compatible servers echo the key in error bodies or headers;
+    the toolkit chains API errors to its own exceptions, so they must be as clean as its own.
     """
-    exc.args = tuple(redact(a, secrets) if isinstance(a, str) else a for a in exc.args)
+    for link in _chain(exc):
+        _scrub_one(link, secrets)
+    return exc
+
+
+def _scrub_one(exc: BaseException, secrets: Sequence[str]) -> None:
+    exc.args = tuple(_scrub_value(a, secrets) for a in exc.args)
+    # An encoding error holds the whole text it failed on: for a header, "Bearer <key>".
+    if isinstance(exc, (UnicodeEncodeError, UnicodeTranslateError)):
+        exc.object = redact(exc.object, secrets)
     message = getattr(exc, "message", None)
     if isinstance(message, str):
         exc.message = redact(message, secrets)  # type: ignore[attr-defined]
     body = getattr(exc, "body", None)
-    if isinstance(body, Mapping):
-        exc.body = {  # type: ignore[attr-defined]
-            k: redact(v, secrets) if isinstance(v, str) else v for k, v in body.items()
-        }
-    return exc
+    if isinstance(body, (str, Mapping, list, tuple)):
+        exc.body = _scrub_value(body, secrets)  # type: ignore[attr-defined]
+    # `response` and `request` are properties on some exceptions (httpx raises when unset).
+    for name in ("response", "request"):
+        try:
+            value = getattr(exc, name, None)
+        except RuntimeError:
+            value = None
+        if value is None:
+            continue
+        if name == "response":
+            _scrub_response(value, secrets)
+        else:
+            _scrub_headers(value, secrets)
+
+
+# --- third-party logs ----------------------------------------------------------------------
+
+# The loggers of the HTTP stack under the openai client. At DEBUG they log response headers
+# (which some servers fill with the key) and, in some versions, request headers.
+_THIRD_PARTY_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "httpcore2")
+
+
+class _SecretFilter(logging.Filter):
+    """Masks known keys, key-shaped text and bearer tokens in the records it sees."""
+
+    def __init__(self) -> None:
+        super().__init__("openai_parallel_toolkit.secrets")
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        with self._lock:
+            known = set(self._secrets)
+            # Longest first: a key that contains another is masked whole.
+            merged = known | {s for s in secrets if s}
+            self._secrets = tuple(sorted(merged, key=len, reverse=True))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: logging reports it itself, leave it alone
+            return True
+        clean = _BEARER_PATTERN.sub(
+            lambda m: m.group(1) + _mask_token(m.group(2)), redact(message, self._secrets)
+        )
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_LOG_FILTER = _SecretFilter()
+
+
+def protect_logs(secrets: Iterable[str]) -> None:
+    """Keep `secrets` (and bearer tokens) out of the openai and httpx/httpcore loggers' records.
+
+    A logger's filter applies only to records logged on that very logger, so the filter goes
+    on every logger of those libraries that exists now (call again after importing more of
+    them; the key pool does so whenever it builds clients). Idempotent; never configures
+    handlers or levels.
+    """
+    _LOG_FILTER.add(secrets)
+    manager = logging.Logger.manager
+    names = [
+        name
+        for name in list(manager.loggerDict)
+        if any(name == root or name.startswith(root + ".") for root in _THIRD_PARTY_LOGGERS)
+    ]
+    for name in {*names, *_THIRD_PARTY_LOGGERS}:
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)

@@ -3,6 +3,8 @@
 Both live in ``<output>/.openai-parallel-toolkit/``. The journal (SQLite, one commit per file)
 says which inputs are finished and which files they produced; the staging area holds each
 file's outputs until its hooks have all returned, after which they are moved into place.
+The journal also remembers whether the folder's adoption of existing outputs (outputs of the
+original toolkit, which kept no state) is still open.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -23,11 +26,20 @@ try:
 except ImportError:  # pragma: no cover - Windows: staging folders are then kept, never shared
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Journal", "StagingArea"]
+__all__ = ["Journal", "JournalEntry", "StagingArea"]
 
 _GRACE_SECONDS = 60.0
 _PUBLISHING = "publishing"
 _DONE = "done"
+_ADOPTION = "adoption"  # meta row present while adopting existing outputs is still allowed
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """What the journal knows of one input: its outputs, and whether they are all in place."""
+
+    outputs: tuple[str, ...]
+    done: bool
 
 
 class Journal:
@@ -49,16 +61,47 @@ class Journal:
             "CREATE TABLE IF NOT EXISTS done (input TEXT PRIMARY KEY, outputs TEXT NOT NULL, "
             "state TEXT NOT NULL, finished REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
 
-    def finished_outputs(self, relative: str) -> list[str] | None:
-        """The outputs of a finished input, or None if it is not recorded as done."""
+    def entry(self, relative: str) -> JournalEntry | None:
+        """The record of `relative`, or None if the journal has never seen it."""
         with self._lock:
             row = self._db.execute(
                 "SELECT outputs, state FROM done WHERE input = ?", (relative,)
             ).fetchone()
-        if row is None or row[1] != _DONE:
+        if row is None:
             return None
-        return list(json.loads(row[0]))
+        return JournalEntry(tuple(json.loads(row[0])), row[1] == _DONE)
+
+    def finished_outputs(self, relative: str) -> list[str] | None:
+        """The outputs of a finished input, or None if it is not recorded as done."""
+        entry = self.entry(relative)
+        return list(entry.outputs) if entry is not None and entry.done else None
+
+    @property
+    def adoption_open(self) -> bool:
+        """True while existing outputs may still be adopted as done (see `open_adoption`)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM meta WHERE name = ?", (_ADOPTION,)).fetchone()
+        return row is not None
+
+    def open_adoption(self) -> None:
+        """Allow adopting existing outputs until `close_adoption` (set on a folder's first run).
+
+        The permission is stored, so a first run cut short (Ctrl-C, ``file_count``) does not
+        leave the rest of the folder's old outputs to be overwritten by the next run.
+        """
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (_ADOPTION, "open")
+            )
+
+    def close_adoption(self) -> None:
+        """No more adoption: a run has looked at every input once."""
+        with self._lock:
+            self._db.execute("DELETE FROM meta WHERE name = ?", (_ADOPTION,))
 
     def _write(self, relative: str, outputs: list[str], state: str) -> None:
         with self._lock:

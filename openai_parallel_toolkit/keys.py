@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
 from .config import KeyConfig, ToolkitConfig, config_from_env, config_from_keys, load_config
-from .errors import Action, ConfigError, NoKeysAvailableError, Verdict, scrub_exception
+from .errors import (
+    Action,
+    ConfigError,
+    NoKeysAvailableError,
+    Verdict,
+    protect_logs,
+    scrub_exception,
+)
 from .headers import RateLimitHeaders
 from .knobs import Knobs
 from .limiter import LimitGroup
@@ -345,6 +352,8 @@ class APIKeyManager:
             key.client = self._client_factory(key_config, self._header_hook(key))
             added.append(key)
         self._keys.extend(added)
+        # After the clients: building them imports the HTTP stack whose loggers get the filter.
+        protect_logs(key.config.api_key for key in added)
         return added
 
     def add_keys(self, config: ToolkitConfig) -> int:

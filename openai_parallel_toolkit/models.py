@@ -9,6 +9,8 @@ subclass `OpenAIModel` and implement `generate`.
 from __future__ import annotations
 
 import abc
+import inspect
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,7 +47,11 @@ class OpenAIModel(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, client: openai.OpenAI) -> Any:
-        """Send the request with `client` (the chosen key's client) and return the response."""
+        """Send the request with `client` (the chosen key's client) and return the response.
+
+        `client` is the `openai.OpenAI` client of the key the pool chose for this attempt; use
+        it instead of the module-level ``openai`` functions, which know nothing of the pool.
+        """
 
     def estimate_tokens(self) -> int:
         """Tokens this request may consume, reserved against the token limit before sending.
@@ -73,8 +79,15 @@ class OpenAIModel(abc.ABC):
         return None
 
     def parse(self, response: Any) -> Any:
-        """The result `request_openai_api` returns for `response`; the response itself here."""
-        return response
+        """The result `request_openai_api` returns for `response` (unless ``raw=True``).
+
+        As in the original toolkit, the reply's text: for a chat completion the first choice's
+        message content, for a legacy completion the first choice's text, for a Responses API
+        response its ``output_text``; each stripped, and "" when the reply has no text (tool
+        calls, say: override `parse` or pass ``raw=True`` to get at them). Any other response
+        (embeddings, streams, dicts, objects of your own) is returned unchanged.
+        """
+        return _default_result(response)
 
     def usage_tokens(self, response: Any) -> int | None:
         """Tokens the response says it used (``usage.total_tokens``), or None if unknown."""
@@ -89,6 +102,63 @@ class OpenAIModel(abc.ABC):
         `usage_tokens` instead, charging only usage above the reservation.
         """
         return None
+
+
+def _chat_text(response: Any) -> str:
+    """The first choice's message text of a chat completion, stripped ("" when it has none)."""
+    return (response.choices[0].message.content or "").strip()
+
+
+def _completion_text(response: Any) -> str:
+    """The first choice's text of a legacy completion, stripped ("" when it has none)."""
+    return (response.choices[0].text or "").strip()
+
+
+def _default_result(response: Any) -> Any:
+    """What `OpenAIModel.parse` returns: the text of openai's text responses, else `response`."""
+    if "openai" not in sys.modules:
+        return response  # then it cannot be one of openai's types: no need to import it
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+
+    if isinstance(response, ChatCompletion):
+        return _chat_text(response)
+    if isinstance(response, Completion):
+        return _completion_text(response)
+    try:
+        from openai.types.responses import Response
+    except ImportError:  # openai older than the Responses API
+        return response
+    if isinstance(response, Response):
+        return (response.output_text or "").strip()
+    return response
+
+
+def check_generate_signature(model: OpenAIModel) -> None:
+    """Raise `TypeError` unless ``model.generate(client)`` can be called with one client.
+
+    The original toolkit called ``generate(self)`` and left the key in global ``openai`` state;
+    here each attempt passes the chosen key's client instead, so a model written the old way
+    would fail on every attempt. `request_openai_api` calls this before anything is sent.
+    """
+    generate = model.generate
+    try:
+        signature = inspect.signature(generate)
+    except (TypeError, ValueError):  # not introspectable (a C callable): let the call decide
+        return
+    try:
+        signature.bind(object())
+    except TypeError:
+        cls = type(model)
+        shown = signature.replace(return_annotation=inspect.Signature.empty)
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__}.generate{shown} cannot be called as "
+            "generate(client). Each request is sent with the openai.OpenAI client of the key "
+            "the pool chose, passed to generate(); no global key is set. Change "
+            "`def generate(self):` to `def generate(self, client):` and call "
+            "`client.chat.completions.create(...)` where the original toolkit called "
+            "`openai.ChatCompletion.create(...)`."
+        ) from None
 
 
 def prompt_usage(response: Any) -> int | None:
@@ -171,8 +241,7 @@ class ChatModel(OpenAIModel):
 
     def parse(self, response: Any) -> Any:
         """The first choice's text, stripped ("" when the reply has no text content)."""
-        content = response.choices[0].message.content
-        return (content or "").strip()
+        return _chat_text(response)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, messages={len(self.messages)})"
@@ -251,7 +320,8 @@ class CompletionModel(OpenAIModel):
         return client.completions.create(model=self.model, prompt=self.prompt, **self.params)
 
     def parse(self, response: Any) -> Any:
-        return (response.choices[0].text or "").strip()
+        """The first choice's text, stripped ("" when it has none)."""
+        return _completion_text(response)
 
     def __repr__(self) -> str:
         return f"CompletionModel(model={self.model!r})"
@@ -321,6 +391,10 @@ class RawRequest(OpenAIModel):
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.post(self.path, body=self.body, cast_to=object)
+
+    def parse(self, response: Any) -> Any:
+        """The answer's JSON as the server sent it, whatever the endpoint."""
+        return response
 
     def usage_tokens(self, response: Any) -> int | None:
         usage = response.get("usage") if isinstance(response, dict) else None

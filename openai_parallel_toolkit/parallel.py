@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .cache import RequestCache
 from .errors import ToolkitError, redact
 from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
-from .models import OpenAIModel
+from .models import OpenAIModel, check_generate_signature
 from .request import request_openai_api
 
 __all__ = [
@@ -234,6 +234,8 @@ def multi_process_one(
     """
     build = _model_builder(openai_model_class, args, kwargs)
     models = [build(item) for item in data]  # argument errors surface before any request
+    if models:
+        check_generate_signature(models[0])  # an old generate(self) fails once, not per item
     pool = resolve_manager(manager)
 
     def one(model: OpenAIModel) -> Any:

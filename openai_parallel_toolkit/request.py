@@ -18,7 +18,7 @@ from typing import Any
 from .cache import RequestCache, active_cache
 from .errors import Action, RequestFailedError, classify
 from .keys import APIKeyManager, resolve_manager
-from .models import OpenAIModel, prompt_usage
+from .models import OpenAIModel, check_generate_signature, prompt_usage
 
 __all__ = ["RetryPolicy", "request_openai_api"]
 
@@ -61,16 +61,20 @@ def request_openai_api(
 ) -> Any:
     """Send `openai_model`'s request on the best available key and return its result.
 
-    The result is `openai_model.parse(response)`: the assistant's text for chat models, vectors
+    The result is `openai_model.parse(response)`: the reply's text for chat and completion
+    models (your own `OpenAIModel` subclasses included, unless they override `parse`), vectors
     for embeddings; with `raw=True` the client's response object. The pool is `manager`, else
     one built from `keys` or `config_path`, else the default pool.
 
     Successful responses are stored in `cache` (None: the cache made active with `use_cache`,
     if any; False: none) and a request found there is not sent again.
 
-    Raises `RequestFailedError` when the request is wrong (400, 404, 422) or its retries are
-    spent, and `NoKeysAvailableError` when every key has been removed.
+    Raises `TypeError`, before anything is sent, when the model's `generate` cannot take the
+    client (the original toolkit's ``generate(self)``); `RequestFailedError` when the request
+    is wrong (400, 404, 422) or its retries are spent, and `NoKeysAvailableError` when every
+    key has been removed.
     """
+    check_generate_signature(openai_model)
     store: RequestCache | None
     if cache is None or cache is True:
         store = active_cache()

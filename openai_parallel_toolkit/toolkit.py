@@ -12,7 +12,11 @@ staging leftovers of dead runs are removed at the next start.
 Beside the outputs, the folder ``.openai-parallel-toolkit/`` holds the run's state:
 ``done.sqlite`` (the inputs finished, and their outputs, see `filestate`), ``cache.sqlite``
 (every successful API response, so a re-run never pays twice; ``cache=False`` turns it off,
-deleting the file clears it) and ``staging/``.
+deleting the file clears it) and ``staging/``. The state is closed only once no worker uses
+it any more: after a second Ctrl-C, by a helper thread when the last file in progress ends.
+
+The listing of inputs is in `filelisting`; the counters, summary and progress display in
+`runstate`.
 """
 
 from __future__ import annotations
@@ -24,77 +28,25 @@ import os
 import shutil
 import sys
 import threading
-import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 
 from .cache import RequestCache, use_cache
-from .errors import redact
+from .filelisting import ExistingOutputs, InputFile, list_inputs
 from .filestate import Journal, StagingArea
-from .keys import APIKeyManager, PoolStats, resolve_manager, use_manager
+from .keys import APIKeyManager, resolve_manager, use_manager
 from .parallel import _nested, _shared_executor, completed, default_concurrency
+from .runstate import FileFailure, RunState, RunSummary, logs_above
 
 __all__ = ["FileFailure", "ParallelToolkit", "RunSummary"]
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".openai-parallel-toolkit"
-_PROGRESS_REFRESH_SECONDS = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class FileFailure:
-    """An input file that failed in this run (it has no output and is retried next run)."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """What `ParallelToolkit.run` did."""
-
-    processed: int
-    skipped: int
-    failed: tuple[FileFailure, ...]
-    interrupted: bool
-    elapsed: float
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing failed and the run was not interrupted."""
-        return not self.failed and not self.interrupted
-
-    def __str__(self) -> str:
-        head = (
-            f"processed {self.processed}, skipped {self.skipped} (already done), "
-            f"failed {len(self.failed)} in {self.elapsed:.1f} s"
-        )
-        if self.interrupted:
-            head += " (interrupted: run again to continue)"
-        lines = [head] + [f"  failed: {f.path}: {f.reason}" for f in self.failed]
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    source: Path  # the input file
-    relative: str  # its path below the input root, the journal's key
-    out_dir: Path  # where its outputs go
-    out_name: str  # output_file_without_ext's last component
-
-
-def _failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-    text = str(exc) or repr(exc)
-    return redact(f"{type(exc).__name__}: {text}")
 
 
 class ParallelToolkit:
@@ -114,6 +66,12 @@ class ParallelToolkit:
     typical 2 s response time (8 per key whose limits are unknown), between 8 and 512 —
     the work waits on the network, so the CPU count says nothing about it. `file_count` caps
     how many not-yet-done files this run processes.
+
+    `adopt_existing_outputs=True` is for an output folder the original toolkit (which kept no
+    record) already wrote into: on the folder's first run, an input for which a file named
+    like it plus one extension is already there (``a.json`` for ``a.txt``) counts as done,
+    is recorded as such, and is counted in `RunSummary.adopted`. Off by default: any other
+    file in the output folder is never taken for an output.
     """
 
     def __init__(
@@ -129,6 +87,7 @@ class ParallelToolkit:
         recursive: bool = True,
         cache: bool | RequestCache | str | os.PathLike[str] = True,
         progress: bool = True,
+        adopt_existing_outputs: bool = False,
     ) -> None:
         if input_path is None or output_path is None:
             raise TypeError("ParallelToolkit needs input_path and output_path")
@@ -142,10 +101,10 @@ class ParallelToolkit:
         self.name = name
         self.recursive = recursive
         self.progress = progress
+        self.adopt_existing_outputs = adopt_existing_outputs
         self._cache_option = cache
         self.manager = manager if manager is not None else resolve_manager(config_path=config_path)
         self.num_threads = num_threads or default_concurrency(self.manager)
-        self._abandon = threading.Event()
 
     # -- the hooks ------------------------------------------------------------------------------
 
@@ -169,62 +128,75 @@ class ParallelToolkit:
         A file whose hook raises, whose request fails or that is not UTF-8 text gets no output
         and is listed in the summary; the others go on. Ctrl-C stops taking new files, lets
         the ones in progress finish and returns the summary. A second Ctrl-C stops waiting
-        (`run` raises KeyboardInterrupt): the files still in progress publish nothing.
+        (`run` raises KeyboardInterrupt): the files still in progress publish nothing and are
+        not reported; their requests already sent still end and are cached, and the run's
+        state is closed when the last of them has.
         """
         if not self.input_path.exists():
             raise FileNotFoundError(f"input path does not exist: {self.input_path}")
         if self.input_path.is_dir() and self.input_path.resolve() == self.output_path.resolve():
             raise ValueError("output_path must differ from input_path (outputs would be inputs)")
-        self._abandon.clear()
+        total = sum(1 for _ in self._inputs())
         state = self.output_path / STATE_DIR
         state.mkdir(parents=True, exist_ok=True)
         journal = Journal(state / "done.sqlite")
-        staging = StagingArea(state / "staging")
-        cache, own_cache = self._open_cache(state)
-        run = _RunState(self.manager.statistics())
-        bar = tqdm(desc=self.name, unit="file", disable=not self.progress, dynamic_ncols=True)
+        closers: list[Callable[[], None]] = [journal.close]
+        try:
+            adopt = self._adopting(journal)
+            staging = StagingArea(state / "staging")
+            closers.append(staging.close)
+            cache, own_cache = self._open_cache(state)
+        except BaseException:
+            _close_all(closers)
+            raise
+        if own_cache and cache is not None:
+            closers.append(cache.close)
+        run = RunState(self.manager.statistics())
         # One pool for every multi_process_one call inside the hooks (see parallel.py).
         inner = ThreadPoolExecutor(default_concurrency(self.manager), thread_name_prefix="items")
         executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="files")
+        bar = tqdm(
+            total=total, desc=self.name, unit="file", disable=not self.progress, dynamic_ncols=True
+        )
         interrupted = False
         try:
-            bar.total = sum(1 for _ in self._inputs())
-            with use_manager(self.manager), use_cache(cache), _quiet_inner_bars(inner):
+            with logs_above(bar), use_manager(self.manager), use_cache(cache):
                 try:
-                    tasks = self._pending(journal, legacy=not journal.existed, run=run, bar=bar)
-                    work = functools.partial(self._work, journal, staging, run)
-                    for task, future in completed(executor, work, tasks, self.num_threads * 2):
-                        failure = future.exception()
-                        if failure is not None:  # SystemExit and the like escaped the hooks
-                            run.fail(task, failure)
-                        bar.update(1)
-                        run.refresh(bar, self.manager)
+                    with _quiet_inner_bars(inner):
+                        tasks = self._pending(journal, adopt=adopt, run=run, bar=bar)
+                        work = functools.partial(self._work, journal, staging, run)
+                        for task, future in completed(executor, work, tasks, self.num_threads * 2):
+                            failure = future.exception()
+                            if failure is not None:  # SystemExit and the like escaped the hooks
+                                run.fail(task.relative, failure)
+                            run.show(bar, self.manager)
                 except KeyboardInterrupt:
                     interrupted = True
-                    logger.warning(
-                        "interrupted: finishing the files in progress (Ctrl-C again to abandon)"
-                    )
-                    try:
-                        executor.shutdown(wait=True, cancel_futures=True)
-                    except KeyboardInterrupt:
-                        self._abandon.set()
-                        raise
+                    self._drain(executor, run)
+                finally:
+                    run.show(bar, self.manager, force=True)
+                    bar.close()
         finally:
-            executor.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
-            inner.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
-            run.refresh(bar, self.manager, force=True)
-            bar.close()
-            journal.close()
-            staging.close()
-            if own_cache and cache is not None:
-                cache.close()
+            _release((executor, inner), closers, abandoned=run.abandoned)
         summary = run.summary(interrupted)
         logger.info("%s: %s", self.name, summary)
         if self.progress:
             tqdm.write(f"{self.name}: {summary}", file=sys.stderr)
         return summary
 
-    def _work(self, journal: Journal, staging: StagingArea, run: _RunState, task: _Task) -> None:
+    def _drain(self, executor: ThreadPoolExecutor, run: RunState) -> None:
+        """After a Ctrl-C: let the files in progress finish; a second Ctrl-C abandons them."""
+        try:
+            logger.warning("interrupted: finishing the files in progress (Ctrl-C again to abandon)")
+            executor.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            run.abandon()
+            logger.warning(
+                "abandoned: the files in progress publish nothing (run again to continue)"
+            )
+            raise
+
+    def _work(self, journal: Journal, staging: StagingArea, run: RunState, task: InputFile) -> None:
         """One input, in a worker thread: hooks, then publish and record (or a failure)."""
         folder = staging.new_folder()
         try:
@@ -238,7 +210,7 @@ class ParallelToolkit:
                     f"process_output wrote nothing under output_file_without_ext "
                     f"({task.out_name!r} plus an extension)"
                 )
-            if self._abandon.is_set():
+            if run.abandoned:
                 return
             task.out_dir.mkdir(parents=True, exist_ok=True)
             journal.publishing(task.relative, produced)
@@ -247,7 +219,7 @@ class ParallelToolkit:
             journal.done(task.relative, produced)
             run.succeed()
         except Exception as exc:
-            run.fail(task, exc)
+            run.fail(task.relative, exc)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -261,166 +233,92 @@ class ParallelToolkit:
             return option, False
         return RequestCache(option), True
 
+    def _adopting(self, journal: Journal) -> bool:
+        """Whether this run takes existing outputs for done (see `adopt_existing_outputs`)."""
+        if not self.adopt_existing_outputs:
+            return False
+        if not journal.existed:
+            journal.open_adoption()  # kept until one run has looked at every input
+        elif not journal.adoption_open:
+            logger.warning(
+                "adopt_existing_outputs ignored: %s already holds this toolkit's state "
+                "(existing outputs are adopted on a folder's first run only)",
+                self.output_path,
+            )
+            return False
+        return True
+
     # -- listing --------------------------------------------------------------------------------
 
-    def _inputs(self) -> Iterator[_Task]:
-        """Every input file, lazily, one folder listing at a time (sorted within a folder)."""
-        if self.input_path.is_file():
-            source = self.input_path
-            yield _Task(source, source.name, self.output_path, source.stem)
-            return
-        output = self.output_path.resolve()
-        seen: set[tuple[int, int]] = set()  # folders visited: a symlink loop ends here
-        folders: list[tuple[Path, str]] = [(self.input_path, "")]
-        while folders:
-            folder, relative = folders.pop()
-            try:
-                info = folder.stat()
-                if (info.st_dev, info.st_ino) in seen:
-                    continue
-                seen.add((info.st_dev, info.st_ino))
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError as exc:
-                logger.warning("cannot list %s: %s", folder, exc)
-                continue
-            files, subfolders = [], []
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_file():
-                        files.append(entry)
-                    elif self.recursive and entry.is_dir() and Path(entry.path).resolve() != output:
-                        subfolders.append(entry)
-                except OSError as exc:
-                    logger.warning("skipping %s: %s", entry.path, exc)
-            out_dir = self.output_path / relative
-            names = _output_names([entry.name for entry in files])
-            for entry, out_name in zip(files, names, strict=True):
-                rel = f"{relative}/{entry.name}" if relative else entry.name
-                yield _Task(Path(entry.path), rel, out_dir, out_name)
-            for entry in reversed(subfolders):  # popped in sorted order
-                sub = f"{relative}/{entry.name}" if relative else entry.name
-                folders.append((Path(entry.path), sub))
+    def _inputs(self) -> Iterator[InputFile]:
+        return list_inputs(self.input_path, self.output_path, recursive=self.recursive)
 
     def _pending(
-        self, journal: Journal, *, legacy: bool, run: _RunState, bar: tqdm[Any]
-    ) -> Iterator[_Task]:
+        self, journal: Journal, *, adopt: bool, run: RunState, bar: tqdm[Any]
+    ) -> Iterator[InputFile]:
         """Inputs not done yet, at most `file_count` of them; the done ones count as skipped.
 
-        With `legacy` (a first run on this output folder), an existing output file named like
-        the input plus one extension also counts as done: outputs of the original toolkit.
+        With `adopt`, an input the journal has never seen whose output folder holds a file
+        named like it plus one extension is recorded as done: an output of the original
+        toolkit. Once every input was looked at, the folder's adoption is over.
         """
         taken = 0
-        listing: dict[Path, set[str]] = {}
+        existing = ExistingOutputs()
         for task in self._inputs():
             if self.file_count is not None and taken >= self.file_count:
                 return
-            outputs = journal.finished_outputs(task.relative)
-            if outputs is not None:
-                done = all((task.out_dir / name).is_file() for name in outputs)
-            else:
-                done = legacy and _legacy_output(task, listing)
-            if done:
+            entry = journal.entry(task.relative)
+            if entry is None:
+                found = existing.of(task) if adopt else []
+                if found:
+                    journal.done(task.relative, found)
+                    run.skip(adopted=True)
+                    run.show(bar, self.manager)
+                    continue
+            elif entry.done and all((task.out_dir / name).is_file() for name in entry.outputs):
                 run.skip()
-                bar.update(1)
+                run.show(bar, self.manager)
                 continue
             taken += 1
             yield task
+        if adopt:
+            journal.close_adoption()
 
 
-def _output_names(names: list[str]) -> list[str]:
-    """`output_file_without_ext` names for one folder's files: the stem, unless that is shared.
+def _close_all(closers: list[Callable[[], None]]) -> None:
+    """Call every closer, last opened first, even when one of them raises."""
+    with contextlib.ExitStack() as stack:
+        for closer in closers:
+            stack.callback(closer)
 
-    A stem shared by two files (``a.json``, ``a.txt``), or equal to another file's chosen name,
-    gives way to the full file name, which is unique in the folder.
+
+def _release(
+    executors: tuple[ThreadPoolExecutor, ...],
+    closers: list[Callable[[], None]],
+    *,
+    abandoned: bool,
+) -> None:
+    """Close the run's state once no worker uses it any more.
+
+    Normally every worker has ended by now, or ends soon: wait, then close. After an abandon
+    some may still be finishing: nothing new starts, queued items are cancelled, and a helper
+    thread closes the state after the last worker, so none ever writes to a closed database
+    (the interpreter waits for it at exit, as it waits for the workers).
     """
-    stems = Counter(Path(name).stem for name in names)
-    chosen = [Path(n).stem if stems[Path(n).stem] == 1 else n for n in names]
-    while True:
-        counts = Counter(chosen)
-        clashes = [i for i, name in enumerate(chosen) if counts[name] > 1]
-        if not clashes:
-            return chosen
-        for i in clashes:
-            chosen[i] = names[i]
+    if not abandoned:
+        for executor in executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        _close_all(closers)
+        return
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)
 
+    def close_when_idle() -> None:
+        for executor in executors:
+            executor.shutdown(wait=True)
+        _close_all(closers)
 
-def _legacy_output(task: _Task, listing: dict[Path, set[str]]) -> bool:
-    names = listing.get(task.out_dir)
-    if names is None:
-        listing.clear()  # one folder at a time: memory stays bounded
-        try:
-            names = {
-                e.name
-                for e in os.scandir(task.out_dir)
-                if not e.name.startswith(".") and e.is_file()
-            }
-        except OSError:
-            names = set()
-        listing[task.out_dir] = names
-    prefix = task.out_name + "."
-    return any(
-        name.startswith(prefix) and name[len(prefix) :] and "." not in name[len(prefix) :]
-        for name in names
-    )
-
-
-class _RunState:
-    """Counters of one run, shared by the worker threads."""
-
-    def __init__(self, baseline: PoolStats) -> None:
-        self._lock = threading.Lock()
-        self.processed = 0
-        self.skipped = 0
-        self.failures: list[FileFailure] = []
-        self.started = time.monotonic()
-        self.baseline = baseline
-        self._last_refresh = 0.0
-
-    def succeed(self) -> None:
-        with self._lock:
-            self.processed += 1
-
-    def skip(self) -> None:
-        with self._lock:
-            self.skipped += 1
-
-    def fail(self, task: _Task, exc: BaseException) -> None:
-        reason = _failure_reason(exc)
-        logger.warning("failed: %s: %s", task.relative, reason)
-        logger.debug("failure details for %s", task.relative, exc_info=exc)
-        with self._lock:
-            self.failures.append(FileFailure(task.relative, reason))
-
-    def refresh(self, bar: tqdm[Any], manager: APIKeyManager, *, force: bool = False) -> None:
-        """Update the bar's counts and the pool's rate, at most every half second."""
-        now = time.monotonic()
-        if not force and now - self._last_refresh < _PROGRESS_REFRESH_SECONDS:
-            return
-        self._last_refresh = now
-        stats = manager.statistics()
-        elapsed = max(1e-9, now - self.started)
-        with self._lock:
-            bar.n = self.processed + self.skipped + len(self.failures)
-            bar.set_postfix(
-                done=self.processed,
-                skipped=self.skipped,
-                failed=len(self.failures),
-                req_s=f"{(stats.requests - self.baseline.requests) / elapsed:.1f}",
-                r429=stats.rate_limited - self.baseline.rate_limited,
-                refresh=False,
-            )
-
-    def summary(self, interrupted: bool) -> RunSummary:
-        with self._lock:
-            return RunSummary(
-                processed=self.processed,
-                skipped=self.skipped,
-                failed=tuple(self.failures),
-                interrupted=interrupted,
-                elapsed=time.monotonic() - self.started,
-            )
+    threading.Thread(target=close_when_idle, name="openai-parallel-toolkit-close").start()
 
 
 @contextlib.contextmanager

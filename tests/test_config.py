@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from openai_parallel_toolkit import APIKeyManager
 from openai_parallel_toolkit.config import (
     KeyConfig,
     ToolkitConfig,
@@ -898,3 +899,99 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- keys the HTTP stack cannot send ----------------------------------------------------------
+
+# (id, the bad key, its 1-based position, the code point named in the message)
+UNSENDABLE_KEYS = [
+    ("zero-width space", K1[:12] + "\u200b" + K1[12:], 13, "U+200B (ZERO WIDTH SPACE)"),
+    ("accented letter", K2[:-1] + "é", len(K2), "U+00E9 (LATIN SMALL LETTER E WITH ACUTE)"),
+    ("Cyrillic look-alike", "sk-proj-" + "\u0430" + K3[9:], 9, "U+0430 (CYRILLIC SMALL LETTER A)"),
+    ("control character", K4[:20] + "\x07" + K4[20:], 21, "U+0007"),
+]
+
+
+def _assert_names_position_not_key(exc: ConfigError, bad: str, position: int, char: str) -> None:
+    message = str(exc)
+    assert f"character {position} of {len(bad)} is {char}" in message
+    assert "cannot be sent in an HTTP header" in message
+    assert bad not in message and bad[:-4] not in message and bad[4:] not in message
+    _assert_no_full_key(exc)
+
+
+@pytest.mark.parametrize(
+    ("bad", "position", "char"),
+    [case[1:] for case in UNSENDABLE_KEYS],
+    ids=[case[0] for case in UNSENDABLE_KEYS],
+)
+def test_unsendable_key_in_a_file_names_file_entry_and_position(
+    tmp_path: Path, bad: str, position: int, char: str
+) -> None:
+    path = _write(tmp_path, "keys.json", {"api_keys": [_key(5), {"api_key": bad}]})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.source == str(path)
+    assert info.value.field == "api_keys[1].api_key"
+    assert str(info.value).startswith(f"{path}, field 'api_keys[1].api_key': ")
+    _assert_names_position_not_key(info.value, bad, position, char)
+
+    yaml_path = _write(tmp_path, "keys.yaml", f"auth_1:\n  api_key: {_key(5)}\nauth_2:\n")
+    with yaml_path.open("a", encoding="utf-8") as file:
+        file.write(f"  api_key: {json.dumps(bad)}\n")  # quoted: YAML refuses raw control chars
+    with pytest.raises(ConfigError) as info:
+        load_config(yaml_path)
+    assert info.value.field == "auth_2.api_key"
+    _assert_names_position_not_key(info.value, bad, position, char)
+
+
+@pytest.mark.parametrize(
+    ("bad", "position", "char"),
+    [case[1:] for case in UNSENDABLE_KEYS],
+    ids=[case[0] for case in UNSENDABLE_KEYS],
+)
+def test_unsendable_key_added_programmatically(bad: str, position: int, char: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        APIKeyManager([K1, bad], make_default=False)
+    assert info.value.field == "api_keys[1]"
+    _assert_names_position_not_key(info.value, bad, position, char)
+    with pytest.raises(ConfigError) as info:
+        APIKeyManager([{"api_key": bad}], make_default=False)
+    assert info.value.field == "api_keys[0].api_key"
+    with APIKeyManager([K1], make_default=False) as pool:
+        with pytest.raises(ConfigError) as info:
+            pool.add_keys(config_from_keys([K2, bad]))
+        _assert_names_position_not_key(info.value, bad, position, char)
+        with pytest.raises(ConfigError):
+            pool.add_keys(ToolkitConfig(keys=(KeyConfig(api_key=bad),), source="mine"))
+        assert pool.key_count == 1
+    with pytest.raises(ConfigError) as info:
+        config_from_env({"OPENAI_API_KEY_2": bad})
+    assert (info.value.source, info.value.field) == ("environment", "OPENAI_API_KEY_2")
+    _assert_names_position_not_key(info.value, bad, position, char)
+
+
+def test_unsendable_organization_or_project() -> None:
+    with pytest.raises(ConfigError, match=r"character 5 of 8 is U\+00E9") as info:
+        config_from_keys([{"api_key": K1, "organization": "org-écho"}])
+    assert info.value.field == "api_keys[0].organization"
+    with pytest.raises(ConfigError, match="cannot be sent in an HTTP header"):
+        config_from_env({"OPENAI_API_KEY": K1, "OPENAI_PROJECT_ID": "proj_\u200b1"})
+    # Printable ASCII, spaces included, is fine in a header value.
+    assert KeyConfig(api_key=K1, project="proj 1").project == "proj 1"
+
+
+def test_keys_check_refuses_an_unsendable_key_in_one_line(tmp_path: Path) -> None:
+    bad = UNSENDABLE_KEYS[0][1]
+    path = _write(tmp_path, "keys.json", {"api_keys": [K1, bad]})
+    result = subprocess.run(
+        [sys.executable, "-m", "openai_parallel_toolkit", "keys", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"{path}, field 'api_keys[1]'" in result.stderr
+    assert "character 13 of 49 is U+200B (ZERO WIDTH SPACE)" in result.stderr
+    assert bad not in result.stderr and K1 not in result.stdout + result.stderr

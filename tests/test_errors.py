@@ -150,3 +150,94 @@ def test_error_messages_mask_keys() -> None:
     assert error.source == "config.json" and error.field == "api_keys[1]"
     dead = NoKeysAvailableError({mask_key(KEY): f"HTTP 401 for {KEY}"})
     assert KEY not in str(dead) and "sk-...wxyz" in str(dead)
+
+
+# --- keys the HTTP stack cannot send ----------------------------------------------------------
+
+UNSENDABLE = "sk-proj-" + "U" * 12 + "\u200b" + "U" * 27 + "tail"  # a zero-width space inside
+
+
+def _unencodable_key_error(key: str) -> Exception:
+    """What the openai client really raises for `key` (it fails before anything is sent)."""
+    client = openai.OpenAI(api_key=key, base_url="http://127.0.0.1:9/v1", max_retries=0)
+    with client, pytest.raises(Exception) as info:
+        client.models.list()
+    return info.value
+
+
+def test_classify_a_key_the_http_stack_cannot_send_as_the_keys_fault() -> None:
+    error = _unencodable_key_error(UNSENDABLE)
+    verdict = classify(error)
+    assert verdict.action is Action.KEY_DEAD
+    assert "character 21 of 52 is U+200B (ZERO WIDTH SPACE)" in verdict.reason
+    assert UNSENDABLE not in verdict.reason and UNSENDABLE[:-4] not in verdict.reason
+    # Handed on scrubbed: the encoding error carries the whole header it failed on.
+    scrub_exception(error, [UNSENDABLE])
+    assert UNSENDABLE not in repr(vars(error)) + repr(getattr(error, "object", ""))
+
+
+def test_other_unencodable_text_is_not_the_keys_fault() -> None:
+    header = "Ünïcode request header"
+    error = UnicodeEncodeError("ascii", header, 0, 1, "ordinal not in range(128)")
+    assert classify(error).action is Action.FATAL
+
+
+def test_pool_removes_a_key_the_http_stack_cannot_send() -> None:
+    """Issue 10: such a key failed in 2 ms, was never removed and so won 19 of 20 grants."""
+    from openai_parallel_toolkit import APIKeyManager, ChatModel, KeyState, request_openai_api
+    from openai_parallel_toolkit.testing import FakeOpenAIServer
+
+    good, bad = "sk-proj-" + "G" * 40 + "good", "sk-proj-" + "B" * 40 + "badd"
+
+    def build(config: Any, on_response: Any) -> openai.OpenAI:
+        # A factory that decorates keys: the kind of client the config's checks cannot see.
+        api_key = config.api_key + ("\u200b" if config.api_key == bad else "")
+        http_client = openai.DefaultHttpxClient(event_hooks={"response": [on_response]})
+        return openai.OpenAI(
+            api_key=api_key, base_url=config.api_base, max_retries=0, http_client=http_client
+        )
+
+    with (
+        FakeOpenAIServer() as server,
+        APIKeyManager(
+            [
+                {"api_key": bad, "api_base": server.base_url},
+                {"api_key": good, "api_base": server.base_url},
+            ],
+            make_default=False,
+            client_factory=build,
+        ) as pool,
+    ):
+        answers = [request_openai_api(ChatModel(content=str(i)), manager=pool) for i in range(20)]
+        stats = {key.key: key for key in pool.statistics().keys}
+    assert answers == [f"echo: {i}" for i in range(20)]
+    removed = stats[mask_key(bad)]
+    assert removed.state is KeyState.REMOVED and removed.requests == 1
+    assert removed.removed_reason is not None and "U+200B" in removed.removed_reason
+    assert stats[mask_key(good)].successes == 20
+
+
+def test_scrub_exception_reaches_nested_bodies_and_the_chained_response() -> None:
+    secret = "gsk_" + "n" * 40  # only the given secret can catch it
+    request = httpx.Request(
+        "POST", "https://api.example.test/v1/x", headers={"Authorization": f"Bearer {secret}"}
+    )
+    response = httpx.Response(
+        401,
+        headers={"x-echo": secret, "www-authenticate": f"Bearer {secret}"},
+        json={"error": {"message": "no", "detail": {"keys": [secret, {"k": f"key={secret}"}]}}},
+        request=request,
+    )
+    body = response.json()["error"]
+    error = openai.AuthenticationError(f"Error code: 401 - {secret}", response=response, body=body)
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = error
+    scrub_exception(outer, [secret])
+    assert secret not in str(error.body) and secret not in error.response.text
+    assert secret not in error.response.content.decode()
+    assert secret not in str(error.response.headers.multi_items())
+    assert secret not in str(error.request.headers.multi_items())
+    scrubbed: Any = error.body  # openai types it as object
+    assert scrubbed["detail"]["keys"][1] == {"k": f"key={mask_key(secret)}"}
+    assert error.response.request.headers["authorization"] == f"Bearer {mask_key(secret)}"
+    assert error.response.json()["error"]["message"] == "no"  # still readable JSON

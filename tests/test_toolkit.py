@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,13 +242,104 @@ def test_a_hook_that_dies_midway_leaves_no_output(config: str, tmp_path: Path) -
     assert json.loads((out / "x.json").read_text()) == {"result": "echo: x"}
 
 
-def test_outputs_of_the_original_toolkit_count_as_done(config: str, tmp_path: Path) -> None:
-    write(tmp_path / "in" / "old.json", json.dumps({"text": "old"}))
-    write(tmp_path / "in" / "new.json", json.dumps({"text": "new"}))
-    write(tmp_path / "out" / "old.json", json.dumps({"result": "from the old tool"}))
+def test_an_unrelated_file_in_a_fresh_output_folder_is_not_taken_for_an_output(
+    config: str, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    write(tmp_path / "in" / "report.txt", json.dumps({"text": "report"}))
+    stray = write(tmp_path / "out" / "report.csv", "a,b\n1,2\n")
+    written = stray.stat().st_mtime_ns
     summary = SeedToolkit(config, tmp_path / "in", tmp_path / "out", progress=False).run()
-    assert (summary.processed, summary.skipped) == (1, 1)
-    assert json.loads((tmp_path / "out" / "old.json").read_text())["result"] == "from the old tool"
+    assert (summary.processed, summary.skipped) == (1, 0)
+    assert summary.adopted == 0 and "adopted" not in str(summary)
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == {"result": "echo: report"}
+    assert stray.read_text() == "a,b\n1,2\n" and stray.stat().st_mtime_ns == written
+    assert outputs(tmp_path / "out") == ["report.csv", "report.json"]
+    assert server.total().requests == 1
+
+
+def test_outputs_of_the_original_toolkit_are_adopted_when_asked(
+    config: str, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for name in ("old.json", "new.json", "sub/deep.txt"):
+        write(inputs / name, json.dumps({"text": name}))
+    write(out / "old.json", json.dumps({"result": "from the old tool"}))
+    write(out / "sub" / "deep.csv", "from the old tool")
+    summary = SeedToolkit(config, inputs, out, progress=False, adopt_existing_outputs=True).run()
+    assert (summary.processed, summary.skipped, summary.adopted) == (1, 2, 2)
+    assert "skipped 2 (already done, 2 of them adopted from existing outputs)" in str(summary)
+    assert server.total().requests == 1  # new.json only
+    assert json.loads((out / "old.json").read_text())["result"] == "from the old tool"
+    assert (out / "sub" / "deep.csv").read_text() == "from the old tool"
+    # Adopted inputs are recorded: they stay done on later runs, with or without the option.
+    again = SeedToolkit(config, inputs, out, progress=False).run()
+    assert (again.processed, again.skipped, again.adopted) == (0, 3, 0)
+    # Adoption is for a folder's first run: later, a file that looks like an output is not one.
+    write(inputs / "late.txt", json.dumps({"text": "late"}))
+    write(out / "late.csv", "not an output of ours")
+    late = SeedToolkit(config, inputs, out, progress=False, adopt_existing_outputs=True).run()
+    assert (late.processed, late.skipped, late.adopted) == (1, 3, 0)
+    assert (out / "late.csv").read_text() == "not an output of ours"
+    assert json.loads((out / "late.json").read_text()) == {"result": "echo: late"}
+
+
+def test_adoption_continues_after_a_first_run_that_stopped_early(
+    config: str, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a.json", "b.json", "c.json"):
+        write(inputs / name, json.dumps({"text": name}))
+    for name in ("b.json", "c.json"):
+        write(out / name, json.dumps({"result": "from the old tool"}))
+    first = SeedToolkit(
+        config, inputs, out, file_count=1, progress=False, adopt_existing_outputs=True
+    ).run()
+    assert (first.processed, first.adopted) == (1, 0)  # stopped before looking at b and c
+    second = SeedToolkit(config, inputs, out, progress=False, adopt_existing_outputs=True).run()
+    assert (second.processed, second.skipped, second.adopted) == (0, 3, 2)
+    assert server.total().requests == 1
+    for name in ("b.json", "c.json"):
+        assert json.loads((out / name).read_text())["result"] == "from the old tool"
+
+
+def test_progress_bar_counts_each_input_once_and_logs_print_above_it(
+    config: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # tqdm's own setting: draw on every update
+    inputs = tmp_path / "in"
+    for i in range(30):
+        items = ["BOOM"] if i % 3 == 0 else [f"{i}-a", f"{i}-b"]
+        write(inputs / f"f{i:02d}.json", json.dumps({"items": items}))
+    console = logging.StreamHandler(sys.stderr)  # as a script's logging.basicConfig() would
+    package_logger = logging.getLogger("openai_parallel_toolkit")
+    package_logger.addHandler(console)
+    last_resort = logging.lastResort
+    try:
+        summary = ItemsToolkit(
+            config, inputs, tmp_path / "out", num_threads=8, fail_on="BOOM", name="Files"
+        ).run()
+    finally:
+        package_logger.removeHandler(console)
+    assert (summary.processed, len(summary.failed)) == (20, 10)
+    # Logging is as it was.
+    assert console.stream is sys.stderr and logging.lastResort is last_resort
+    err = capsys.readouterr().err
+    segments = re.split(r"[\r\n]", err)
+    frames = [re.search(r"^Files: +(\d+)%\|.*\| (\d+)/(\d+) \[", s) for s in segments]
+    drawn = [frame for frame in frames if frame is not None]
+    assert len(drawn) >= 2
+    assert all(int(f[2]) <= int(f[3]) == 30 for f in drawn)
+    assert all(int(f[1]) == round(int(f[2]) * 100 / 30) for f in drawn)  # percentage shown
+    assert drawn[-1][2] == "30"
+    bar_lines = [s for s in segments if s.startswith("Files:") and "Files: processed" not in s]
+    assert len(bar_lines) == len(drawn)  # every drawing of the bar shows its percentage
+    # Each warning is a line of its own, never appended to the bar's line.
+    warnings = [s for s in segments if "failed: " in s and not s.startswith("  failed: ")]
+    assert len(warnings) == 10
+    assert all(s.startswith("failed: ") for s in warnings), warnings
 
 
 def test_deleted_output_is_redone(config: str, server: FakeOpenAIServer, tmp_path: Path) -> None:

@@ -119,3 +119,63 @@ def test_ctrl_c_finishes_files_in_progress_and_reports(
     assert f"skipped={len(done)}" in stdout and "interrupted=False" in stdout
     assert len(_outputs(out)) == FILES
     _assert_complete(out)
+
+
+def _read_stderr_until(process: subprocess.Popen[str], marker: str) -> str:
+    assert process.stderr is not None
+    seen = ""
+    while marker not in seen:
+        line = process.stderr.readline()
+        assert line, f"the job ended before printing {marker!r}: {seen}"
+        seen += line
+    return seen
+
+
+def test_second_ctrl_c_abandons_cleanly_and_a_rerun_does_each_file_once(
+    tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    config, inputs, out = _setup(tmp_path, server)
+    process = _start(config, inputs, out)
+    _wait_for_outputs(out, 5, process)
+    # From now on the server holds each request for 4 s, so files are still in progress when
+    # both Ctrl-Cs arrive; wait until one such request is being held.
+    server.slow_seconds = 4.0
+    server.set_fault("*", "slow")
+    deadline = time.monotonic() + 60
+    while True:
+        counts = server.total()
+        if counts.requests > counts.successes + counts.errors + counts.rate_limited:
+            break
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no request reached the server"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    seen = _read_stderr_until(process, "Ctrl-C again to abandon")
+    process.send_signal(signal.SIGINT)
+    stdout, rest = process.communicate(timeout=60)
+    stderr = seen + rest
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert "SUMMARY" not in stdout  # run() raised
+    assert "ProgrammingError" not in stderr and "closed database" not in stderr, stderr
+    assert "failed:" not in stderr, stderr  # abandoned files are not failures
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr  # nothing after the traceback
+    done = _outputs(out)
+    assert 5 <= len(done) < FILES
+    _assert_complete(out, done)
+    state = out / ".openai-parallel-toolkit"
+    assert list((state / "staging").iterdir()) == []  # the state was closed, after the workers
+    # Every answer the server gave, including those that came after the second Ctrl-C, was
+    # recorded before the cache was closed: none is paid for twice.
+    answered = server.total().successes
+    with RequestCache(state / "cache.sqlite") as cache:
+        assert len(cache) == answered
+    server.clear_faults()
+    server.reset_counters()
+
+    rerun = _start(config, inputs, out)
+    stdout, stderr = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, stderr
+    assert f"processed={FILES - len(done)} skipped={len(done)} failed=0 interrupted=False" in stdout
+    assert [p.name for p in _outputs(out)] == [f"f{f:02d}.json" for f in range(FILES)]
+    _assert_complete(out)
+    assert server.total().requests == FILES * ITEMS - answered
