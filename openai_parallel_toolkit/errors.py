@@ -144,6 +144,9 @@ class Verdict:
     status_code: int | None = None
     retry_after: float | None = None
     limit: str | None = None  # for 429s: "requests" or "tokens" when the server says which
+    # For 429s: True when the rate-limit headers show a limit used up, False when they show
+    # capacity left (an overload or a gateway's 429, not ours), None when there are none.
+    exhausted: bool | None = None
 
     def redacted(self, secrets: Sequence[str]) -> Verdict:
         """This verdict with `secrets` masked in its reason."""
@@ -216,6 +219,19 @@ def _rate_limit_wait(headers: Mapping[str, str] | None, typ: str) -> float | Non
     return max(exhausted) if exhausted else None
 
 
+def _exhausted(headers: Mapping[str, str] | None, limit: str | None) -> bool | None:
+    """Whether a 429's own rate-limit headers show a limit used up (None: no such headers)."""
+    parsed = RateLimitHeaders.from_headers(headers or {})
+    if parsed.empty:
+        return None
+    if limit == "tokens":  # what is left may be less than this request needs
+        return True
+    return any(
+        remaining is not None and remaining < 1
+        for remaining in (parsed.remaining_requests, parsed.remaining_tokens)
+    )
+
+
 def classify(exc: BaseException) -> Verdict:
     """Decide what to do about an exception raised while sending one request."""
     import openai  # local: keeps `errors` importable without touching the client at import
@@ -274,7 +290,8 @@ def _classify_status(
         return Verdict(Action.KEY_DEAD, reason, status)
     if status == 429:
         limit = typ if typ in ("requests", "tokens") else None
-        return Verdict(Action.RATE_LIMITED, reason, status, _rate_limit_wait(headers, typ), limit)
+        wait = _rate_limit_wait(headers, typ)
+        return Verdict(Action.RATE_LIMITED, reason, status, wait, limit, _exhausted(headers, limit))
     if status in (408, 409) or status >= 500:
         return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
     return Verdict(Action.FATAL, reason, status)

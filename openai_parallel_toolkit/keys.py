@@ -53,6 +53,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# The lease whose request the current thread or task is sending (see `Lease.sending`).
+_SENDING: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
+    "openai_parallel_toolkit_sending", default=None
+)
+
 # Burst the pool allows itself, in seconds of refill. Kept below the one second servers are
 # seen to allow, so that a request that arrives a little late (and so finds the server's bucket
 # already full, its refill wasted) does not push the next one over the server's limit.
@@ -62,9 +67,6 @@ DEFAULT_COOLDOWN = 1.0
 # The longest a 429 cools a group down: a "retry in a day" (daily limit) is retried hourly
 # rather than sleeping a day; the request's own retry budget ends the run sooner.
 MAX_COOLDOWN = 60.0
-# Keys found to share one limit: two groups with the same limits that both get 429s within this
-# window while pacing within their limit are one project's keys (see `_merge_shared`).
-MERGE_WINDOW_SECONDS = 5.0
 # The prompt-size correction (server count / local estimate) learns with this weight.
 PROMPT_SCALE_WEIGHT = 0.1
 # While a group is still probing for its unknown limits, poll this often.
@@ -81,7 +83,13 @@ class KeyState(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class KeyStats:
-    """A snapshot of one key (masked) and its counters."""
+    """A snapshot of one key (masked) and its counters.
+
+    `pace_share` is the share of the group's limit it paces at now (1.0: all of it); it is
+    lower after 429s, while a learned limit starts up, and by `others_per_min`: the requests
+    per minute others spend of the limit (other keys of the project, other processes, other
+    programs), as the server's ``remaining`` counts show.
+    """
 
     key: str
     group: str
@@ -96,6 +104,8 @@ class KeyStats:
     in_flight: int
     requests_per_min: float | None
     tokens_per_min: float | None
+    pace_share: float = 1.0
+    others_per_min: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,16 +174,24 @@ class Lease:
     Exactly one of `succeed`, `fail` or `cancel` must be called once the request is over.
     """
 
-    __slots__ = ("_done", "_group", "_key", "_pool", "send_at", "tokens")
+    __slots__ = ("_done", "_group", "_key", "_pool", "_sent", "send_at", "tokens")
 
     _done: bool
 
-    def __init__(self, pool: APIKeyManager, key: _Key, tokens: int, send_at: float) -> None:
+    def __init__(
+        self,
+        pool: APIKeyManager,
+        key: _Key,
+        tokens: int,
+        send_at: float,
+        sent: tuple[float, int, float],
+    ) -> None:
         self._pool = pool
         self._key = key
         self._group = key.group
         self.tokens = tokens
         self.send_at = send_at
+        self._sent = sent  # the group's record of this send, for reading its answer's headers
         self._done = False
 
     @property
@@ -197,8 +215,7 @@ class Lease:
         return max(0.0, self.send_at - self._pool.clock.monotonic())
 
     def still_valid(self) -> bool:
-        """False if, since the lease, the key was removed, its group started cooling down or
-        was merged into another."""
+        """False if, since the lease, the key was removed or its group started cooling down."""
         return self._pool._lease_valid(self)
 
     @property
@@ -233,7 +250,20 @@ class Lease:
     def observe_headers(self, headers: Mapping[str, str], *, success: bool) -> None:
         """Feed a response's ``x-ratelimit-*`` headers to the key's group (for callers that
         send with their own HTTP client, such as the proxy server)."""
-        self._pool._observe(self._key, RateLimitHeaders.from_headers(headers), success)
+        self._pool._observe(self._key, RateLimitHeaders.from_headers(headers), success, self)
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Mark this thread's or task's requests on `client` as this lease's, while inside.
+
+        The pool's response hook then knows which send a response answers, which lets the
+        server's ``remaining`` counts show what others spend of the limit.
+        """
+        token = _SENDING.set(self)
+        try:
+            yield
+        finally:
+            _SENDING.reset(token)
 
     def scrub(self, exc: BaseException) -> BaseException:
         """Mask this lease's key in `exc` (in place) before it travels further."""
@@ -302,7 +332,6 @@ class APIKeyManager:
         self._groups: dict[str, LimitGroup] = {}
         self._keys: list[_Key] = []
         self._waiting: collections.deque[threading.Condition] = collections.deque()
-        self._recent_429s: dict[int, list[float]] = {}
         self.prompt_scale = 1.0
         self._prompt_samples = 0
         self._add(config.keys)
@@ -414,9 +443,9 @@ class APIKeyManager:
             wait = best_at - now
             return min(wait, PROBE_POLL_INTERVAL) if probing_busy else wait
         self._rotation = (best_index + 1) % count
-        best.group.reserve(tokens, now)
+        sent = best.group.reserve(tokens, now)
         best.requests += 1
-        return Lease(self, best, tokens, now)
+        return Lease(self, best, tokens, now, sent)
 
     def acquire(self, tokens: int = 0) -> Lease:
         """Wait (with the pool's clock) for a slot, in turn with other threads; return it.
@@ -494,17 +523,27 @@ class APIKeyManager:
             # A rejected request still counts against the server's request limit; its tokens
             # were not spent.
             group.release(now, tokens=lease.tokens)
+            wait = 0.0
+            short_window_found = False
             if verdict.action is Action.RATE_LIMITED:
                 key.rate_limited += 1
-                wait = verdict.retry_after if verdict.retry_after is not None else DEFAULT_COOLDOWN
-                wait = min(wait, MAX_COOLDOWN)
-                group.cool_down(now + wait)
-                merged = []
-                # Only request counts are exact on both sides: a token 429 may just mean the
-                # prompt estimate was low, which settling and the learned scale correct.
-                if verdict.limit != "tokens":
-                    group.on_rate_limited(now)
-                    merged = self._merge_shared(group, now)
+                if verdict.exhausted is None:
+                    # No rate-limit headers: from a server that sends them on other answers,
+                    # an overload's or a gateway's 429; from one that never does, ours.
+                    verdict = dataclasses.replace(verdict, exhausted=not group.headers_seen)
+                if verdict.exhausted is False:
+                    known = group.short_window
+                    if group.on_unexplained_429(now):
+                        verdict = dataclasses.replace(verdict, exhausted=True)
+                        short_window_found = not known
+                if verdict.exhausted:
+                    wait = verdict.retry_after
+                    wait = min(DEFAULT_COOLDOWN if wait is None else wait, MAX_COOLDOWN)
+                    group.cool_down(now + wait)
+                    # Only request counts are exact on both sides: a token 429 may just mean
+                    # the prompt estimate was low, which settling and the learned scale correct.
+                    if verdict.limit != "tokens":
+                        group.on_rate_limited(now)
             else:
                 key.errors += 1
             newly_removed = verdict.action is Action.KEY_DEAD and key.removed_reason is None
@@ -512,55 +551,19 @@ class APIKeyManager:
                 key.removed_reason = verdict.reason
             self._wake_first()
         if verdict.action is Action.RATE_LIMITED:
-            logger.info("rate limited on %s: cooling its group down %.2fs", key.masked, wait)
-            if merged:
+            if short_window_found:
                 logger.warning(
-                    "keys %s seem to share one rate limit (keys of one project?): pacing them "
-                    "as one limit group; set limit_group in the config to say so up front",
-                    ", ".join(merged),
+                    "the server of %s enforces a shorter window than its remaining counts "
+                    "say: pacing its limit group by the limit alone from now on",
+                    key.masked,
                 )
+            if verdict.exhausted:
+                logger.info("rate limited on %s: cooling its group down %.2fs", key.masked, wait)
+            else:
+                logger.info("429 on %s without an exhausted limit: retrying elsewhere", key.masked)
         elif newly_removed:
             logger.warning("removing key %s for this run: %s", key.masked, verdict.reason)
         return verdict
-
-    def _merge_shared(self, group: LimitGroup, now: float) -> list[str]:
-        """Merge `group` with undeclared groups that look like the same project's; under lock.
-
-        A 429 while pacing within a known limit means someone else spends that limit. When two
-        default (undeclared) groups with the same limits both see that within a few seconds,
-        they are taken for keys of one project and paced as one group from then on. Returns
-        the masked keys merged, or [] when nothing was merged.
-        """
-        if not group.name.startswith("key:") or (
-            group.limit_requests_per_min is None and group.limit_tokens_per_min is None
-        ):
-            return []
-        recent = [
-            t for t in self._recent_429s.get(id(group), []) if now - t <= MERGE_WINDOW_SECONDS
-        ]
-        recent.append(now)
-        self._recent_429s[id(group)] = recent
-        limits = (group.limit_requests_per_min, group.limit_tokens_per_min)
-        partners = [
-            other
-            for other in self._groups.values()
-            if other is not group
-            and other.name.startswith("key:")
-            and (other.limit_requests_per_min, other.limit_tokens_per_min) == limits
-            and any(now - t <= MERGE_WINDOW_SECONDS for t in self._recent_429s.get(id(other), []))
-        ]
-        if not partners:
-            return []
-        for other in partners:
-            for key in self._keys:
-                if key.group is other:
-                    key.group = group
-            group.in_flight += other.in_flight
-            group.cool_down(other.cooldown_until)
-            del self._groups[other.name]
-            self._recent_429s.pop(id(other), None)
-        group.restart_slowly(now)
-        return [key.masked for key in self._keys if key.group is group]
 
     def observe_prompt_ratio(self, estimated: int, counted: int) -> None:
         """Learn how the server's prompt counts compare with local estimates."""
@@ -577,13 +580,20 @@ class APIKeyManager:
     def _header_hook(self, key: _Key) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:
             headers = RateLimitHeaders.from_headers(response.headers)
-            self._observe(key, headers, response.status_code < 400)
+            lease = _SENDING.get()
+            self._observe(key, headers, response.status_code < 400, lease)
 
         return on_response
 
-    def _observe(self, key: _Key, headers: RateLimitHeaders, success: bool) -> None:
+    def _observe(
+        self, key: _Key, headers: RateLimitHeaders, success: bool, lease: Lease | None
+    ) -> None:
         with self._lock:
-            key.group.observe(headers, self.clock.monotonic(), success=success)
+            group = key.group
+            sent = None
+            if lease is not None and lease._key is key and lease._group is group:
+                sent = lease._sent
+            group.observe(headers, self.clock.monotonic(), success=success, sent=sent)
             if success:
                 self._wake_first()
 
@@ -663,6 +673,8 @@ class APIKeyManager:
             in_flight=group.in_flight,
             requests_per_min=group.requests_per_min,
             tokens_per_min=group.tokens_per_min,
+            pace_share=group.pace_share(),
+            others_per_min=group.shared.rate(now) * 60.0,
         )
 
     def close(self) -> None:

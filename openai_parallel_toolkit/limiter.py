@@ -1,19 +1,33 @@
 """Rate limiting per limit group: a request bucket and a token bucket, corrected by headers.
 
 A *limit group* is what the server counts against (an OpenAI project), so every key of one
-project must share one `LimitGroup`. Each group paces requests with two buckets that refill
-continuously at ``limit / 60`` per second and hold a small burst (``burst_seconds`` of refill).
+project should share one `LimitGroup`. Each group paces requests with two buckets that refill
+continuously at its pace (``limit / 60`` per second at most) and hold a small burst
+(``burst_seconds`` of refill).
 
-Reservations are made up front: `LimitGroup.reserve` returns the moment the request may be
-sent, possibly in the future, and deducts its cost at that moment. Later reservations queue
-behind earlier ones, so concurrent callers get evenly spaced send times instead of racing for
-each refill. Nothing here sleeps or locks: the key pool holds the lock and callers wait.
+The pace is the limit, lowered by two things:
+
+- what others spend of it, estimated from the server's ``remaining`` counts (`SharedUse`):
+  undeclared keys of one project, a second process on the same keys, another program. Each
+  sender paces at ``limit - others``, so several of them converge on sharing the limit;
+- nothing more, and sometimes less than the server offers: where it reports more ``remaining``
+  than a few seconds of refill (a per-minute window that starts full), that surplus is used
+  at once, until a 429 shows the server enforces a shorter window than it reports;
+- a factor that 429s with evidence of exhaustion lower (x0.8, once per overshoot) and time
+  raises again (halfway back every few seconds); learned limits start at a quarter and double
+  each second. A 429 that shows no exhausted limit (no rate-limit headers from a server that
+  sends them, or capacity reported left) is an overload or a gateway's, not ours: it is
+  retried elsewhere without slowing the group.
+
+Slots are granted only for "now": `ready_at` says when a request could go, `reserve` takes it
+at that moment. Nothing here sleeps or locks: the key pool holds the lock and callers wait.
 """
 
 from __future__ import annotations
 
 import math
 
+from ._core.sharing import SharedUse
 from .headers import RateLimitHeaders
 
 __all__ = ["LimitGroup"]
@@ -25,7 +39,7 @@ FULL_BUCKET_MARGIN_SECONDS = 0.05
 
 
 class _Bucket:
-    """A continuously refilling bucket whose level may be dated in the future (queued sends)."""
+    """A continuously refilling bucket (a level dated after now is kept for safety)."""
 
     __slots__ = ("capacity", "level", "rate", "updated")
 
@@ -82,18 +96,28 @@ class _Bucket:
         return f"<bucket {self.level:.1f}/{self.capacity:.1f} at {self.rate:.3f}/s>"
 
 
-# Adapting to 429s (additive increase, multiplicative decrease): a 429 is the only sign that
-# the limit is shared with traffic the pool cannot see (keys of one project not declared as a
-# limit_group, another program on the same key). A group whose limits were learned from headers
-# starts slowly and doubles its pace each second until the first 429 or its full limit.
+# Adapting to 429s that show an exhausted limit: the factor drops, then recovers exponentially
+# (half of the gap closed every RECOVERY_HALF_LIFE seconds), so one burst of 429s costs
+# seconds. A group whose limits were learned from headers starts slowly and doubles its pace
+# each second until the first 429 or its full limit.
 SLOW_START_FACTOR = 0.25
 SLOW_START_DOUBLING_SECONDS = 1.0
 DECREASE_IN_SLOW_START = 0.5
 DECREASE = 0.8
-ADDITIVE_INCREASE_PER_SECOND = 0.01
+RECOVERY_HALF_LIFE_SECONDS = 3.0
 MIN_FACTOR = 0.02
 # Several 429s from one overshoot (the requests already in flight) count as one signal.
 DECREASE_HOLDOFF_SECONDS = 1.0
+# Whatever others seem to spend, a group keeps this share of its limit (evidence can be wrong).
+MIN_SHARE = 0.05
+# A server's reported surplus is used only when it exceeds this many seconds of the limit: a
+# bucket of a second or two is what our pacing already works with.
+SURPLUS_MIN_SECONDS = 3.0
+# A 429 this soon after sending from the surplus proves a shorter window than reported.
+SURPLUS_BLAME_SECONDS = 2.0
+# Until an answer to a send from the surplus has come back, send at most this many seconds of
+# the limit from it: a server that only reports a long window costs a few 429s, not a storm.
+SURPLUS_TRIAL_SECONDS = 1.0
 
 
 class LimitGroup:
@@ -136,6 +160,22 @@ class LimitGroup:
         self.cooldown_until = 0.0
         self.in_flight = 0
         self.responses_seen = 0
+        self.headers_seen = False  # the server reports x-ratelimit-* headers
+        self.sends = 0
+        self.tokens_sent = 0.0
+        # What the server says is left beyond our own buckets (per-minute windows that start
+        # full), as of its last answer; spent before the buckets, never refilled by time.
+        self.surplus_allowed = True
+        self.short_window = False  # proven: the server enforces less than it reports
+        self._surplus_requests = 0.0
+        self._surplus_tokens = 0.0
+        self._surplus_used_at = -math.inf
+        # The trial: sends from the surplus before the server has shown it honours it.
+        self._trial_sent = 0
+        self._trial_last = 0  # the number of the trial's last send so far
+        self._surplus_confirmed = False
+        self.shared = SharedUse()
+        self._others = 0.0  # others' requests per second, as last applied to the pace
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -163,42 +203,63 @@ class LimitGroup:
             self._slow_start = True
             self._adapted_at = now
         setattr(self, f"limit_{attr}_per_min", limit)
-        bucket: _Bucket | None = getattr(self, attr)
-        if bucket is None:
-            setattr(self, attr, _Bucket(limit * self.factor, self.burst_seconds, now))
-        elif abs(bucket.rate * 60.0 - limit * self.factor) > 1e-9:
-            bucket.set_limit(limit * self.factor, self.burst_seconds)
+        if getattr(self, attr) is None:
+            setattr(self, attr, _Bucket(limit, self.burst_seconds, now))
+        self._apply_factor()
+
+    def pace_share(self) -> float:
+        """The share of the limit this group paces at now: the factor, less others' use."""
+        share = self.factor
+        limit = self.limit_requests_per_min
+        if limit and self._others > 0:
+            share = min(share, max(MIN_SHARE, 1.0 - self._others * 60.0 / limit))
+        return share
 
     def _apply_factor(self) -> None:
+        share = self.pace_share()
         for bucket, limit in (
             (self.requests, self.limit_requests_per_min),
             (self.tokens, self.limit_tokens_per_min),
         ):
-            if bucket is not None and limit is not None:
-                bucket.set_limit(limit * self.factor, self.burst_seconds)
+            if (
+                bucket is not None
+                and limit is not None
+                and abs(bucket.rate * 60.0 - limit * share) > 1e-9
+            ):
+                bucket.set_limit(limit * share, self.burst_seconds)
 
     def _adapt(self, now: float) -> None:
-        """Raise the pace back toward the full limit as time passes without 429s."""
+        """Raise the pace back toward the full limit as time passes; let stale evidence fade."""
         elapsed = now - self._adapted_at
-        if self.factor >= 1.0 or elapsed < 0.05:
+        if elapsed < 0.05:
             return
         self._adapted_at = now
-        if self._slow_start:
-            self.factor *= 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS)
-        else:
-            self.factor += ADDITIVE_INCREASE_PER_SECOND * elapsed
-        self.factor = min(1.0, self.factor)
+        if self.factor < 1.0:
+            if self._slow_start:
+                self.factor *= 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS)
+            else:
+                gap = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
+                self.factor = 1.0 if gap < 0.001 else 1.0 - gap
+            self.factor = min(1.0, self.factor)
+        self._others = self.shared.rate(now)
         self._apply_factor()
 
-    def restart_slowly(self, now: float) -> None:
-        """Pace from a quarter of the limit again, doubling each second (after a merge)."""
-        self.factor = SLOW_START_FACTOR
-        self._slow_start = True
-        self._adapted_at = self._decreased_at = now
-        self._apply_factor()
+    def on_unexplained_429(self, now: float) -> bool:
+        """A 429 whose headers show capacity left: True when it is this group's overshoot all
+        the same, because the server enforces a shorter window than its counts report.
+
+        That is proven by such a 429 soon after sends from the surplus; from then on the
+        surplus is not used, and such 429s count as exhaustion. Otherwise (an overload, a
+        gateway) it is not the group's: False.
+        """
+        if self.surplus_allowed and now - self._surplus_used_at <= SURPLUS_BLAME_SECONDS:
+            self.surplus_allowed = False
+            self.short_window = True
+            self._surplus_requests = self._surplus_tokens = 0.0
+        return self.short_window
 
     def on_rate_limited(self, now: float) -> None:
-        """A 429 came back: slow this group's pace down (once per overshoot)."""
+        """A 429 showing an exhausted limit came back: slow down (once per overshoot)."""
         if now - self._decreased_at < DECREASE_HOLDOFF_SECONDS:
             return
         self._adapt(now)
@@ -208,24 +269,78 @@ class LimitGroup:
         self._decreased_at = self._adapted_at = now
         self._apply_factor()
 
-    def observe(self, headers: RateLimitHeaders, now: float, *, success: bool = True) -> None:
+    def observe(
+        self,
+        headers: RateLimitHeaders,
+        now: float,
+        *,
+        success: bool = True,
+        sent: tuple[float, int, float] | None = None,
+    ) -> None:
         """Correct limits and levels from one response's ``x-ratelimit-*`` headers.
 
-        Only a successful response ends probing: after an error the caller decides first
-        (a dead key must be removed before another request can pick it).
+        `sent` is what `reserve` returned for the request answered (send time, number, tokens
+        sent until then), when known: it lets the ``remaining`` counts show what others spend
+        of the limit and what the server holds beyond our own buckets. Only a successful
+        response ends probing: after an error the caller decides first (a dead key must be
+        removed before another request can pick it).
         """
         if success:
             self.responses_seen += 1
         if headers.empty:
             return
+        self.headers_seen = True
         if headers.limit_requests is not None:
             self._learn("requests", self.configured_requests_per_min, headers.limit_requests, now)
         if headers.limit_tokens is not None:
             self._learn("tokens", self.configured_tokens_per_min, headers.limit_tokens, now)
         if self.requests is not None and headers.remaining_requests is not None:
+            limit = self.limit_requests_per_min
+            if sent is not None and limit:
+                self.shared.observe(sent[0], sent[1], headers.remaining_requests, limit / 60.0)
+                self._others = self.shared.rate(now)
+                self._apply_factor()
             self.requests.observe_remaining(headers.remaining_requests, now)
         if self.tokens is not None and headers.remaining_tokens is not None:
             self.tokens.observe_remaining(headers.remaining_tokens, now)
+        if sent is not None and self.surplus_allowed and success:
+            if not self._surplus_open() and sent[1] >= self._trial_last:
+                self._surplus_confirmed = True  # the whole trial was answered without a 429
+            self._surplus_requests = self._surplus(
+                self.requests,
+                self.limit_requests_per_min,
+                headers.remaining_requests,
+                self.sends - sent[1],
+                now,
+            )
+            self._surplus_tokens = self._surplus(
+                self.tokens,
+                self.limit_tokens_per_min,
+                headers.remaining_tokens,
+                self.tokens_sent - sent[2],
+                now,
+            )
+
+    def _surplus_open(self) -> bool:
+        """Whether the next send may come from the request surplus (see the trial above)."""
+        trial = SURPLUS_TRIAL_SECONDS * (self.limit_requests_per_min or 0.0) / 60.0
+        return self._surplus_confirmed or self._trial_sent < max(1.0, trial)
+
+    def _surplus(
+        self,
+        bucket: _Bucket | None,
+        limit: float | None,
+        remaining: float | None,
+        sent_since: float,
+        now: float,
+    ) -> float:
+        """What the server holds beyond `bucket`: its `remaining` less our sends since then."""
+        if bucket is None or limit is None or remaining is None:
+            return 0.0
+        usable = remaining - sent_since
+        if usable <= SURPLUS_MIN_SECONDS * limit / 60.0:
+            return 0.0
+        return max(0.0, usable - max(0.0, bucket.level_now(now))) * self.pace_share()
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -235,19 +350,41 @@ class LimitGroup:
             return None
         self._adapt(now)
         t = max(now, self.cooldown_until)
-        if self.requests is not None:
+        if self.requests is not None and (self._surplus_requests < 1.0 or not self._surplus_open()):
             t = max(t, self.requests.ready_at(1.0, t))
-        if self.tokens is not None and tokens > 0:
+        if self.tokens is not None and tokens > 0 and self._surplus_tokens < tokens:
             t = max(t, self.tokens.ready_at(tokens, t))
         return t
 
-    def reserve(self, tokens: float, at: float) -> None:
-        """Deduct one request and `tokens` at time `at` (from `ready_at`)."""
+    def reserve(self, tokens: float, at: float) -> tuple[float, int, float]:
+        """Deduct one request and `tokens` at time `at` (from `ready_at`).
+
+        Returns what `observe` takes as `sent` for this request's answer.
+        """
         if self.requests is not None:
-            self.requests.take(1.0, at)
+            if (
+                self.requests.level_now(at) < 1.0
+                and self._surplus_requests >= 1.0
+                and self._surplus_open()
+            ):
+                self._surplus_requests -= 1.0
+                self._surplus_used_at = at
+                if not self._surplus_confirmed:
+                    self._trial_sent += 1
+                    self._trial_last = self.sends + 1
+            else:
+                self.requests.take(1.0, at)
         if self.tokens is not None and tokens > 0:
-            self.tokens.take(tokens, at)
+            if self.tokens.level_now(at) < tokens and self._surplus_tokens >= tokens:
+                self._surplus_tokens -= tokens
+                self._surplus_used_at = at
+            else:
+                self.tokens.take(tokens, at)
         self.in_flight += 1
+        self.sends += 1
+        sent = (at, self.sends, self.tokens_sent)
+        self.tokens_sent += tokens
+        return sent
 
     def release(self, now: float, *, refund_request: bool = False, tokens: float = 0.0) -> None:
         """End a reservation: give back what was not charged (`tokens` > 0) or charge more (< 0)."""
@@ -264,6 +401,7 @@ class LimitGroup:
     def __repr__(self) -> str:
         return (
             f"<LimitGroup {self.name} rpm={self.requests_per_min} tpm={self.tokens_per_min} "
-            f"factor={self.factor:.2f} in_flight={self.in_flight} requests={self.requests!r} "
+            f"factor={self.factor:.2f} others={self._others:.2f}/s in_flight={self.in_flight} "
+            f"requests={self.requests!r} "
             f"tokens={self.tokens!r} cooldown_until={self.cooldown_until:.3f}>"
         )

@@ -117,7 +117,8 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                     continue
             attempts += 1
             try:
-                response = openai_model.generate(lease.client)
+                with lease.sending():
+                    response = openai_model.generate(lease.client)
             except Exception as exc:
                 verdict = lease.fail(classify(exc))
                 lease.scrub(exc)
@@ -140,6 +141,9 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                     ) from exc
                 if verdict.action is Action.TRANSIENT:
                     clock.sleep(policy.backoff(transient, verdict.retry_after))
+                elif verdict.action is Action.RATE_LIMITED and not verdict.exhausted:
+                    # An overload's 429: the group is not slowed, so this request backs off.
+                    clock.sleep(policy.backoff(rate_limited, None))
                 continue
             lease.succeed(
                 openai_model.usage_tokens(response), openai_model.charged_tokens(response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from openai_parallel_toolkit import APIKeyManager, LimitGroup, RateLimitHeaders, parse_reset
-from openai_parallel_toolkit.limiter import FULL_BUCKET_MARGIN_SECONDS
+from openai_parallel_toolkit.limiter import FULL_BUCKET_MARGIN_SECONDS, RECOVERY_HALF_LIFE_SECONDS
 from openai_parallel_toolkit.testing import FakeClock
 
 
@@ -255,7 +255,8 @@ def test_429s_slow_a_group_down_once_per_overshoot_and_it_recovers() -> None:
     assert group.factor == pytest.approx(0.8)
     clock.advance(1.5)
     group.on_rate_limited(clock.monotonic())
-    assert group.factor == pytest.approx((0.8 + 0.015) * 0.8)
+    recovered = 1.0 - 0.2 * 0.5 ** (1.5 / RECOVERY_HALF_LIFE_SECONDS)
+    assert group.factor == pytest.approx(recovered * 0.8)
     clock.advance(100.0)  # no 429 for a long time: back to the full limit, never above
     group.ready_at(0, clock.monotonic())
     assert group.factor == 1.0
@@ -272,4 +273,5 @@ def test_a_429_in_slow_start_halves_the_pace() -> None:
     assert group.factor == pytest.approx(0.25)
     clock.advance(1.0)
     group.ready_at(0, clock.monotonic())
-    assert group.factor == pytest.approx(0.26)  # additive from now on, not doubling
+    # From now on the gap to the full limit halves every few seconds; no more doubling.
+    assert group.factor == pytest.approx(1.0 - 0.75 * 0.5 ** (1.0 / RECOVERY_HALF_LIFE_SECONDS))

@@ -1,0 +1,1 @@
+"""The sans-I/O core: state and decisions with an injected clock; no threads, sockets or sleeps."""

@@ -1,0 +1,101 @@
+"""How fast others spend a limit group's requests, read from the server's ``remaining`` counts.
+
+A group's request limit may be spent by senders the pool cannot see: keys of the same project
+not declared as one group, another process on the same keys, another program. The server's
+``x-ratelimit-remaining-requests`` tells. Between two of our requests a and b (ordered by when
+we sent them), the server's count moves by its refill, minus our own sends in between, minus
+what others sent::
+
+    others = remaining_a + rate * (t_b - t_a) - (sends_b - sends_a) - remaining_b
+
+Only intervals that start and end with the server's bucket short of full count, since a full
+bucket throws refill away and would look like someone else's use. The samples are averaged
+over a few seconds (an exponential moving average, quicker to follow a fall than a rise);
+without new evidence the estimate fades, so a wrong conclusion is undone. A coincidence of
+429s is never taken for sharing.
+
+The pacing that follows is ``limit - others`` per group: two senders that each see the other
+converge on sharing the limit, whatever split they settle on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["SharedUse"]
+
+# Intervals shorter than this are too noisy (arrival order, rounding of `remaining`).
+MIN_INTERVAL_SECONDS = 0.25
+# Averaging time constant: long enough to damp the feedback between senders that each react
+# to the others (stable up to ~40 senders on one limit), short enough to follow a change.
+AVERAGE_SECONDS = 5.0
+# When others spend less than thought, follow sooner: that capacity is ours to use.
+FALLING_AVERAGE_SECONDS = 2.0
+# Servers hold at least this many seconds of refill (OpenAI: a minute): a floor for the
+# bucket's size before a full one has been seen.
+MIN_CAPACITY_SECONDS = 1.0
+# Without a new sample for this long, the estimate fades with the same time constant.
+STALE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    sent_at: float
+    sends: int
+    remaining: float
+
+
+class SharedUse:
+    """Estimates the requests per second others spend of one limit group's request limit."""
+
+    __slots__ = ("_anchor", "_capacity", "_rate", "_samples", "_updated")
+
+    def __init__(self) -> None:
+        self._anchor: _Mark | None = None
+        self._capacity = 0.0  # the largest `remaining` seen: a floor for the server's bucket
+        self._rate = 0.0
+        self._samples = 0
+        self._updated = -math.inf
+
+    def observe(self, sent_at: float, sends: int, remaining: float, limit_rate: float) -> None:
+        """One response: the request was our `sends`-th on the group, sent at `sent_at`.
+
+        `remaining` is the server's ``remaining-requests`` after that request; `limit_rate` the
+        group's limit in requests per second.
+        """
+        self._capacity = max(self._capacity, remaining)
+        anchor = self._anchor
+        if anchor is None or sent_at <= anchor.sent_at or sends <= anchor.sends:
+            if anchor is None or sent_at > anchor.sent_at:
+                self._anchor = _Mark(sent_at, sends, remaining)
+            return  # an older response arriving late: its interval is already covered
+        elapsed = sent_at - anchor.sent_at
+        if elapsed < MIN_INTERVAL_SECONDS:
+            return
+        self._anchor = _Mark(sent_at, sends, remaining)
+        capacity = max(self._capacity, limit_rate * MIN_CAPACITY_SECONDS)
+        near_full = capacity - max(1.0, 0.05 * capacity)
+        if max(anchor.remaining, remaining) >= near_full:
+            return  # the server's bucket may have been full: refill was lost, not used
+        others = anchor.remaining + limit_rate * elapsed - (sends - anchor.sends) - remaining
+        self._average(others / elapsed, elapsed, sent_at)
+
+    def _average(self, sample: float, elapsed: float, now: float) -> None:
+        current = self.rate(now)
+        # A plain mean over the first samples: right within a second of the first evidence.
+        self._samples += 1
+        constant = FALLING_AVERAGE_SECONDS if sample < current else AVERAGE_SECONDS
+        weight = max(1.0 - math.exp(-elapsed / constant), 1.0 / self._samples)
+        self._rate = max(0.0, current + weight * (sample - current))
+        self._updated = now
+
+    def rate(self, now: float) -> float:
+        """Others' requests per second as of `now` (fading once the evidence stops)."""
+        idle = now - self._updated - STALE_SECONDS
+        if idle <= 0:
+            return self._rate
+        return self._rate * math.exp(-idle / AVERAGE_SECONDS)
+
+    def __repr__(self) -> str:
+        return f"<SharedUse {self._rate:.2f}/s capacity>={self._capacity:.0f}>"
