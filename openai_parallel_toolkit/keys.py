@@ -69,6 +69,8 @@ DEFAULT_COOLDOWN = 1.0
 MAX_COOLDOWN = 60.0
 # The prompt-size correction (server count / local estimate) learns with this weight.
 PROMPT_SCALE_WEIGHT = 0.1
+# The response-time average follows a change within a few dozen answers.
+LATENCY_WEIGHT = 0.05
 # While a group is still probing for its unknown limits, poll this often.
 PROBE_POLL_INTERVAL = 0.02
 
@@ -120,6 +122,7 @@ class PoolStats:
     tokens: int
     active_keys: int
     in_flight: int
+    latency: float | None = None  # seconds from a slot's grant to the answer (moving average)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +337,7 @@ class APIKeyManager:
         self._waiting: collections.deque[threading.Condition] = collections.deque()
         self.prompt_scale = 1.0
         self._prompt_samples = 0
+        self._latency: float | None = None
         self._add(config.keys)
         logger.info(
             "key pool from %s: %d keys in %d limit groups",
@@ -487,9 +491,18 @@ class APIKeyManager:
                 and group.cooldown_until <= lease.send_at
             )
 
+    def _observe_latency(self, lease: Lease) -> None:
+        """Under the lock: fold one answered request's time into the moving average."""
+        sample = self.clock.monotonic() - lease.send_at
+        previous = self._latency
+        self._latency = (
+            sample if previous is None else previous + LATENCY_WEIGHT * (sample - previous)
+        )
+
     def _on_success(self, lease: Lease, tokens_used: int | None, charged: int | None) -> None:
         key = lease._key
         with self._lock:
+            self._observe_latency(lease)
             key.successes += 1
             key.group.responses_seen += 1
             if tokens_used is not None:
@@ -520,6 +533,7 @@ class APIKeyManager:
             group = key.group
             if verdict.status_code is not None:
                 group.responses_seen += 1
+                self._observe_latency(lease)
             # A rejected request still counts against the server's request limit; its tokens
             # were not spent.
             group.release(now, tokens=lease.tokens)
@@ -638,6 +652,7 @@ class APIKeyManager:
             now = self.clock.monotonic()
             stats = tuple(self._key_stats(key, now) for key in self._keys)
             in_flight = sum(group.in_flight for group in self._groups.values())
+            latency = self._latency
         return PoolStats(
             keys=stats,
             requests=sum(s.requests for s in stats),
@@ -647,6 +662,7 @@ class APIKeyManager:
             tokens=sum(s.tokens for s in stats),
             active_keys=sum(s.state is not KeyState.REMOVED for s in stats),
             in_flight=in_flight,
+            latency=latency,
         )
 
     @staticmethod

@@ -11,7 +11,9 @@ import contextlib
 import contextvars
 import inspect
 import itertools
+import math
 import queue
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
@@ -26,6 +28,7 @@ from .request import request_openai_api
 
 __all__ = [
     "BatchError",
+    "InFlightTarget",
     "completed",
     "default_concurrency",
     "multi_process_one",
@@ -70,36 +73,65 @@ class BatchError(ToolkitError):
         )
 
 
-def default_concurrency(manager: APIKeyManager) -> int:
-    """Worker threads sized for I/O: the pool's rate times a typical latency, within bounds.
+def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -> int:
+    """Requests to keep in flight: the pool's rate times its response time, within bounds.
 
-    With known limits that is ``requests per second x 2 s``; keys with unknown limits count 8
-    each. Clamped to 8..512: threads mostly wait on the network and on the limiter.
+    With known limits that is ``requests per second x seconds per answer`` (the pool's observed
+    response time plus a quarter, 2 s until one is known); keys with unknown limits count 8
+    each. Clamped to 8..`cap`: threads mostly wait on the network and on the limiter.
     """
+    stats = manager.statistics()
+    seconds = EXPECTED_LATENCY_SECONDS if stats.latency is None else stats.latency * 1.25
     wanted = 0.0
     seen: set[str] = set()
-    for key in manager.statistics().keys:
+    for key in stats.keys:
         if key.state is KeyState.REMOVED or key.group in seen:
             continue
         seen.add(key.group)
         if key.requests_per_min:
-            wanted += key.requests_per_min / 60.0 * EXPECTED_LATENCY_SECONDS
+            wanted += key.requests_per_min / 60.0 * seconds
         else:
             wanted += UNKNOWN_LIMIT_CONCURRENCY_PER_KEY
-    return int(max(MIN_CONCURRENCY, min(MAX_CONCURRENCY, wanted)))
+    return int(max(MIN_CONCURRENCY, min(cap, math.ceil(wanted))))
+
+
+class InFlightTarget:
+    """`default_concurrency` of a pool, looked at again every half second during a run.
+
+    Used as the window of `completed`: the requests in flight follow the limits learned and the
+    response time observed (a run of 5 s answers is not held to a count sized for 2 s), up to
+    `cap` threads.
+    """
+
+    def __init__(self, manager: APIKeyManager, cap: int = MAX_CONCURRENCY) -> None:
+        self._manager = manager
+        self.cap = cap
+        self._value = default_concurrency(manager, cap=cap)
+        self._checked = time.monotonic()
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._checked >= 0.5:
+            self._checked = now
+            self._value = default_concurrency(self._manager, cap=self.cap)
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<InFlightTarget {self._value} of at most {self.cap}>"
 
 
 def parallel_map(
     function: Callable[[T], R],
     items: Sequence[T],
     *,
-    threads: int,
+    threads: int | InFlightTarget,
     on_error: OnError = "raise",
     progress: bool | None = None,
     desc: str | None = None,
 ) -> list[Any]:
     """Apply `function` to every item on `threads` threads; results in input order.
 
+    `threads` is a count, or an `InFlightTarget` that sizes the work in flight as the run goes.
     The caller's context (active key pool and cache) is carried into the workers. Failures
     follow `on_error`: "raise" a `BatchError` once all items ended, or put None ("none") or the
     exception itself ("return") in the failed item's place. `progress=None` shows a bar unless
@@ -107,7 +139,7 @@ def parallel_map(
     """
     if on_error not in ("raise", "none", "return"):
         raise ValueError(f"on_error must be 'raise', 'none' or 'return', not {on_error!r}")
-    if threads < 1:
+    if isinstance(threads, int) and threads < 1:
         raise ValueError("threads must be >= 1")
     results: list[Any] = [None] * len(items)
     errors: dict[int, BaseException] = {}
@@ -126,12 +158,15 @@ def parallel_map(
 
     with contextlib.ExitStack() as stack:
         executor = _shared_executor.get()
+        limit = threads if isinstance(threads, int) else threads.cap
         if executor is None:
-            workers = min(threads, max(1, len(items)))
+            workers = min(limit, max(1, len(items)))
             executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
         stack.callback(bar.close)
         pairs = enumerate(items)
-        for (index, _), future in completed(executor, run_indexed, pairs, threads * 2):
+        # A fixed count keeps a second round queued so no thread idles between items.
+        window = threads * 2 if isinstance(threads, int) else threads
+        for (index, _), future in completed(executor, run_indexed, pairs, window):
             exc = future.exception()
             if exc is None:
                 results[index] = future.result()
@@ -146,10 +181,14 @@ def parallel_map(
 
 
 def completed(
-    executor: Executor, function: Callable[[T], R], items: Iterable[T], window: int
+    executor: Executor,
+    function: Callable[[T], R],
+    items: Iterable[T],
+    window: int | Callable[[], int],
 ) -> Iterator[tuple[T, Future[R]]]:
     """Submit `function(item)` for each item, at most `window` ahead; yield them as they end.
 
+    `window` is a count, or a callable asked for the count as items end (`InFlightTarget`).
     Items are drawn from `items` lazily, so a huge or endless input is never all queued. Each
     call runs in a copy of the caller's context (active pool, cache). Leaving the loop early
     (an exception, Ctrl-C, `break`) cancels what has not started yet.
@@ -166,7 +205,8 @@ def completed(
             futures[future] = item
             future.add_done_callback(finished.put)
 
-    submit(window)
+    size = window if callable(window) else (lambda: window)
+    submit(size())
     try:
         while futures:
             try:
@@ -175,7 +215,7 @@ def completed(
             except queue.Empty:
                 continue
             yield futures.pop(future), future
-            submit(1)
+            submit(max(0, size() - len(futures)))
     finally:
         for future in futures:
             future.cancel()
@@ -229,8 +269,9 @@ def multi_process_one(
 
     If items fail, the others still finish; then by default a `BatchError` is raised that holds
     the partial results and each item's error (`on_error="none"` or `"return"` put None or the
-    exception in place instead). `threads` defaults to `default_concurrency(pool)`; `manager`
-    and `cache` as for `request_openai_api`.
+    exception in place instead). `threads` fixes the requests in flight (and so the memory a
+    run may take); by default they follow the pool's limits and observed response time
+    (`InFlightTarget`, at most 512). `manager` and `cache` as for `request_openai_api`.
     """
     build = _model_builder(openai_model_class, args, kwargs)
     models = [build(item) for item in data]  # argument errors surface before any request
@@ -241,7 +282,7 @@ def multi_process_one(
     def one(model: OpenAIModel) -> Any:
         return request_openai_api(model, manager=pool, cache=cache)
 
-    count = threads if threads is not None else default_concurrency(pool)
+    count: int | InFlightTarget = threads if threads is not None else InFlightTarget(pool)
     with use_manager(pool):
         return parallel_map(
             one,

@@ -130,3 +130,26 @@ def test_default_concurrency_follows_the_pools_limits() -> None:
     assert default_concurrency(shared) == 10  # one group: 5 req/s x 2 s
     slow = pool([{"api_key": KEYS[0], "requests_per_min": 30}])
     assert default_concurrency(slow) == 8
+
+
+def test_requests_in_flight_follow_the_observed_response_time() -> None:
+    from openai_parallel_toolkit.parallel import InFlightTarget
+    from openai_parallel_toolkit.testing import FakeClock
+
+    clock = FakeClock()
+    keys = [f"sk-flight-{'f' * 20}{i:04d}" for i in range(10)]
+    manager = APIKeyManager(
+        api_keys=[{"api_key": key, "requests_per_min": 600} for key in keys],
+        make_default=False,
+        clock=clock,
+        client_factory=lambda config, hook: None,  # type: ignore[arg-type,return-value]
+    )
+    assert default_concurrency(manager) == 200  # 100 requests/s x 2 s before any answer
+    for _ in range(100):  # answers that take 5 s
+        lease = manager.acquire()
+        clock.advance(5.0)
+        lease.succeed()
+    assert manager.statistics().latency == pytest.approx(5.0)
+    assert default_concurrency(manager) == 512  # 100/s x 6.25 s, at most 512
+    assert default_concurrency(manager, cap=300) == 300
+    assert InFlightTarget(manager, cap=1000)() == 625

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import RequestFailedError, redact
 from ..keys import APIKeyManager
 from ..models import RawRequest
-from ..parallel import completed, default_concurrency
+from ..parallel import InFlightTarget, completed
 from ..request import RetryPolicy, request_openai_api
 from .plan import JobPlan, plan_job
 from .results import (
@@ -168,7 +168,12 @@ def run_jsonl_job(
     for bad in plan.bad:
         logger.info("skipping %s", bad)
     policy = policy or RetryPolicy()
-    count = threads or default_concurrency(manager)
+    window: int | InFlightTarget
+    if threads:  # a fixed count, a second round queued so that no thread idles
+        window, workers = threads * 2, threads
+    else:  # in flight: the pool's rate times its response time, as the run goes
+        in_flight = InFlightTarget(manager)
+        window, workers = in_flight, in_flight.cap
     baseline = manager.statistics()
     bar = tqdm(
         total=len(plan), desc="requests", unit="req", disable=not progress, dynamic_ncols=True
@@ -190,10 +195,10 @@ def run_jsonl_job(
             else:
                 sink.write(item, "response", response)
 
-        executor = ThreadPoolExecutor(count, thread_name_prefix="jsonl")
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="jsonl")
         last = 0.0
         try:
-            for _ in completed(executor, send, plan.items(), count * 2):
+            for _ in completed(executor, send, plan.items(), window):
                 now = time.monotonic()
                 if now - last > 0.5:
                     last = now
