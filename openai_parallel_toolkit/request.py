@@ -10,42 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from ._core.attempt import Attempts, RetryPolicy
 from .cache import RequestCache, active_cache
-from .errors import Action, RequestFailedError, classify
+from .errors import RequestFailedError, classify
 from .keys import APIKeyManager, resolve_manager
 from .models import OpenAIModel, check_generate_signature, prompt_usage
 
 __all__ = ["RetryPolicy", "request_openai_api"]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RetryPolicy:
-    """How hard one request tries.
-
-    `max_retries` bounds retries after transient failures (5xx, timeouts, connection errors);
-    each waits ``min(backoff_max, backoff_base * 2**n)`` scaled by a random factor in [0.5, 1].
-    `max_rate_limited` bounds re-routes after 429 rate limits, which wait for the server's
-    reset instead. Removed keys do not count: the pool runs out of keys first.
-    """
-
-    max_retries: int = 5
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-    max_rate_limited: int = 50
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
-
-    def backoff(self, failures: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before the retry after `failures` transient failures."""
-        wait = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        wait *= 0.5 + 0.5 * self.rng.random()
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.backoff_max))
-        return wait
 
 
 def request_openai_api(
@@ -106,7 +80,7 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
     else:  # scaled by what the server's own counts taught the pool
         tokens = math.ceil(prompt * pool.prompt_scale) + openai_model.max_output_tokens()
     clock = pool.clock
-    attempts = transient = rate_limited = 0
+    attempts = Attempts(policy)
     while True:
         lease = pool.acquire(tokens)
         try:
@@ -115,35 +89,21 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                 clock.sleep(wait)
                 if not lease.still_valid():  # its key died or cooled down while we waited
                     continue
-            attempts += 1
             try:
                 with lease.sending():
                     response = openai_model.generate(lease.client)
             except Exception as exc:
                 verdict = lease.fail(classify(exc))
                 lease.scrub(exc)
-                give_up = None
-                if verdict.action is Action.FATAL:
-                    give_up = "request failed"
-                elif verdict.action is Action.RATE_LIMITED:
-                    rate_limited += 1
-                    if rate_limited > policy.max_rate_limited:
-                        give_up = f"still rate limited after {rate_limited} tries"
-                elif verdict.action is Action.TRANSIENT:
-                    transient += 1
-                    if transient > policy.max_retries:
-                        give_up = f"gave up after {attempts} attempts"
-                if give_up is not None:
+                decision = attempts.after(verdict)
+                if decision.give_up is not None:
                     raise RequestFailedError(
-                        f"{give_up}: {verdict.reason}",
+                        f"{decision.give_up}: {verdict.reason}",
                         status_code=verdict.status_code,
-                        attempts=attempts,
+                        attempts=attempts.tries,
                     ) from exc
-                if verdict.action is Action.TRANSIENT:
-                    clock.sleep(policy.backoff(transient, verdict.retry_after))
-                elif verdict.action is Action.RATE_LIMITED and not verdict.exhausted:
-                    # An overload's 429: the group is not slowed, so this request backs off.
-                    clock.sleep(policy.backoff(rate_limited, None))
+                if decision.wait:
+                    clock.sleep(decision.wait)
                 continue
             lease.succeed(
                 openai_model.usage_tokens(response), openai_model.charged_tokens(response)

@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .errors import Action, NoKeysAvailableError, Verdict, classify, classify_response, redact
+from ._core.attempt import Attempts, RetryPolicy
+from .errors import NoKeysAvailableError, Verdict, classify, classify_response, redact
 from .keys import APIKeyManager, Lease
-from .request import RetryPolicy
 from .serving import DEFAULT_MAX_BODY_BYTES
 from .tokens import estimate_request_tokens
 
@@ -258,7 +258,7 @@ class ProxyServer:
         tokens = estimate_request_tokens(path, body) if body else 0
         # One budget for all waiting on keys, however many 429s the request meets.
         deadline = asyncio.get_running_loop().time() + self.max_wait
-        transient = rate_limited = 0
+        attempts = Attempts(self.policy)
         last_failure: Response | None = None
         while True:
             lease = await self._acquire(tokens, deadline)
@@ -275,20 +275,12 @@ class ProxyServer:
             if isinstance(outcome, Response):
                 return outcome
             verdict, failure = outcome
-            if verdict.action is Action.FATAL:
+            decision = attempts.after(verdict)
+            if decision.give_up is not None:
                 return failure
-            if verdict.action is Action.KEY_DEAD:
-                last_failure = failure
-                continue
-            if verdict.action is Action.RATE_LIMITED:
-                rate_limited += 1
-                if rate_limited > self.policy.max_rate_limited:
-                    return failure
-                continue
-            transient += 1
-            if transient > self.policy.max_retries:
-                return failure
-            await asyncio.sleep(self.policy.backoff(transient, verdict.retry_after))
+            last_failure = failure
+            if decision.wait:
+                await asyncio.sleep(decision.wait)
 
     async def _attempt(
         self, lease: Lease, method: str, path: str, body: dict[str, Any] | None, stream: bool
