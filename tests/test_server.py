@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -232,3 +233,24 @@ def test_chunked_oversized_body_and_bad_input(setup: Setup) -> None:
     )
     assert odd.status_code < 500  # the upstream judges it; the proxy does not crash
     assert setup.manager.statistics().in_flight == 0
+
+
+def _ask(client: openai.OpenAI, i: int) -> str:
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}]
+    )
+    return str(answer.choices[0].message.content)
+
+
+def test_a_few_upstream_429s_cost_the_proxy_no_lasting_capacity() -> None:
+    with FakeOpenAIServer(keys=KEYS, rpm=1200, latency=0.01) as upstream:
+        upstream.set_fault("*", "rate_limit", times=20)
+        for setup in _setup(upstream, max_wait=10.0):
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(functools.partial(_ask, setup.client()), range(60)))
+            assert answers == [f"echo: q{i}" for i in range(60)]
+            assert upstream.total().errors == 20  # the injected 429s
+            stats = setup.manager.statistics().keys
+            assert sum(key.rate_limited for key in stats) == 20
+            assert len({key.group for key in stats}) == 4  # never merged
+            assert all(key.pace_share > 0.5 and key.state.value == "active" for key in stats)
