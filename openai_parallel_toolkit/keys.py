@@ -1,9 +1,11 @@
 """The key pool: one client per key, limit groups, key health and statistics.
 
-`APIKeyManager.acquire(tokens)` picks the usable key whose limit group can send soonest,
-reserves the cost there and returns a `Lease`; the caller waits until `lease.send_at`, sends
-with `lease.client`, then reports back with `lease.succeed` / `lease.fail`. The pool's lock is
-never held while anyone sleeps or does I/O.
+`APIKeyManager.acquire(tokens)` waits, in turn with other threads, until a usable key's limit
+group can send now, reserves the cost there and returns a `Lease`; the caller sends at once
+with `lease.client` (inside `lease.sending()`, so the answer's headers are read against this
+send), then reports back with `lease.succeed` / `lease.fail`. `try_acquire` is the same grant
+without waiting, for event loops. The pool's lock is never held while anyone sleeps or does
+I/O. The pacing itself (buckets, sharing, 429s) is `limiter.LimitGroup`'s.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ class Lease:
         return self._key.config
 
     def delay(self) -> float:
-        """Seconds still to wait before sending (0 when the slot has come)."""
+        """Seconds still to wait before sending: 0, since slots are granted only for now."""
         return max(0.0, self.send_at - self._pool.clock.monotonic())
 
     def still_valid(self) -> bool:

@@ -39,7 +39,10 @@ FULL_BUCKET_MARGIN_SECONDS = 0.05
 
 
 class _Bucket:
-    """A continuously refilling bucket (a level dated after now is kept for safety)."""
+    """A continuously refilling bucket: `level` as of `updated`, `rate` per second.
+
+    Slots are only ever taken at "now", so `updated` is never later than the clock.
+    """
 
     __slots__ = ("capacity", "level", "rate", "updated")
 
@@ -58,31 +61,25 @@ class _Bucket:
         return min(self.capacity, self.level + self.rate * (t - self.updated))
 
     def ready_at(self, amount: float, now: float) -> float:
-        base = max(now, self.updated)
-        level = self._level_at(base)
+        level = self._level_at(now)
         if amount > self.capacity:
             # A cost above the capacity waits only for a full bucket, never forever; a server
             # admits it when its own bucket is full too, to the millisecond, so leave a margin.
             full_at = self.updated + max(0.0, self.capacity - self.level) / self.rate
-            return max(base, full_at + FULL_BUCKET_MARGIN_SECONDS)
-        return base if level >= amount else base + (amount - level) / self.rate
+            return max(now, full_at + FULL_BUCKET_MARGIN_SECONDS)
+        return now if level >= amount else now + (amount - level) / self.rate
 
-    def take(self, amount: float, at: float) -> None:
-        at = max(at, self.updated)
-        self.level = self._level_at(at) - amount
-        self.updated = at
+    def take(self, amount: float, now: float) -> None:
+        self.level = self._level_at(now) - amount
+        self.updated = now
 
     def adjust(self, delta: float, now: float) -> None:
         """Add `delta` (negative: charge) to the level as of `now`."""
-        if self.updated <= now:
-            # Date the level to now first, or a later refill from the old date would undo it.
-            self.level = self._level_at(now)
-            self.updated = now
-        self.level = min(self.capacity, self.level + delta)
+        # Date the level to now first, or a later refill from the old date would undo it.
+        self.level = min(self.capacity, self._level_at(now) + delta)
+        self.updated = now
 
     def level_now(self, now: float) -> float:
-        if self.updated > now:  # queued sends: what the level is now, before they happen
-            return self.level - self.rate * (self.updated - now)
         return self._level_at(now)
 
     def observe_remaining(self, remaining: float, now: float) -> None:

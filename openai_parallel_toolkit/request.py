@@ -84,11 +84,6 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
     while True:
         lease = pool.acquire(tokens)
         try:
-            wait = lease.delay()
-            if wait > 0:
-                clock.sleep(wait)
-                if not lease.still_valid():  # its key died or cooled down while we waited
-                    continue
             try:
                 with lease.sending():
                     response = openai_model.generate(lease.client)
