@@ -90,9 +90,10 @@ class KeyStats:
     """A snapshot of one key (masked) and its counters.
 
     `pace_share` is the share of the group's limit it paces at now (1.0: all of it); it is
-    lower after 429s, while a learned limit starts up, and by `others_per_min`: the requests
-    per minute others spend of the limit (other keys of the project, other processes, other
-    programs), as the server's ``remaining`` counts show.
+    lower after 429s, while a learned limit starts up, and by `others_per_min` /
+    `others_tokens_per_min`: the requests and tokens per minute others spend of the limits
+    (other keys of the project, other processes, other programs), as the server's
+    ``remaining`` counts show.
     """
 
     key: str
@@ -110,6 +111,7 @@ class KeyStats:
     tokens_per_min: float | None
     pace_share: float = 1.0
     others_per_min: float = 0.0
+    others_tokens_per_min: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ class Lease:
         key: _Key,
         tokens: int,
         send_at: float,
-        sent: tuple[float, int, float],
+        sent: tuple[float, int, float, float],
     ) -> None:
         self._pool = pool
         self._key = key
@@ -517,14 +519,19 @@ class APIKeyManager:
                 settle = -max(0, tokens_used - lease.tokens)
             else:
                 settle = 0
-            key.group.release(self.clock.monotonic(), tokens=settle)
+            key.group.release(self.clock.monotonic(), tokens=settle, number=lease._sent[1])
             self._wake_first()
 
     def _on_cancel(self, lease: Lease) -> None:
         key = lease._key
         with self._lock:
             key.requests -= 1
-            key.group.release(self.clock.monotonic(), refund_request=True, tokens=lease.tokens)
+            key.group.release(
+                self.clock.monotonic(),
+                refund_request=True,
+                tokens=lease.tokens,
+                number=lease._sent[1],
+            )
             self._wake_first()
 
     def _on_failure(self, lease: Lease, verdict: Verdict) -> Verdict:
@@ -538,7 +545,7 @@ class APIKeyManager:
                 self._observe_latency(lease)
             # A rejected request still counts against the server's request limit; its tokens
             # were not spent.
-            group.release(now, tokens=lease.tokens)
+            group.release(now, tokens=lease.tokens, number=lease._sent[1])
             wait = 0.0
             short_window_found = False
             if verdict.action is Action.RATE_LIMITED:
@@ -692,7 +699,8 @@ class APIKeyManager:
             requests_per_min=group.requests_per_min,
             tokens_per_min=group.tokens_per_min,
             pace_share=group.pace_share(),
-            others_per_min=group.shared.rate(now) * 60.0,
+            others_per_min=group.shared_requests.rate(now) * 60.0,
+            others_tokens_per_min=group.shared_tokens.rate(now) * 60.0,
         )
 
     def close(self) -> None:

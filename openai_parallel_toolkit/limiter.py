@@ -105,6 +105,8 @@ RECOVERY_HALF_LIFE_SECONDS = 3.0
 MIN_FACTOR = 0.02
 # Several 429s from one overshoot (the requests already in flight) count as one signal.
 DECREASE_HOLDOFF_SECONDS = 1.0
+# Sends whose token charges are kept for reading remaining counts (intervals are ~1 s long).
+CHARGES_KEPT = 65536
 # Whatever others seem to spend, a group keeps this share of its limit (evidence can be wrong).
 MIN_SHARE = 0.05
 # A server's reported surplus is used only when it exceeds this many seconds of the limit: a
@@ -160,6 +162,8 @@ class LimitGroup:
         self.headers_seen = False  # the server reports x-ratelimit-* headers
         self.sends = 0
         self.tokens_sent = 0.0
+        # Tokens charged per recent send (by number): reserved, then settled or refunded.
+        self._charges: dict[int, float] = {}
         # What the server says is left beyond our own buckets (per-minute windows that start
         # full), as of its last answer; spent before the buckets, never refilled by time.
         self.surplus_allowed = True
@@ -171,8 +175,10 @@ class LimitGroup:
         self._trial_sent = 0
         self._trial_last = 0  # the number of the trial's last send so far
         self._surplus_confirmed = False
-        self.shared = SharedUse()
-        self._others = 0.0  # others' requests per second, as last applied to the pace
+        # What others spend of each limit (per second), as last applied to the pace.
+        self.shared_requests = SharedUse()
+        self.shared_tokens = SharedUse()
+        self._others_requests = self._others_tokens = 0.0
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -205,12 +211,19 @@ class LimitGroup:
         self._apply_factor()
 
     def pace_share(self) -> float:
-        """The share of the limit this group paces at now: the factor, less others' use."""
+        """The share of its limits this group paces at now: the factor, less others' use."""
         share = self.factor
-        limit = self.limit_requests_per_min
-        if limit and self._others > 0:
-            share = min(share, max(MIN_SHARE, 1.0 - self._others * 60.0 / limit))
+        for others, limit in (
+            (self._others_requests, self.limit_requests_per_min),
+            (self._others_tokens, self.limit_tokens_per_min),
+        ):
+            if limit and others > 0:
+                share = min(share, max(MIN_SHARE, 1.0 - others * 60.0 / limit))
         return share
+
+    def _read_others(self, now: float) -> None:
+        self._others_requests = self.shared_requests.rate(now)
+        self._others_tokens = self.shared_tokens.rate(now)
 
     def _apply_factor(self) -> None:
         share = self.pace_share()
@@ -238,7 +251,7 @@ class LimitGroup:
                 gap = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
                 self.factor = 1.0 if gap < 0.001 else 1.0 - gap
             self.factor = min(1.0, self.factor)
-        self._others = self.shared.rate(now)
+        self._read_others(now)
         self._apply_factor()
 
     def on_unexplained_429(self, now: float) -> bool:
@@ -272,15 +285,16 @@ class LimitGroup:
         now: float,
         *,
         success: bool = True,
-        sent: tuple[float, int, float] | None = None,
+        sent: tuple[float, int, float, float] | None = None,
     ) -> None:
         """Correct limits and levels from one response's ``x-ratelimit-*`` headers.
 
-        `sent` is what `reserve` returned for the request answered (send time, number, tokens
-        sent until then), when known: it lets the ``remaining`` counts show what others spend
-        of the limit and what the server holds beyond our own buckets. Only a successful
-        response ends probing: after an error the caller decides first (a dead key must be
-        removed before another request can pick it).
+        `sent` is what `reserve` returned for the request answered (send time, requests and
+        tokens sent up to and including it, its tokens), when known: it lets the
+        ``remaining`` counts show what others spend of the limits and what the server holds
+        beyond our own buckets.
+        Only a successful response ends probing: after an error the caller decides first (a
+        dead key must be removed before another request can pick it).
         """
         if success:
             self.responses_seen += 1
@@ -291,12 +305,21 @@ class LimitGroup:
             self._learn("requests", self.configured_requests_per_min, headers.limit_requests, now)
         if headers.limit_tokens is not None:
             self._learn("tokens", self.configured_tokens_per_min, headers.limit_tokens, now)
+        if sent is not None and success:  # a refused request's own charge is not known yet
+            at, number, _, cost = sent
+            if headers.remaining_requests is not None and self.requests_per_min:
+                self.shared_requests.observe(
+                    at, number, headers.remaining_requests, self.requests_per_min / 60.0, 1.0,
+                    lambda a, b: float(b - a),  # refused requests are charged too
+                )  # fmt: skip
+            if headers.remaining_tokens is not None and self.tokens_per_min:
+                self.shared_tokens.observe(
+                    at, number, headers.remaining_tokens, self.tokens_per_min / 60.0, cost,
+                    self._tokens_charged,
+                )  # fmt: skip
+            self._read_others(now)
+            self._apply_factor()
         if self.requests is not None and headers.remaining_requests is not None:
-            limit = self.limit_requests_per_min
-            if sent is not None and limit:
-                self.shared.observe(sent[0], sent[1], headers.remaining_requests, limit / 60.0)
-                self._others = self.shared.rate(now)
-                self._apply_factor()
             self.requests.observe_remaining(headers.remaining_requests, now)
         if self.tokens is not None and headers.remaining_tokens is not None:
             self.tokens.observe_remaining(headers.remaining_tokens, now)
@@ -317,6 +340,10 @@ class LimitGroup:
                 self.tokens_sent - sent[2],
                 now,
             )
+
+    def _tokens_charged(self, first: int, last: int) -> float:
+        """Tokens charged for our sends numbered first+1 to last (unsettled ones as reserved)."""
+        return sum(self._charges.get(number, 0.0) for number in range(first + 1, last + 1))
 
     def _surplus_open(self) -> bool:
         """Whether the next send may come from the request surplus (see the trial above)."""
@@ -353,7 +380,7 @@ class LimitGroup:
             t = max(t, self.tokens.ready_at(tokens, t))
         return t
 
-    def reserve(self, tokens: float, at: float) -> tuple[float, int, float]:
+    def reserve(self, tokens: float, at: float) -> tuple[float, int, float, float]:
         """Deduct one request and `tokens` at time `at` (from `ready_at`).
 
         Returns what `observe` takes as `sent` for this request's answer.
@@ -379,17 +406,32 @@ class LimitGroup:
                 self.tokens.take(tokens, at)
         self.in_flight += 1
         self.sends += 1
-        sent = (at, self.sends, self.tokens_sent)
         self.tokens_sent += tokens
-        return sent
+        self._charges[self.sends] = tokens
+        self._charges.pop(self.sends - CHARGES_KEPT, None)
+        return (at, self.sends, self.tokens_sent, tokens)
 
-    def release(self, now: float, *, refund_request: bool = False, tokens: float = 0.0) -> None:
-        """End a reservation: give back what was not charged (`tokens` > 0) or charge more (< 0)."""
+    def release(
+        self,
+        now: float,
+        *,
+        refund_request: bool = False,
+        tokens: float = 0.0,
+        number: int | None = None,
+    ) -> None:
+        """End a reservation: give back what was not charged (`tokens` > 0) or charge more (< 0).
+
+        `number` is the send's number from `reserve`, so that the refund is known per send.
+        """
         self.in_flight = max(0, self.in_flight - 1)
         if refund_request and self.requests is not None:
             self.requests.adjust(1.0, now)
         if self.tokens is not None and tokens:
             self.tokens.adjust(tokens, now)
+        # What the server was charged, as far as we know, for reading its remaining counts.
+        self.tokens_sent -= tokens
+        if number is not None and number in self._charges:
+            self._charges[number] -= tokens
 
     def cool_down(self, until: float) -> None:
         """Send nothing on this group before `until` (monotonic seconds)."""
@@ -398,7 +440,7 @@ class LimitGroup:
     def __repr__(self) -> str:
         return (
             f"<LimitGroup {self.name} rpm={self.requests_per_min} tpm={self.tokens_per_min} "
-            f"factor={self.factor:.2f} others={self._others:.2f}/s in_flight={self.in_flight} "
-            f"requests={self.requests!r} "
+            f"factor={self.factor:.2f} others={self._others_requests:.2f}/s "
+            f"in_flight={self.in_flight} requests={self.requests!r} "
             f"tokens={self.tokens!r} cooldown_until={self.cooldown_until:.3f}>"
         )

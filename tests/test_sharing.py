@@ -31,18 +31,22 @@ def lone_keys(keys: list[str], rpm: float, **project: Any) -> SimulatedServer:
 
 def test_the_estimate_follows_others_use_and_fades_without_evidence() -> None:
     shared = SharedUse()
-    shared.observe(0.0, 0, 10.0, 10.0)  # a 600 RPM (10/s) bucket of one second, full
+
+    def ours(first: int, last: int) -> float:  # every send charged one
+        return float(last - first)
+
+    shared.observe(0.0, 0, 10.0, 10.0, 1, ours)  # a 600 RPM (10/s) bucket of one second, full
     # We send 4/s; others spend 6/s: the server's count stays where it is.
     now, sends = 0.0, 0
     for _ in range(40):
         now += 0.5
         sends += 2
-        shared.observe(now, sends, 3.0, 10.0)
+        shared.observe(now, sends, 3.0, 10.0, 1, ours)
     assert shared.rate(now) == pytest.approx(6.0, rel=0.05)
     # Late, out-of-order answers do not count twice; a full bucket is no evidence.
-    shared.observe(now - 0.3, sends - 1, 0.0, 10.0)
+    shared.observe(now - 0.3, sends - 1, 0.0, 10.0, 1, ours)
     assert shared.rate(now) == pytest.approx(6.0, rel=0.05)
-    shared.observe(now + 0.5, sends + 2, 10.0, 10.0)  # full again: no sample
+    shared.observe(now + 0.5, sends + 2, 10.0, 10.0, 1, ours)  # full again: no sample
     assert shared.rate(now + 0.5) == pytest.approx(6.0, rel=0.05)
     # No evidence for a while: the conclusion is undone.
     assert shared.rate(now + 30.0) < 0.1
@@ -56,7 +60,7 @@ def test_coincidental_429s_never_pace_separate_keys_as_shared() -> None:
     simulate(clock, server, [(manager, 40)], 5.0)
     for _ in range(5):  # the same overshoot on every key at once, five times in a few seconds
         for key in keys:
-            server.projects[key].level = -2.0
+            server.projects[key].requests.level = -2.0
         simulate(clock, server, [(manager, 40)], 1.0)
     before = dict(server.admitted)
     stats = simulate(clock, server, [(manager, 40)], 30.0)
@@ -132,3 +136,19 @@ def test_a_server_that_reports_a_minute_but_enforces_a_second_stops_the_surplus(
     assert sum(server.admitted.values()) >= 0.9 * 4 * 10.0 * 60.0
     assert stats[0].rate_limited <= 0.03 * stats[0].successes
     assert not any(group.surplus_allowed for group in manager._groups.values())
+
+
+def test_two_pools_converge_on_a_token_limit_too() -> None:
+    clock = FakeClock()
+    keys = KEYS[:2]
+    first, second = pool(clock, keys), pool(clock, keys)
+    server = SimulatedServer(
+        {key: Project(6000, tokens_per_min=60_000) for key in keys}, {key: key for key in keys}
+    )
+    # 100 tokens a request: 10 requests/s per key, far below the request limit (100/s).
+    stats = simulate(clock, server, [(first, 20), (second, 20)], 60.0, cost=100)
+    ceiling = 2 * 1000.0 * 60.0  # tokens
+    assert sum(server.tokens.values()) >= 0.85 * ceiling
+    sent = sum(s.successes + s.rate_limited for s in stats)
+    assert sum(s.rate_limited for s in stats) <= 0.05 * sent
+    assert all(key.others_tokens_per_min > 5000 for key in first.statistics().keys)

@@ -1,15 +1,20 @@
-"""How fast others spend a limit group's requests, read from the server's ``remaining`` counts.
+"""How fast others spend a limit group's limits, read from the server's ``remaining`` counts.
 
-A group's request limit may be spent by senders the pool cannot see: keys of the same project
+One estimate per limit (requests, tokens). A group's limit may be spent by senders the pool
+cannot see: keys of the same project
 not declared as one group, another process on the same keys, another program. The server's
 ``x-ratelimit-remaining-requests`` tells. Between two of our requests a and b (ordered by when
 we sent them), the server's count moves by its refill, minus our own sends in between, minus
 what others sent::
 
-    others = remaining_a + rate * (t_b - t_a) - (sends_b - sends_a) - remaining_b
+    others = remaining_a + rate * (t_b - t_a) - ours(a, b) - remaining_b
 
-Only intervals that start and end with the server's bucket short of full count, since a full
-bucket throws refill away and would look like someone else's use. The samples are averaged
+where ``ours(a, b)`` is what the server charged us for our requests sent after a, up to and
+including b (requests; or tokens, where refused requests are charged none).
+
+Only intervals that start and end with the server's bucket short of full (before the request
+at either end took its share) count, since a full bucket throws refill away and would look like
+someone else's use. The samples are averaged
 over a few seconds (an exponential moving average, quicker to follow a fall than a rise);
 without new evidence the estimate fades, so a wrong conclusion is undone. A coincidence of
 429s is never taken for sharing.
@@ -21,6 +26,7 @@ converge on sharing the limit, whatever split they settle on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["SharedUse"]
@@ -42,12 +48,13 @@ STALE_SECONDS = 2.0
 @dataclass(frozen=True, slots=True)
 class _Mark:
     sent_at: float
-    sends: int
+    number: int  # the group's count of sends, this one included
     remaining: float
+    before: float  # the server's count before this request took its cost
 
 
 class SharedUse:
-    """Estimates the requests per second others spend of one limit group's request limit."""
+    """Estimates how much per second others spend of one limit of a group."""
 
     __slots__ = ("_anchor", "_capacity", "_rate", "_samples", "_updated")
 
@@ -58,27 +65,37 @@ class SharedUse:
         self._samples = 0
         self._updated = -math.inf
 
-    def observe(self, sent_at: float, sends: int, remaining: float, limit_rate: float) -> None:
-        """One response: the request was our `sends`-th on the group, sent at `sent_at`.
+    def observe(
+        self,
+        sent_at: float,
+        number: int,
+        remaining: float,
+        limit_rate: float,
+        cost: float,
+        ours: Callable[[int, int], float],
+    ) -> None:
+        """The answer to our `number`-th request of the group, of `cost`, sent at `sent_at`.
 
-        `remaining` is the server's ``remaining-requests`` after that request; `limit_rate` the
-        group's limit in requests per second.
+        `remaining` is the server's count after that request; `limit_rate` the group's limit
+        per second; ``ours(a, b)`` what we were charged for our requests a+1 to b.
         """
-        self._capacity = max(self._capacity, remaining)
+        mark = _Mark(sent_at, number, remaining, remaining + cost)
+        self._capacity = max(self._capacity, mark.before)
         anchor = self._anchor
-        if anchor is None or sent_at <= anchor.sent_at or sends <= anchor.sends:
-            if anchor is None or sent_at > anchor.sent_at:
-                self._anchor = _Mark(sent_at, sends, remaining)
+        if anchor is None or sent_at <= anchor.sent_at:
+            if anchor is None:
+                self._anchor = mark
             return  # an older response arriving late: its interval is already covered
         elapsed = sent_at - anchor.sent_at
         if elapsed < MIN_INTERVAL_SECONDS:
             return
-        self._anchor = _Mark(sent_at, sends, remaining)
+        self._anchor = mark
         capacity = max(self._capacity, limit_rate * MIN_CAPACITY_SECONDS)
         near_full = capacity - max(1.0, 0.05 * capacity)
-        if max(anchor.remaining, remaining) >= near_full:
+        if max(anchor.before, mark.before) >= near_full:
             return  # the server's bucket may have been full: refill was lost, not used
-        others = anchor.remaining + limit_rate * elapsed - (sends - anchor.sends) - remaining
+        spent = ours(anchor.number, number)
+        others = anchor.remaining + limit_rate * elapsed - spent - remaining
         self._average(others / elapsed, elapsed, sent_at)
 
     def _average(self, sample: float, elapsed: float, now: float) -> None:

@@ -2,7 +2,8 @@
 
 Tests of sharing detection, 429 handling and convergence drive real `APIKeyManager` pools
 against `SimulatedServer`, one event at a time; simulated minutes take milliseconds and every
-run is repeatable (seeded). Only request limits are simulated.
+run is repeatable (seeded). Request limits and token limits (a fixed cost per request) are
+simulated; 429s count against the request limit, as OpenAI counts them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import Action, classify_response
 from ..keys import APIKeyManager, Lease
@@ -22,22 +23,19 @@ __all__ = ["Project", "SenderStats", "SimulatedServer", "simulate"]
 
 
 @dataclass
-class Project:
-    """One request limit on the server: a bucket of `capacity_seconds` of refill.
+class _Window:
+    """One limit's bucket: `capacity_seconds` of refill; `remaining` may be reported as if
+    it held `report_seconds` (a server that says a minute is left while enforcing less)."""
 
-    `report_seconds` reports ``remaining`` as if the bucket held that many seconds (a server
-    that says a whole minute is left while it enforces a shorter window); default: the truth.
-    """
-
-    requests_per_min: float
-    capacity_seconds: float = 1.0
-    report_seconds: float | None = None
-    level: float = field(default=math.nan)
+    per_minute: float
+    capacity_seconds: float
+    report_seconds: float | None
+    level: float = math.nan
     updated: float = 0.0
 
     @property
     def rate(self) -> float:
-        return self.requests_per_min / 60.0
+        return self.per_minute / 60.0
 
     @property
     def capacity(self) -> float:
@@ -54,6 +52,56 @@ class Project:
         if self.report_seconds is not None:
             level += self.rate * (self.report_seconds - self.capacity_seconds)
         return math.floor(max(0.0, level))
+
+    def reset(self) -> str:
+        return f"{max(0.0, 1.0 - self.level) / self.rate:.3f}s"
+
+
+class Project:
+    """One project's limits on the server: requests and, optionally, tokens per minute.
+
+    Each is a bucket of `capacity_seconds` of refill, full at the start; `report_seconds`
+    reports ``remaining`` as if the buckets held that many seconds (default: the truth).
+    """
+
+    def __init__(
+        self,
+        requests_per_min: float,
+        *,
+        tokens_per_min: float | None = None,
+        capacity_seconds: float = 1.0,
+        report_seconds: float | None = None,
+    ) -> None:
+        self.requests = _Window(requests_per_min, capacity_seconds, report_seconds)
+        self.tokens = (
+            _Window(tokens_per_min, capacity_seconds, report_seconds) if tokens_per_min else None
+        )
+
+    def admit(self, cost: int, now: float, charge_rejected: bool) -> str | None:
+        """Take one request and `cost` tokens; else the limit that refused ("requests" or
+        "tokens"), the request charged all the same if told."""
+        self.requests.refill(now)
+        if self.tokens is not None:
+            self.tokens.refill(now)
+        refused = None
+        if self.requests.level < 1.0:
+            refused = "requests"
+        elif self.tokens is not None and self.tokens.level < min(cost, self.tokens.capacity):
+            refused = "tokens"
+        if refused is None or charge_rejected:
+            self.requests.level -= 1.0
+        if refused is None and self.tokens is not None:
+            self.tokens.level -= cost
+        return refused
+
+    def headers(self) -> dict[str, str]:
+        out = {}
+        for name, window in (("requests", self.requests), ("tokens", self.tokens)):
+            if window is not None:
+                out[f"x-ratelimit-limit-{name}"] = f"{window.per_minute:g}"
+                out[f"x-ratelimit-remaining-{name}"] = str(window.remaining())
+                out[f"x-ratelimit-reset-{name}"] = window.reset()
+        return out
 
 
 class SimulatedServer:
@@ -78,30 +126,26 @@ class SimulatedServer:
         self.chaos_429 = chaos_429
         self.rng = random.Random(seed)
         self.admitted: dict[str, int] = dict.fromkeys(self.projects, 0)
+        self.tokens: dict[str, int] = dict.fromkeys(self.projects, 0)
         self.rejected: dict[str, int] = dict.fromkeys(self.projects, 0)
         self.chaos = 0
 
-    def send(self, key: str, now: float) -> tuple[int, dict[str, str]]:
-        """One request arriving at `now`: (status, headers)."""
+    def send(
+        self, key: str, now: float, cost: int = 0
+    ) -> tuple[int, dict[str, str], dict[str, object]]:
+        """One request of `cost` tokens arriving at `now`: (status, headers, body)."""
         if self.chaos_429 and self.rng.random() < self.chaos_429:
             self.chaos += 1
-            return 429, {"retry-after": "1"}
+            return 429, {"retry-after": "1"}, _error_body("requests")
         name = self.key_projects[key]
         project = self.projects[name]
-        project.refill(now)
-        admitted = project.level >= 1.0
-        if admitted or self.charge_rejected:
-            project.level -= 1.0
-        if admitted:
+        refused = project.admit(cost, now, self.charge_rejected)
+        if refused is None:
             self.admitted[name] += 1
-        else:
-            self.rejected[name] += 1
-        headers = {
-            "x-ratelimit-limit-requests": f"{project.requests_per_min:g}",
-            "x-ratelimit-remaining-requests": str(project.remaining()),
-            "x-ratelimit-reset-requests": f"{max(0.0, 1.0 - project.level) / project.rate:.3f}s",
-        }
-        return (200 if admitted else 429), headers
+            self.tokens[name] += cost
+            return 200, project.headers(), {}
+        self.rejected[name] += 1
+        return 429, project.headers(), _error_body(refused)
 
 
 @dataclass
@@ -112,7 +156,8 @@ class SenderStats:
     rate_limited: int = 0
 
 
-_BODY_429 = {"error": {"message": "Rate limit reached", "type": "requests", "code": None}}
+def _error_body(limit: str) -> dict[str, object]:
+    return {"error": {"message": "Rate limit reached", "type": limit, "code": None}}
 
 
 def simulate(
@@ -122,12 +167,14 @@ def simulate(
     duration: float,
     *,
     latency: Callable[[random.Random], float] = lambda rng: rng.uniform(0.1, 0.3),
+    cost: int = 0,
     seed: int = 1,
 ) -> list[SenderStats]:
     """Run `pools` (each with its count of concurrent senders) for `duration` simulated seconds.
 
-    Each sender takes a slot from its pool, sends, and hands the answer back (headers, then
-    success or the classified 429), one event at a time in time order.
+    Each sender takes a slot from its pool for a request of `cost` tokens, sends, and hands the
+    answer back (headers, then success or the classified 429), one event at a time in time
+    order.
     """
     rng = random.Random(seed)
     events: list[tuple[float, int, Callable[[], None]]] = []
@@ -143,14 +190,16 @@ def simulate(
             now = clock.monotonic()
             if now >= end:
                 return
-            lease = pool.try_acquire()
+            lease = pool.try_acquire(cost)
             if not isinstance(lease, Lease):
                 at(now + max(lease, 1e-3), take)
                 return
-            status, headers = server.send(lease.key_config.api_key, now)
-            at(now + latency(rng), lambda: answer(lease, status, headers))
+            status, headers, body = server.send(lease.key_config.api_key, now, cost)
+            at(now + latency(rng), lambda: answer(lease, status, headers, body))
 
-        def answer(lease: Lease, status: int, headers: dict[str, str]) -> None:
+        def answer(
+            lease: Lease, status: int, headers: dict[str, str], body: dict[str, object]
+        ) -> None:
             lease.observe_headers(headers, success=status < 400)
             if status < 400:
                 mine.successes += 1
@@ -158,7 +207,7 @@ def simulate(
                 take()
                 return
             mine.rate_limited += 1
-            verdict = lease.fail(classify_response(status, _BODY_429, headers))
+            verdict = lease.fail(classify_response(status, body, headers))
             backoff = 0.0 if verdict.action is Action.RATE_LIMITED and verdict.exhausted else 0.5
             at(clock.monotonic() + backoff, take)
 
