@@ -285,6 +285,25 @@ def test_refill_admits_again() -> None:
         api.chat.completions.create(model="m", messages=USER_HI)
 
 
+def test_reported_burst_seconds_reports_the_minute_but_enforces_one_second() -> None:
+    with FakeOpenAIServer(rpm=600, reported_burst_seconds=60) as server:  # 10/s, bucket of 10
+        api = client(server).chat.completions.with_raw_response
+        remaining = []
+        for _ in range(10):
+            raw = api.create(model="m", messages=USER_HI)
+            remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+        # Reported: a bucket of 600 that started full; enforced: the bucket of 10.
+        assert remaining[0] == 599 and remaining[-1] >= 590
+        assert raw.headers["x-ratelimit-limit-requests"] == "600"
+        with pytest.raises(openai.RateLimitError) as info:
+            api.create(model="m", messages=USER_HI)
+        assert int(info.value.response.headers["x-ratelimit-remaining-requests"]) >= 590
+    with pytest.raises(ValueError):
+        FakeOpenAIServer(rpm=60, reported_burst_seconds=0)
+    args = build_parser().parse_args(["--burst-seconds", "60", "--reported-burst-seconds", "5"])
+    assert server_from_args(args)._reported_burst_seconds == 5.0
+
+
 # ---------------------------------------------------------------------------- faults
 
 
@@ -295,6 +314,7 @@ def test_refill_admits_again() -> None:
         ("invalid_api_key", openai.AuthenticationError, "invalid_api_key"),
         ("server_error", openai.InternalServerError, None),
         ("rate_limit", openai.RateLimitError, "rate_limit_exceeded"),
+        ("rate_limit_bare", openai.RateLimitError, "rate_limit_exceeded"),
     ],
 )
 def test_status_faults(
@@ -308,6 +328,9 @@ def test_status_faults(
         assert info.value.code == code
         if fault == "rate_limit":
             assert info.value.response.headers["retry-after-ms"] == "1000"
+        if fault == "rate_limit_bare":
+            names = {name.lower() for name in info.value.response.headers}
+            assert not {n for n in names if n.startswith(("retry-after", "x-ratelimit"))}
         assert KEY not in info.value.response.text
         # times=1: the next request is fine; another key was never affected.
         api.chat.completions.create(model="m", messages=USER_HI)
@@ -320,6 +343,19 @@ def test_status_faults(
             completion_tokens=3,
             charged_tokens=1 + 16,  # the prompt and the default max_tokens, at admission
         )
+
+
+def test_bare_rate_limit_fault_has_no_limit_headers_and_is_not_charged() -> None:
+    with FakeOpenAIServer(rpm=600) as server:
+        server.set_fault(KEY, "rate_limit_bare", times=1)
+        api = client(server).chat.completions.with_raw_response
+        with pytest.raises(openai.RateLimitError) as info:
+            api.create(model="m", messages=USER_HI)
+        names = {name.lower() for name in info.value.response.headers}
+        assert not {n for n in names if n.startswith(("retry-after", "x-ratelimit"))}
+        raw = api.create(model="m", messages=USER_HI)
+        assert raw.headers["x-ratelimit-remaining-requests"] == "9"  # only this one charged
+        assert server.counters()[KEY].rate_limited == 0  # a fault, not the limit
 
 
 def test_drop_fault_cuts_the_connection() -> None:

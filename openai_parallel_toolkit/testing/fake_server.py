@@ -4,8 +4,8 @@
 models and a minimal responses endpoint on 127.0.0.1, from a background thread. Replies are
 deterministic echoes of the input, so tests can check order. It enforces OpenAI-style rate
 limits (a request bucket and a token bucket per key or per group of keys), sends the
-``x-ratelimit-*`` headers, and can inject faults (quota, bad key, 500, 429, slow, dropped
-connection) per key.
+``x-ratelimit-*`` headers, and can inject faults (quota, bad key, 500, 429 with or without
+``retry-after``, slow, dropped connection) per key.
 
 Markers inside a prompt trigger permanent errors: ``[[context_length_exceeded]]`` gives a 400,
 ``[[server_error]]`` a 500.
@@ -50,9 +50,22 @@ __all__ = [
 ]
 
 FAULTS: frozenset[str] = frozenset(
-    {"insufficient_quota", "invalid_api_key", "server_error", "rate_limit", "slow", "drop"}
+    {
+        "insufficient_quota",
+        "invalid_api_key",
+        "server_error",
+        "rate_limit",
+        "rate_limit_bare",
+        "slow",
+        "drop",
+    }
 )
-"""The fault names accepted by `FakeOpenAIServer.set_fault`."""
+"""The fault names accepted by `FakeOpenAIServer.set_fault`.
+
+``rate_limit`` is a 429 ``rate_limit_exceeded`` with ``retry-after: 1``; ``rate_limit_bare`` the
+same 429 with no ``retry-after`` and no ``x-ratelimit-*`` headers at all. Neither is charged to
+the limits: they are 429s that do not mean the limit is used up.
+"""
 
 CONTEXT_LENGTH_MARKER = "[[context_length_exceeded]]"
 SERVER_ERROR_MARKER = "[[server_error]]"
@@ -196,6 +209,7 @@ class _Bucket:
         "req_cap",
         "req_rate",
         "rpm",
+        "shown",
         "tok",
         "tok_cap",
         "tok_rate",
@@ -204,7 +218,12 @@ class _Bucket:
     )
 
     def __init__(
-        self, rpm: float | None, tpm: float | None, burst_seconds: float, now: float
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        burst_seconds: float,
+        now: float,
+        reported_burst_seconds: float | None = None,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
@@ -215,6 +234,11 @@ class _Bucket:
         self.req = self.req_cap
         self.tok = self.tok_cap
         self.updated = now
+        # What the headers report: this bucket itself, or a shadow with another capacity that
+        # is charged alongside but enforces nothing.
+        self.shown: _Bucket = self
+        if reported_burst_seconds is not None and reported_burst_seconds != burst_seconds:
+            self.shown = _Bucket(rpm, tpm, reported_burst_seconds, now)
 
     def _refill(self, now: float) -> None:
         elapsed = now - self.updated
@@ -227,6 +251,17 @@ class _Bucket:
 
     def admit(self, cost: int, now: float, charge_rejected: bool) -> tuple[str, float] | None:
         """Take one request and `cost` tokens, or return (limit type, seconds to wait)."""
+        rejected = self._admit(cost, now, charge_rejected)
+        shown = self.shown
+        if shown is not self:
+            shown._refill(now)
+            if shown.rpm is not None and (rejected is None or charge_rejected):
+                shown.req -= 1.0
+            if shown.tpm is not None and rejected is None:
+                shown.tok -= cost
+        return rejected
+
+    def _admit(self, cost: int, now: float, charge_rejected: bool) -> tuple[str, float] | None:
         self._refill(now)
         # A request larger than the whole token bucket still passes once the bucket is full.
         need = min(float(cost), self.tok_cap)
@@ -249,16 +284,18 @@ class _Bucket:
 
     def headers(self) -> _Headers:
         """The ``x-ratelimit-*`` headers for the current levels (call right after `admit`)."""
+        shown = self.shown
         out: _Headers = []
-        if self.rpm is not None:
-            out.append((b"x-ratelimit-limit-requests", _num(self.rpm).encode()))
-            out.append((b"x-ratelimit-remaining-requests", b"%d" % max(0, math.floor(self.req))))
-            reset = (self.req_cap - self.req) / self.req_rate
+        if shown.rpm is not None:
+            out.append((b"x-ratelimit-limit-requests", _num(shown.rpm).encode()))
+            remaining = max(0, math.floor(shown.req))
+            out.append((b"x-ratelimit-remaining-requests", b"%d" % remaining))
+            reset = (shown.req_cap - shown.req) / shown.req_rate
             out.append((b"x-ratelimit-reset-requests", format_duration(reset).encode()))
-        if self.tpm is not None:
-            out.append((b"x-ratelimit-limit-tokens", _num(self.tpm).encode()))
-            out.append((b"x-ratelimit-remaining-tokens", b"%d" % max(0, math.floor(self.tok))))
-            reset = (self.tok_cap - self.tok) / self.tok_rate
+        if shown.tpm is not None:
+            out.append((b"x-ratelimit-limit-tokens", _num(shown.tpm).encode()))
+            out.append((b"x-ratelimit-remaining-tokens", b"%d" % max(0, math.floor(shown.tok))))
+            reset = (shown.tok_cap - shown.tok) / shown.tok_rate
             out.append((b"x-ratelimit-reset-tokens", format_duration(reset).encode()))
         return out
 
@@ -449,6 +486,10 @@ class FakeOpenAIServer:
     client at `base_url`. Limits apply per limit group: each key is its own group unless
     `groups` maps it to a shared group name. A grouped key takes its group's limits from
     `group_limits` (else the defaults `rpm`/`tpm`); `limits` applies to ungrouped keys.
+    `burst_seconds` is the bucket capacity in seconds of refill (60: a per-minute bucket that
+    starts full); `reported_burst_seconds`, when given, makes the headers report a bucket of that
+    capacity (charged alike) while `burst_seconds` is what is enforced, as a server that reports
+    the minute's remaining quota but enforces a shorter window.
     `latency`/`jitter` delay admitted requests only; auth errors, faults and 429s reply at once.
     Requests without a bearer key are recorded under the key ``""``. `app` is the ASGI
     application itself (a Starlette router), for serving it some other way.
@@ -467,6 +508,7 @@ class FakeOpenAIServer:
         groups: Mapping[str, str] | None = None,
         group_limits: Mapping[str, tuple[float | None, float | None]] | None = None,
         burst_seconds: float = 1.0,
+        reported_burst_seconds: float | None = None,
         charge_rejected: bool = False,
         send_rate_limit_headers: bool = True,
         latency: float = 0.0,
@@ -483,6 +525,8 @@ class FakeOpenAIServer:
                 _check_limit("tpm", key_tpm)
         if burst_seconds <= 0:
             raise ValueError("burst_seconds must be > 0")
+        if reported_burst_seconds is not None and reported_burst_seconds <= 0:
+            raise ValueError("reported_burst_seconds must be > 0 or None")
         if latency < 0 or jitter < 0:
             raise ValueError("latency and jitter must be >= 0")
         self._keys = frozenset(keys) if keys is not None else None
@@ -492,6 +536,7 @@ class FakeOpenAIServer:
         self._groups = dict(groups or {})
         self._group_limits = dict(group_limits or {})
         self._burst_seconds = burst_seconds
+        self._reported_burst_seconds = reported_burst_seconds
         self._charge_rejected = charge_rejected
         self._send_headers = send_rate_limit_headers
         self._latency = latency
@@ -676,7 +721,9 @@ class FakeOpenAIServer:
         if rpm is not None or tpm is not None:
             bucket = self._buckets.get(ident)
             if bucket is None:
-                bucket = _Bucket(rpm, tpm, self._burst_seconds, time.monotonic())
+                bucket = _Bucket(
+                    rpm, tpm, self._burst_seconds, time.monotonic(), self._reported_burst_seconds
+                )
                 self._buckets[ident] = bucket
         self._bucket_of[key] = bucket
         return bucket
@@ -851,6 +898,10 @@ class FakeOpenAIServer:
             error = _error_body(message, "requests", None, "rate_limit_exceeded")
             retry = [(b"retry-after-ms", b"1000"), (b"retry-after", b"1")]
             await self._reply(send, 429, error, headers + retry)
+        elif fault == "rate_limit_bare":
+            message = "Too many requests. Please slow down and try again later."
+            error = _error_body(message, "requests", None, "rate_limit_exceeded")
+            await self._reply(send, 429, error, headers)
         else:  # drop
             payload = _SERVER_ERROR_BODY
             await send(
@@ -1198,6 +1249,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--burst-seconds", type=float, default=1.0, help="bucket capacity in seconds of rate"
     )
     parser.add_argument(
+        "--reported-burst-seconds",
+        type=float,
+        default=None,
+        help="bucket capacity the headers report, in seconds of rate (default: --burst-seconds)",
+    )
+    parser.add_argument(
         "--charge-rejected", action="store_true", help="429-rejected requests use up a request"
     )
     parser.add_argument(
@@ -1215,6 +1272,7 @@ def server_from_args(args: argparse.Namespace) -> FakeOpenAIServer:
         rpm=args.rpm,
         tpm=args.tpm,
         burst_seconds=args.burst_seconds,
+        reported_burst_seconds=args.reported_burst_seconds,
         charge_rejected=args.charge_rejected,
         send_rate_limit_headers=not args.no_rate_limit_headers,
         latency=args.latency,
