@@ -8,10 +8,16 @@ Routes: POST /v1/chat/completions, /v1/completions (a list ``prompt`` is split o
 and merged back), /v1/embeddings, /v1/responses; GET /v1/models; GET /health and GET /stats
 (the pool's statistics, keys masked). ``stream: true`` responses are relayed chunk by chunk.
 
-Honest answers, never a hang: a missing or wrong client key gets 401; a body over
-`max_body_bytes` 413; no key free within `max_wait` seconds 429 with ``retry-after``; a request
-that fails for good the upstream status and body (keys masked); upstream timeouts 504. Every
-answer carries ``x-ratelimit-*`` headers describing the whole pool.
+Honest answers, never a hang: every request but GET /health needs the client key (401 first,
+so unknown routes cannot be probed); unknown routes and methods get 404 / 405, never a
+redirect; a body over `max_body_bytes` 413; no key free within `max_wait` seconds 429 with
+``retry-after``; a request that fails for good the upstream status and body (keys masked);
+upstream timeouts 504. Every error has OpenAI's shape, and every forwarded answer carries
+``x-ratelimit-*`` headers describing the whole pool. /health answers 503 with a reason when no
+key is usable or the recent upstream attempts all failed to connect (`UpstreamHealth`).
+
+The event loop never does CPU-heavy work: bodies over `INLINE_BYTES` are parsed, estimated and
+split in a worker thread, so one huge request does not stall every other client.
 """
 
 from __future__ import annotations
@@ -23,30 +29,42 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
+import anyio.to_thread
 import openai
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._core.attempt import Attempts, RetryPolicy
+from .clock import Clock, SystemClock
 from .errors import NoKeysAvailableError, Verdict, classify, classify_response, redact
 from .keys import APIKeyManager, Lease
 from .serving import DEFAULT_MAX_BODY_BYTES
-from .tokens import estimate_request_tokens
+from .tokens import DEFAULT_COMPLETION_TOKENS, estimate_request_tokens
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "ProxyServer"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ProxyServer", "UpstreamHealth"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A list prompt is split into one upstream request per prompt, this many at a time.
 MAX_PROMPTS = 2048
 MAX_PARTS_IN_FLIGHT = 64
+# Bodies up to this size are parsed and estimated on the event loop (well under a millisecond);
+# larger ones in a worker thread.
+INLINE_BYTES = 64 * 1024
+# The only route a client may use without the client key.
+PUBLIC_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health")})
 
 
 def _error(
@@ -60,144 +78,75 @@ def _error(
     return JSONResponse(body, status_code=status, headers=dict(headers) if headers else None)
 
 
-class ProxyServer:
-    """The proxy application over `manager`. `app` is the ASGI app to serve.
+async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``: inline for inputs up to `INLINE_BYTES`, else in a worker thread."""
+    if size <= INLINE_BYTES:
+        return function(*args)
+    return await anyio.to_thread.run_sync(function, *args)
 
-    `api_key` is the key clients must present (None: no check, for trusted local use only).
+
+class UpstreamHealth:
+    """Recent upstream outcomes, so /health can tell without sending anything (sans-I/O).
+
+    Unhealthy once the last `failures` attempts in a row failed at the transport level
+    (connection refused, DNS, TLS, timeout), until an attempt reaches the upstream again (any
+    HTTP answer counts) or the last failure is `stale_after` seconds old: with no recent
+    traffic there is no evidence either way, and a probe must not keep a proxy out for ever.
     """
+
+    def __init__(
+        self, *, failures: int = 3, stale_after: float = 60.0, clock: Clock | None = None
+    ) -> None:
+        self.failures = failures
+        self.stale_after = stale_after
+        self._clock = clock or SystemClock()
+        self._in_a_row = 0
+        self._last_failure: float | None = None
+        self._last_reason = ""
+
+    def reached(self) -> None:
+        """An attempt got an HTTP answer from the upstream (whatever its status)."""
+        self._in_a_row = 0
+
+    def unreachable(self, reason: str) -> None:
+        """An attempt failed before or while getting an answer."""
+        self._in_a_row += 1
+        self._last_failure = self._clock.monotonic()
+        self._last_reason = reason
+
+    def problem(self) -> str | None:
+        """Why the upstream looks unreachable now, or None."""
+        if self._in_a_row < self.failures or self._last_failure is None:
+            return None
+        if self._clock.monotonic() - self._last_failure >= self.stale_after:
+            return None
+        return (
+            f"the last {self._in_a_row} upstream attempts failed to get an answer "
+            f"(latest: {self._last_reason})"
+        )
+
+    def __repr__(self) -> str:
+        return f"UpstreamHealth(failures_in_a_row={self._in_a_row}, problem={self.problem()!r})"
+
+
+class _Upstream:
+    """Sends requests over the pool's keys: leases, retries, relaying, the pool's headers."""
 
     def __init__(
         self,
         manager: APIKeyManager,
-        api_key: str | None,
         *,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        max_wait: float = 10.0,
-        timeout: float = 120.0,
-        policy: RetryPolicy | None = None,
+        max_wait: float,
+        timeout: float,
+        policy: RetryPolicy,
+        health: UpstreamHealth,
     ) -> None:
         self.manager = manager
-        self._api_key = api_key.encode() if api_key is not None else None
-        self.max_body_bytes = max_body_bytes
         self.max_wait = max_wait
         self.timeout = timeout
-        self.policy = policy or RetryPolicy()
+        self.policy = policy
+        self.health = health
         self._clients: dict[str, Any] = {}
-        self.app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._post("/chat/completions"), methods=["POST"]),
-                Route("/v1/completions", self._completions, methods=["POST"]),
-                Route("/v1/embeddings", self._post("/embeddings"), methods=["POST"]),
-                Route("/v1/responses", self._post("/responses"), methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-                Route("/health", self._health, methods=["GET"]),
-                Route("/stats", self._stats, methods=["GET"]),
-            ]
-        )
-
-    # -- routes -------------------------------------------------------------------------------
-
-    def _post(self, path: str) -> Any:
-        async def endpoint(request: Request) -> Response:
-            body = await self._read(request)
-            if isinstance(body, Response):
-                return body
-            return await self._forward("POST", path, body, stream=bool(body.get("stream")))
-
-        return endpoint
-
-    async def _completions(self, request: Request) -> Response:
-        body = await self._read(request)
-        if isinstance(body, Response):
-            return body
-        prompt = body.get("prompt")
-        batch = isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int)
-        if not batch or body.get("stream"):
-            return await self._forward(
-                "POST", "/completions", body, stream=bool(body.get("stream"))
-            )
-        if len(prompt) > MAX_PROMPTS:
-            return _error(
-                400, f"At most {MAX_PROMPTS} prompts per request.", "invalid_request_error"
-            )
-        gate = asyncio.Semaphore(MAX_PARTS_IN_FLIGHT)
-
-        async def part(one: Any) -> Response:
-            async with gate:
-                return await self._forward("POST", "/completions", {**body, "prompt": one})
-
-        parts = await asyncio.gather(*(part(p) for p in prompt))
-        for part in parts:
-            if part.status_code >= 400:
-                return part
-        return self._merge_completions(parts, int(body.get("n") or 1))
-
-    async def _models(self, request: Request) -> Response:
-        if (denied := self._check_key(request)) is not None:
-            return denied
-        return await self._forward("GET", "/models", None)
-
-    async def _health(self, request: Request) -> Response:
-        capacity = self.manager.capacity()
-        status = "ok" if capacity.active_keys else "no usable keys"
-        return JSONResponse(
-            {"status": status, "active_keys": capacity.active_keys},
-            status_code=200 if capacity.active_keys else 503,
-        )
-
-    async def _stats(self, request: Request) -> Response:
-        if (denied := self._check_key(request)) is not None:
-            return denied
-        stats = dataclasses.asdict(self.manager.statistics())
-        return JSONResponse(json.loads(json.dumps(stats, default=_plain)))
-
-    # -- plumbing -------------------------------------------------------------------------------
-
-    def _check_key(self, request: Request) -> Response | None:
-        if self._api_key is None:
-            return None
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            return _error(
-                401,
-                "You didn't provide an API key. Send it in the Authorization header as "
-                "'Bearer <key>'.",
-                "invalid_request_error",
-            )
-        if not hmac.compare_digest(given.strip().encode(), self._api_key):
-            return _error(
-                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            )
-        return None
-
-    async def _read(self, request: Request) -> dict[str, Any] | Response:
-        if (denied := self._check_key(request)) is not None:
-            return denied
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return self._too_large()
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return self._too_large()
-            chunks.append(chunk)
-        try:
-            body = json.loads(b"".join(chunks) or b"{}")
-        except (ValueError, RecursionError):
-            return _error(400, "The request body is not valid JSON.", "invalid_request_error")
-        if not isinstance(body, dict):
-            return _error(400, "The request body must be a JSON object.", "invalid_request_error")
-        return body
-
-    def _too_large(self) -> Response:
-        return _error(
-            413,
-            f"The request body is larger than this proxy's limit of {self.max_body_bytes} bytes.",
-            "invalid_request_error",
-            "request_too_large",
-        )
 
     def _client(self, lease: Lease) -> Any:
         config = lease.key_config
@@ -208,17 +157,20 @@ class ProxyServer:
         return client
 
     @staticmethod
-    def _upstream_headers(lease: Lease) -> dict[str, str]:
+    def _headers(lease: Lease, payload: bytes | None) -> dict[str, str]:
         # Only the pool's key goes upstream; the client's own Authorization never does.
         config = lease.key_config
         headers = {"authorization": f"Bearer {config.api_key}"}
+        if payload is not None:
+            headers["content-type"] = "application/json"
         if config.organization:
             headers["openai-organization"] = config.organization
         if config.project:
             headers["openai-project"] = config.project
         return headers
 
-    def _pool_headers(self) -> dict[str, str]:
+    def pool_headers(self) -> dict[str, str]:
+        """``x-ratelimit-*`` headers describing the whole pool."""
         capacity = self.manager.capacity()
         headers = {}
         for name, value in (
@@ -248,14 +200,20 @@ class ProxyServer:
                     f"Every key of the proxy is at its rate limit; try again in {retry} s.",
                     "requests",
                     "rate_limit_exceeded",
-                    {"retry-after": str(retry), **self._pool_headers()},
+                    {"retry-after": str(retry), **self.pool_headers()},
                 )
             await asyncio.sleep(lease)
 
-    async def _forward(
-        self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool = False
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        tokens: int,
+        *,
+        stream: bool = False,
     ) -> Response:
-        tokens = estimate_request_tokens(path, body) if body else 0
+        """Send `payload` (JSON bytes, or None) to `path` until it succeeds or fails for good."""
         # One budget for all waiting on keys, however many 429s the request meets.
         deadline = asyncio.get_running_loop().time() + self.max_wait
         attempts = Attempts(self.policy)
@@ -267,7 +225,7 @@ class ProxyServer:
                     return last_failure  # every key died: the last upstream answer says why
                 return lease
             try:
-                outcome = await self._attempt(lease, method, path, body, stream)
+                outcome = await self._attempt(lease, method, path, payload, stream)
             except BaseException:
                 if not lease.settled:  # cancelled (client gone) or a bug: give the slot back
                     lease.cancel()
@@ -283,20 +241,17 @@ class ProxyServer:
                 await asyncio.sleep(decision.wait)
 
     async def _attempt(
-        self, lease: Lease, method: str, path: str, body: dict[str, Any] | None, stream: bool
+        self, lease: Lease, method: str, path: str, payload: bytes | None, stream: bool
     ) -> Response | tuple[Verdict, Response]:
         """Send once on `lease`: the answer to return, or (verdict, answer) after a failure."""
         client = self._client(lease)
         url = (lease.key_config.api_base or DEFAULT_BASE_URL) + path
-        try:
-            request = client.build_request(
-                method, url, json=body, headers=self._upstream_headers(lease)
-            )
-        except (TypeError, ValueError) as exc:  # e.g. NaN in the body: the client's fault
-            lease.cancel()
-            return _error(400, f"The request body cannot be sent: {exc}", "invalid_request_error")
+        request = client.build_request(
+            method, url, content=payload, headers=self._headers(lease, payload)
+        )
         try:
             response = await client.send(request, stream=True)
+            self.health.reached()
             success = response.status_code < 400
             lease.observe_headers(response.headers, success=success)
             if success and stream:
@@ -304,7 +259,7 @@ class ProxyServer:
                     _relay(response, lease),
                     status_code=response.status_code,
                     media_type=response.headers.get("content-type", "text/event-stream"),
-                    headers=self._pool_headers(),
+                    headers=self.pool_headers(),
                 )
             try:
                 content = await response.aread()
@@ -312,6 +267,7 @@ class ProxyServer:
                 await response.aclose()
         except Exception as exc:  # transport failures, before or while reading the answer
             verdict = lease.fail(classify(exc))
+            self.health.unreachable(verdict.reason)
             timed_out = "Timeout" in type(exc).__name__
             failure = _error(
                 504 if timed_out else 502,
@@ -330,12 +286,199 @@ class ProxyServer:
         return verdict, self._reply(text.encode(), response)
 
     def _reply(self, content: bytes, upstream: Any) -> Response:
-        headers = self._pool_headers()
         return Response(
             content,
             status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "application/json"),
-            headers=headers,
+            headers=self.pool_headers(),
+        )
+
+    async def aclose(self) -> None:
+        """Close the upstream HTTP clients."""
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+class _ClientKeyGate:
+    """ASGI middleware: every request but `PUBLIC_ROUTES` needs the client key, before routing."""
+
+    def __init__(self, app: ASGIApp, check: Callable[[Headers], Response | None]) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["method"], scope["path"]) not in PUBLIC_ROUTES:
+            denied = self.check(Headers(scope=scope))
+            if denied is not None:
+                await denied(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ProxyServer:
+    """The proxy application over `manager`. `app` is the ASGI app to serve.
+
+    `api_key` is the key clients must present (None: no check, for trusted local use only).
+    `health` records the upstream outcomes /health reports (default: `UpstreamHealth()`).
+    Slow clients and connection counts are the server's business: see `asgi.uvicorn_config`.
+    """
+
+    def __init__(
+        self,
+        manager: APIKeyManager,
+        api_key: str | None,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_wait: float = 10.0,
+        timeout: float = 120.0,
+        policy: RetryPolicy | None = None,
+        health: UpstreamHealth | None = None,
+    ) -> None:
+        self.manager = manager
+        self._api_key = api_key.encode() if api_key is not None else None
+        self.max_body_bytes = max_body_bytes
+        self.health = health or UpstreamHealth()
+        self._upstream = _Upstream(
+            manager,
+            max_wait=max_wait,
+            timeout=timeout,
+            policy=policy or RetryPolicy(),
+            health=self.health,
+        )
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._post("/chat/completions"), methods=["POST"]),
+                Route("/v1/completions", self._completions, methods=["POST"]),
+                Route("/v1/embeddings", self._post("/embeddings"), methods=["POST"]),
+                Route("/v1/responses", self._post("/responses"), methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/health", self._health, methods=["GET"]),
+                Route("/stats", self._stats, methods=["GET"]),
+            ],
+            middleware=[Middleware(_ClientKeyGate, check=self._check_key)],
+            exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        )
+        # No redirects: Starlette would answer "/v1/x/" with a 307 to an URL built from the
+        # client's Host header, unauthenticated.
+        self.app.router.redirect_slashes = False
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds a request may wait for a free key, in all, before 429."""
+        return self._upstream.max_wait
+
+    @property
+    def timeout(self) -> float:
+        """Upstream timeout, seconds."""
+        return self._upstream.timeout
+
+    # -- routes -------------------------------------------------------------------------------
+
+    def _post(self, path: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            read = await self._read(request)
+            if isinstance(read, Response):
+                return read
+            raw, body = read
+            tokens = await _off_loop(len(raw), _cost, path, body, len(raw))
+            stream = bool(body.get("stream"))
+            return await self._upstream.forward("POST", path, raw, tokens, stream=stream)
+
+        return endpoint
+
+    async def _completions(self, request: Request) -> Response:
+        read = await self._read(request)
+        if isinstance(read, Response):
+            return read
+        raw, body = read
+        prompt = body.get("prompt")
+        batch = isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int)
+        if not batch or body.get("stream"):
+            tokens = await _off_loop(len(raw), _cost, "/completions", body, len(raw))
+            stream = bool(body.get("stream"))
+            return await self._upstream.forward("POST", "/completions", raw, tokens, stream=stream)
+        if len(prompt) > MAX_PROMPTS:
+            return _error(
+                400, f"At most {MAX_PROMPTS} prompts per request.", "invalid_request_error"
+            )
+        split = await _off_loop(len(raw), _split_prompts, body, len(raw))
+        gate = asyncio.Semaphore(MAX_PARTS_IN_FLIGHT)
+
+        async def part(payload: bytes, tokens: int) -> Response:
+            async with gate:
+                return await self._upstream.forward("POST", "/completions", payload, tokens)
+
+        parts = await asyncio.gather(*(part(*one) for one in split))
+        for answer in parts:
+            if answer.status_code >= 400:
+                return answer
+        return self._merge_completions(parts, int(body.get("n") or 1))
+
+    async def _models(self, request: Request) -> Response:
+        return await self._upstream.forward("GET", "/models", None, 0)
+
+    async def _health(self, request: Request) -> Response:
+        active = self.manager.capacity().active_keys
+        if not active:
+            status, reason = "no usable keys", "every key of the pool is removed or disabled"
+        elif (problem := self.health.problem()) is not None:
+            status, reason = "upstream unreachable", problem
+        else:
+            return JSONResponse({"status": "ok", "active_keys": active})
+        return JSONResponse(
+            {"status": status, "active_keys": active, "reason": reason}, status_code=503
+        )
+
+    async def _stats(self, request: Request) -> Response:
+        stats = dataclasses.asdict(self.manager.statistics())
+        return JSONResponse(json.loads(json.dumps(stats, default=_plain)))
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _check_key(self, headers: Headers) -> Response | None:
+        if self._api_key is None:
+            return None
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return _error(
+                401,
+                "You didn't provide an API key. Send it in the Authorization header as "
+                "'Bearer <key>'.",
+                "invalid_request_error",
+            )
+        if not hmac.compare_digest(given.strip().encode(), self._api_key):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return None
+
+    async def _read(self, request: Request) -> tuple[bytes, dict[str, Any]] | Response:
+        """The raw body (at most `max_body_bytes`, else 413) and its JSON object (else 400)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return self._too_large()
+            chunks.append(chunk)
+        raw = b"".join(chunks) or b"{}"
+        try:
+            body = await _off_loop(len(raw), _loads, raw)
+        except (ValueError, RecursionError):
+            return _error(400, "The request body is not valid JSON.", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "The request body must be a JSON object.", "invalid_request_error")
+        return raw, body
+
+    def _too_large(self) -> Response:
+        return _error(
+            413,
+            f"The request body is larger than this proxy's limit of {self.max_body_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
         )
 
     def _merge_completions(self, parts: list[Response], n: int) -> Response:
@@ -355,13 +498,29 @@ class ProxyServer:
         merged["choices"] = choices
         if usage:
             merged["usage"] = usage
-        return JSONResponse(merged, headers=self._pool_headers())
+        return JSONResponse(merged, headers=self._upstream.pool_headers())
 
     async def aclose(self) -> None:
         """Close the upstream HTTP clients."""
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self._upstream.aclose()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 / 405 (and any other `HTTPException`) in OpenAI's error shape."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"Invalid URL ({where})."
+    elif exc.status_code == 405:
+        message = f"Method not allowed ({where})."
+    else:
+        message = exc.detail
+    return _error(exc.status_code, message, "invalid_request_error", headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: OpenAI's error shape rather than plain text (uvicorn logs the traceback)."""
+    return _error(500, "The proxy failed to handle the request.", "server_error")
 
 
 async def _relay(response: Any, lease: Lease) -> AsyncIterator[bytes]:
@@ -379,6 +538,33 @@ async def _relay(response: Any, lease: Lease) -> AsyncIterator[bytes]:
         if not lease.settled:
             lease.succeed(None, None)
         await response.aclose()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(raw: bytes) -> Any:
+    """Strict JSON: NaN and Infinity are refused (the body is forwarded as it came)."""
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
+def _cost(path: str, body: dict[str, Any], size: int) -> int:
+    """The token estimate of `body`; by its size when it is too deep to walk."""
+    try:
+        return estimate_request_tokens(path, body)
+    except RecursionError:
+        return size // 4 + DEFAULT_COMPLETION_TOKENS
+
+
+def _split_prompts(body: dict[str, Any], size: int) -> list[tuple[bytes, int]]:
+    """One (JSON payload, token estimate) per prompt of a list-prompt completion request."""
+    parts = []
+    for prompt in body["prompt"]:
+        part = {**body, "prompt": prompt}
+        payload = json.dumps(part, ensure_ascii=False, separators=(",", ":")).encode()
+        parts.append((payload, _cost("/completions", part, len(payload))))
+    return parts
 
 
 def _json(content: bytes) -> Any:
