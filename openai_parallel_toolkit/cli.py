@@ -11,26 +11,129 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
-from .config import KeyConfig
+from .config import KeyConfig, ToolkitConfig, config_from_env, load_config
 from .errors import Action, ConfigError, classify, redact
 from .headers import RateLimitHeaders
 from .keys import APIKeyManager
 from .models import RawRequest
 
-__all__ = ["KeyCheck", "check_keys", "keys_main", "run_main"]
+if TYPE_CHECKING:
+    from .jobs import JobSummary
+
+__all__ = [
+    "CommandLineParser",
+    "KeyCheck",
+    "add_logging_options",
+    "check_keys",
+    "configure_logging",
+    "keys_main",
+    "logging_level",
+    "run_main",
+]
+
+_PACKAGE_LOGGER = "openai_parallel_toolkit"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_CHECK_TIMEOUT = 30.0  # seconds: a key that cannot answer "ping" in this time is reported
+_CHECK_THREADS = 16  # keys checked at once
 
 
-def _manager(config: str | None) -> APIKeyManager:
-    if config:
-        return APIKeyManager(config_path=config, make_default=False)
-    return APIKeyManager(dotenv=True, make_default=False)
+class CommandLineParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` to stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``-v`` / ``-q`` / ``--log-level``: how much the toolkit logs on stderr."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v info messages, -vv debug messages",
+    )
+    group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    group.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"log messages of this level and above: {', '.join(_LOG_LEVELS)} (default: WARNING)",
+    )
+
+
+def logging_level(args: argparse.Namespace) -> int | None:
+    """The level the options of `add_logging_options` ask for, or None when none was given."""
+    if args.log_level:
+        return int(getattr(logging, args.log_level))
+    if args.quiet:
+        return logging.ERROR
+    if args.verbose:
+        return logging.INFO if args.verbose == 1 else logging.DEBUG
+    return None
+
+
+def configure_logging(level: int = logging.WARNING) -> None:
+    """Log the toolkit's messages of `level` and above on stderr (for the command line only).
+
+    Other libraries (httpx, openai) log warnings and above only, whatever `level` says, so that
+    ``-v`` does not print a line per HTTP request. The library itself never configures logging.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger(_PACKAGE_LOGGER).setLevel(level)
+
+
+def _load_config(path: str | None, timeout: float | None) -> ToolkitConfig:
+    """The config file, else the environment (and .env); `timeout` replaces every key's own."""
+    config = load_config(path) if path else config_from_env(dotenv=True)
+    if timeout is None:
+        return config
+    keys = tuple(dataclasses.replace(key, timeout=timeout) for key in config.keys)
+    return dataclasses.replace(config, keys=keys)
 
 
 @contextlib.contextmanager
@@ -60,18 +163,41 @@ def _interrupt_status(received: list[int]) -> int:
     return 128 + signal.SIGTERM if received else 130
 
 
-def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> int:
-    """``run REQUESTS.jsonl -o RESULTS.jsonl``: a JSONL job; see `jobs.run_jsonl_job`."""
-    from .jobs import ResultsFileError, run_jsonl_job
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
-    parser = argparse.ArgumentParser(
+
+def _spool_stdin(folder: Path) -> Path:
+    """Copy stdin to a file in `folder`: the job reads its input twice, by byte offset."""
+    path = folder / "stdin.jsonl"
+    with open(path, "wb") as file:
+        shutil.copyfileobj(sys.stdin.buffer, file, 1 << 20)
+    return path
+
+
+def _run_parser(prog: str) -> CommandLineParser:
+    parser = CommandLineParser(
         prog=prog,
-        description="Send every request of a JSONL file over your keys; write one result line "
-        "per request. Run it again to resume: answered requests are skipped, failed ones retried.",
-        epilog="example: %(prog)s requests.jsonl -o results.jsonl --config config.yaml",
+        description="Send every request of a JSONL file over your keys; write one result line\n"
+        "per request. Run it again to resume: answered requests are skipped, failed ones\n"
+        "retried. Progress and the summary go to stderr: a progress bar on a terminal, else\n"
+        "a status line every --status-interval seconds.",
+        epilog="example:\n  %(prog)s requests.jsonl -o results.jsonl --config config.yaml\n"
+        "  cat requests.jsonl | %(prog)s - -o - --config config.yaml | jq .id",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", help="JSONL file: one request body per line")
-    parser.add_argument("-o", "--output", required=True, help="JSONL file of results")
+    parser.add_argument("input", help="JSONL file, one request body per line; - reads stdin")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="JSONL file of results; - writes them to stdout as they finish (no resume then)",
+    )
     parser.add_argument("--config", help="JSON or YAML key file (default: OPENAI_API_KEY*, .env)")
     parser.add_argument(
         "--endpoint",
@@ -85,39 +211,100 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         help="send again lines whose request changed since they were answered (their old "
         "answers are dropped); without it such an output file is refused",
     )
-    parser.add_argument("--threads", type=int, help="requests in flight (default: from limits)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="requests in flight, >= 1 (default: from limits)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="seconds one request may take before it is retried (default: the config's "
+        "timeout, else 120)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
+    parser.add_argument(
+        "--status-interval",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between status lines when stderr is not a terminal (default: 10)",
+    )
+    add_logging_options(parser)
+    return parser
+
+
+def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> int:
+    """``run REQUESTS.jsonl -o RESULTS.jsonl``: a JSONL job; see `jobs.run_jsonl_job`."""
+    from .jobs import ResultsFileError, run_jsonl_job
+
+    parser = _run_parser(prog)
     args = parser.parse_args(argv)
+    if args.ordered and args.output == "-":
+        parser.error("--ordered needs an output file, not - (stdout)")
+    level = logging_level(args)
+    if level is not None:
+        configure_logging(level)
     received: list[int] = []
+    folder: Path | None = None
+    summary: JobSummary | None = None
     try:
-        with _sigterm_as_interrupt() as received:
-            manager = _manager(args.config)
+        with contextlib.ExitStack() as stack, _sigterm_as_interrupt() as received:
+            if "-" in (args.input, args.output):
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opt-run-")))
+            manager = APIKeyManager(
+                config=_load_config(args.config, args.timeout), make_default=False
+            )
+            stack.callback(manager.close)
+            source = _spool_stdin(folder) if args.input == "-" and folder else args.input
+            to_stdout = args.output == "-" and folder is not None
+            target = folder / "results.jsonl" if to_stdout and folder else args.output
             summary = run_jsonl_job(
-                args.input,
-                args.output,
+                source,
+                target,
                 manager=manager,
                 endpoint=args.endpoint,
                 threads=args.threads,
                 ordered=args.ordered,
                 progress=not args.no_progress,
                 redo_changed=args.redo_changed,
+                status_interval=args.status_interval,
+                echo=sys.stdout if to_stdout else None,
             )
+            if to_stdout and summary.interrupted:
+                _silence_stdout()  # its reader may be gone: no second error at exit
     except (ConfigError, ResultsFileError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if folder is not None:
+            message = message.replace(str(folder / "stdin.jsonl"), "stdin")
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before any request was sent
+    except KeyboardInterrupt:
         print("interrupted before any request was sent", file=sys.stderr)
         return _interrupt_status(received)
-    print(f"{args.output}: {summary}", file=sys.stderr)
-    for line in summary.malformed[:20]:
-        print(f"  skipped {line}", file=sys.stderr)
-    if len(summary.malformed) > 20:
-        print(f"  ... and {len(summary.malformed) - 20} more bad lines", file=sys.stderr)
-    if summary.ordered_copy:
-        print(f"ordered copy: {summary.ordered_copy}", file=sys.stderr)
+    _print_summary("stdout" if args.output == "-" else args.output, summary)
     if summary.interrupted:
         return _interrupt_status(received)
     return 0 if summary.ok else 1
+
+
+def _print_summary(name: str, summary: JobSummary) -> None:
+    print(f"{name}: {summary}", file=sys.stderr)
+    # Each bad line is reported once: here, unless the job's log already showed it.
+    from .jobs import runner
+
+    if logging.getLogger(runner.__name__).isEnabledFor(logging.INFO):
+        if summary.malformed:
+            print(f"  {len(summary.malformed)} bad lines skipped (logged above)", file=sys.stderr)
+    else:
+        for line in summary.malformed[:20]:
+            print(f"  skipped {line}", file=sys.stderr)
+        if len(summary.malformed) > 20:
+            print(f"  ... and {len(summary.malformed) - 20} more bad lines", file=sys.stderr)
+    if summary.ordered_copy:
+        print(f"ordered copy: {summary.ordered_copy}", file=sys.stderr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,91 +320,97 @@ class KeyCheck:
 
 
 def check_keys(
-    configs: Sequence[KeyConfig], *, model: str, timeout: float = 30.0
+    configs: Sequence[KeyConfig], *, model: str, timeout: float = _CHECK_TIMEOUT
 ) -> list[KeyCheck]:
-    """Send one tiny chat request with each key: works or why not, its limits, its latency."""
+    """Send one tiny chat request with each key: works or why not, its limits, its latency.
+
+    The keys are tested at the same time (up to 16 at once); results come in the order of
+    `configs`. `timeout` is the seconds each key may take, unless its config sets ``timeout``.
+    """
+    if not configs:
+        return []
+    with ThreadPoolExecutor(min(len(configs), _CHECK_THREADS), "keys-check") as executor:
+        return list(executor.map(lambda config: _check_key(config, model, timeout), configs))
+
+
+def _check_key(config: KeyConfig, model: str, timeout: float) -> KeyCheck:
     import openai
 
-    results = []
-    for config in configs:
-        client = openai.OpenAI(
-            api_key=config.api_key,
-            base_url=config.api_base,
-            organization=config.organization,
-            project=config.project,
-            max_retries=0,
-            timeout=timeout,
-            http_client=openai.DefaultHttpxClient(proxy=config.proxy),
+    client = openai.OpenAI(
+        api_key=config.api_key,
+        base_url=config.api_base,
+        organization=config.organization,
+        project=config.project,
+        max_retries=0,
+        timeout=config.timeout if config.timeout is not None else timeout,
+        http_client=openai.DefaultHttpxClient(proxy=config.proxy),
+    )
+    started = time.perf_counter()
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
         )
-        started = time.perf_counter()
-        try:
-            raw = client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
-            )
-        except Exception as exc:  # reported per key, never raised
-            verdict = classify(exc)
-            response = getattr(exc, "response", None)
-            headers = RateLimitHeaders.from_headers(
-                response.headers if response is not None else {}
-            )
-            # A rate-limited key works: it is only busy right now.
-            usable = verdict.action is Action.RATE_LIMITED
-            reason = redact(verdict.reason, [config.api_key])
-            results.append(
-                KeyCheck(
-                    config.masked_key,
-                    usable,
-                    reason,
-                    headers.limit_requests,
-                    headers.limit_tokens,
-                    time.perf_counter() - started,
-                )
-            )
-        else:
-            headers = RateLimitHeaders.from_headers(raw.headers)
-            results.append(
-                KeyCheck(
-                    config.masked_key,
-                    True,
-                    "works",
-                    headers.limit_requests,
-                    headers.limit_tokens,
-                    time.perf_counter() - started,
-                )
-            )
-        finally:
-            client.close()
-    return results
+    except Exception as exc:  # reported per key, never raised
+        verdict = classify(exc)
+        response = getattr(exc, "response", None)
+        headers = RateLimitHeaders.from_headers(response.headers if response is not None else {})
+        # A rate-limited key works: it is only busy right now.
+        usable = verdict.action is Action.RATE_LIMITED
+        reason = redact(verdict.reason, [config.api_key])
+    else:
+        headers = RateLimitHeaders.from_headers(raw.headers)
+        usable, reason = True, "works"
+    finally:
+        client.close()
+    return KeyCheck(
+        config.masked_key,
+        usable,
+        reason,
+        headers.limit_requests,
+        headers.limit_tokens,
+        time.perf_counter() - started,
+    )
 
 
 def keys_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit keys") -> int:
-    """``keys check``: test every key of the config (or the environment)."""
-    parser = argparse.ArgumentParser(
+    """``keys check``: test every key of the config (or the environment), all at once."""
+    parser = CommandLineParser(
         prog=prog,
         description="Check every key: whether it works or why not, its limits as the response "
         "headers tell, and its latency.",
         epilog=f"example: {prog} check --config config.yaml",
     )
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = sub.add_parser(
         "check",
-        help="send one tiny request with each key",
+        help="send one tiny request with each key, all keys at the same time",
+        description="Send one tiny request with each key, all keys at the same time; exit "
+        "status 1 if a key is unusable.",
         epilog=f"example: {prog} check --config config.yaml",
     )
     check.add_argument("--config", help="JSON or YAML key file (default: OPENAI_API_KEY*, .env)")
     check.add_argument("--model", default="gpt-4o-mini", help="model for the test request")
+    check.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help=f"seconds each key may take (default: the config's timeout, else {_CHECK_TIMEOUT:g})",
+    )
+    add_logging_options(check)
     args = parser.parse_args(argv)
+    level = logging_level(args)
+    if level is not None:
+        configure_logging(level)
     try:
-        manager = _manager(args.config)
+        config = _load_config(args.config, args.timeout)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    checks = check_keys(manager.config.keys, model=args.model, timeout=manager.timeout)
+    checks = check_keys(config.keys, model=args.model)
     print(f"{'key':<14} {'rpm':>8} {'tpm':>10} {'latency':>9}  status")
     for item in checks:
         rpm = f"{item.requests_per_min:.0f}" if item.requests_per_min else "-"
         tpm = f"{item.tokens_per_min:.0f}" if item.tokens_per_min else "-"
         latency = f"{item.latency * 1000:.0f}ms" if item.latency is not None else "-"
         print(f"{item.key:<14} {rpm:>8} {tpm:>10} {latency:>9}  {item.reason}")
-    manager.close()
     return 0 if all(item.ok for item in checks) else 1

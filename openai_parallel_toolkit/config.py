@@ -14,8 +14,9 @@ Accepted file forms (JSON and YAML alike)::
       requests_per_min: 60
       tokens_per_min: 150000
 
-Top-level ``api_base``, ``proxy``, ``organization``, ``project``, ``requests_per_min`` and
-``tokens_per_min`` are defaults for every key; a key's own value wins. ``null`` means "not given".
+Top-level ``api_base``, ``proxy``, ``organization``, ``project``, ``requests_per_min``,
+``tokens_per_min`` and ``timeout`` (seconds per request) are defaults for every key; a key's own
+value wins. ``null`` means "not given".
 
 Every problem raises `ConfigError` naming the file (or "environment", "arguments") and the field,
 e.g. ``api_keys[2].requests_per_min``; keys are masked in every message and repr.
@@ -120,6 +121,16 @@ def _first_unsendable(value: str, allowed: re.Pattern[str]) -> int | None:
 
 
 def _check_limit(value: object, source: str, name: str) -> float:
+    return _check_positive(
+        value, source, name, "; leave it out to learn limits from response headers"
+    )
+
+
+def _check_timeout(value: object, source: str, name: str) -> float:
+    return _check_positive(value, source, name, " (seconds per request)")
+
+
+def _check_positive(value: object, source: str, name: str, hint_if_not_positive: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         hint = ""
         if isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value):
@@ -132,11 +143,7 @@ def _check_limit(value: object, source: str, name: str) -> float:
     if not math.isfinite(number):
         _fail(f"must be a finite number, got {value}", source, name)
     if number <= 0:
-        _fail(
-            f"must be > 0, got {value}; leave it out to learn limits from response headers",
-            source,
-            name,
-        )
+        _fail(f"must be > 0, got {value}{hint_if_not_positive}", source, name)
     return number
 
 
@@ -206,6 +213,7 @@ _OPTIONAL_CHECKS: dict[str, Callable[[object, str, str], object]] = {
     "requests_per_min": _check_limit,
     "tokens_per_min": _check_limit,
     "limit_group": _check_text,
+    "timeout": _check_timeout,
 }
 _ENTRY_FIELDS = ("api_key", *_OPTIONAL_CHECKS)
 _DEFAULT_FIELDS = (
@@ -216,6 +224,7 @@ _DEFAULT_FIELDS = (
     "requests_per_min",
     "tokens_per_min",
     "limit_group",  # all keys of one project: one shared limit
+    "timeout",
 )
 _TOP_FIELDS = ("api_keys", *_DEFAULT_FIELDS)
 
@@ -239,7 +248,8 @@ class KeyConfig:
 
     Values are validated on construction (the loaders validate first, with file and field in the
     message). Limits are requests/tokens per minute; None means "learn them from the response
-    headers". The repr and str show the key masked; the full key is only in `api_key`.
+    headers". `timeout` is the seconds one request with this key may take (None: the pool's
+    default). The repr and str show the key masked; the full key is only in `api_key`.
     """
 
     api_key: str = field(repr=False)
@@ -250,6 +260,7 @@ class KeyConfig:
     requests_per_min: float | None = None
     tokens_per_min: float | None = None
     limit_group: str | None = None
+    timeout: float | None = None
     source: str = ""
 
     def __post_init__(self) -> None:

@@ -368,9 +368,9 @@ BAD_FILES: list[tuple[str, str, str | dict[str, object], str, str]] = [
     (
         "unknown top-level next to api_keys",
         "c.json",
-        {"api_keys": [K1], "timeout": 3},
-        "timeout",
-        "unknown field 'timeout'",
+        {"api_keys": [K1], "retries": 3},
+        "retries",
+        "unknown field 'retries'",
     ),
     (
         "unknown scalar in auth form",
@@ -841,6 +841,7 @@ def test_key_config_is_frozen_and_keyword_only() -> None:
         "requests_per_min",
         "tokens_per_min",
         "limit_group",
+        "timeout",
         "source",
     ]
     assert [f.name for f in dataclasses.fields(ToolkitConfig)] == ["keys", "source", "api_base"]

@@ -7,9 +7,12 @@ interrupt loses nothing finished. See the package docstring for the whole contra
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,24 +82,74 @@ class JobSummary:
 
 
 class _Sink:
-    """Appends result lines from worker threads, one whole line per write, and counts them."""
+    """Appends result lines from worker threads, one whole line per write, and counts them.
 
-    def __init__(self, output: IO[str], progress: tqdm[Any]) -> None:
+    With `echo`, each line also goes there; if its reader goes away (a closed pipe),
+    `echo_broken` is set and the echo stops.
+    """
+
+    def __init__(self, output: IO[str], progress: tqdm[Any], echo: IO[str] | None) -> None:
         self._output = output
+        self._echo = echo
         self._lock = threading.Lock()
         self.bar = progress
         self.done = self.failed = 0
+        self.echo_broken = False
 
     def write(self, item: Item, outcome: str, value: Any) -> None:
         line = result_line(item.item_id, item.request_hash, item.metadata, outcome, value)
         with self._lock:
             self._output.write(line)
             self._output.flush()
+            if self._echo is not None and not self.echo_broken:
+                try:
+                    self._echo.write(line)
+                    self._echo.flush()
+                except BrokenPipeError:
+                    self.echo_broken = True
             if outcome == "error":
                 self.failed += 1
             else:
                 self.done += 1
             self.bar.update(1)
+
+
+def _interactive(stream: IO[str]) -> bool:
+    """True when `stream` shows a progress bar well: a terminal, or a Jupyter/IPython kernel."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+    return "ipykernel" in sys.modules
+
+
+class _StatusLines:
+    """A plain status line on stderr every `interval` seconds and one at the end.
+
+    For logs (CI, ``nohup``, a pipe), where a progress bar's carriage returns are noise. Lines
+    are written by a timer thread, so a run stalled on rate limits still reports.
+    """
+
+    def __init__(self, describe: Callable[[], str], interval: float) -> None:
+        self._describe = describe
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="jsonl-status", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._print()
+
+    def _print(self) -> None:
+        print(f"status: {self._describe()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Stop the timer and write the final status line."""
+        self._stop.set()
+        self._thread.join()
+        self._print()
 
 
 def _check_paths(source: Path, target: Path) -> None:
@@ -141,6 +194,8 @@ def run_jsonl_job(
     progress: bool = True,
     policy: RetryPolicy | None = None,
     redo_changed: bool = False,
+    status_interval: float = 10.0,
+    echo: IO[str] | None = None,
 ) -> JobSummary:
     """Run every request of `input_path` not yet answered in `output_path`; see the package doc.
 
@@ -148,6 +203,11 @@ def run_jsonl_job(
     `ordered` also writes ``<output stem>.ordered<suffix>``, the results sorted by id.
     `redo_changed` sends lines again whose request changed since they were answered (their old
     answers are dropped); without it such a results file is refused.
+    `progress` shows how the run goes on stderr: a progress bar on a terminal (or in Jupyter),
+    else a plain status line every `status_interval` seconds and at the end (done/total,
+    rate, 429s, failures), for logs that a bar's carriage returns would clutter.
+    `echo` also gets every result line as it is written (the command line's ``-o -``); when
+    its reader goes away (a closed pipe), the run stops as on Ctrl-C.
 
     Raises `FileNotFoundError` / `IsADirectoryError` for a bad input path and
     `ResultsFileError` when the output (or the ordered copy's path) holds anything but results
@@ -156,6 +216,8 @@ def run_jsonl_job(
     source, target = Path(input_path), Path(output_path)
     if endpoint is not None and endpoint not in RawRequest.PATHS:
         raise ValueError(f"endpoint must be one of {', '.join(RawRequest.PATHS)}")
+    if not (isinstance(status_interval, int | float) and 0 < status_interval < math.inf):
+        raise ValueError(f"status_interval must be a number of seconds > 0, not {status_interval}")
     _check_paths(source, target)
     started = time.monotonic()
     existing = read_results(target)
@@ -175,12 +237,21 @@ def run_jsonl_job(
         in_flight = InFlightTarget(manager)
         window, workers = in_flight, in_flight.cap
     baseline = manager.statistics()
+    show_bar = progress and _interactive(sys.stderr)
     bar = tqdm(
-        total=len(plan), desc="requests", unit="req", disable=not progress, dynamic_ncols=True
+        total=len(plan), desc="requests", unit="req", disable=not show_bar, dynamic_ncols=True
     )
     interrupted = False
     with open(target, "a", encoding="utf-8") as output:
-        sink = _Sink(output, bar)
+        sink = _Sink(output, bar, echo)
+        status = None
+        if progress and not show_bar:
+            status = _StatusLines(
+                lambda: _status_text(
+                    len(plan), manager, baseline, sink, time.monotonic() - started
+                ),
+                status_interval,
+            )
 
         def send(item: Item) -> None:
             try:
@@ -189,9 +260,9 @@ def run_jsonl_job(
                     model, manager=manager, policy=policy, raw=True, cache=False
                 )
             except Exception as exc:
-                status = exc.status_code if isinstance(exc, RequestFailedError) else None
+                code = exc.status_code if isinstance(exc, RequestFailedError) else None
                 error = {"message": redact(str(exc)), "type": type(exc).__name__}
-                sink.write(item, "error", {**error, "status_code": status})
+                sink.write(item, "error", {**error, "status_code": code})
             else:
                 sink.write(item, "response", response)
 
@@ -199,6 +270,8 @@ def run_jsonl_job(
         last = 0.0
         try:
             for _ in completed(executor, send, plan.items(), window):
+                if sink.echo_broken:
+                    raise KeyboardInterrupt  # nobody reads the results any more: stop as Ctrl-C
                 now = time.monotonic()
                 if now - last > 0.5:
                     last = now
@@ -210,6 +283,8 @@ def run_jsonl_job(
             executor.shutdown(wait=True, cancel_futures=True)
             _postfix(bar, manager, baseline, sink, time.monotonic() - started)
             bar.close()
+            if status is not None:
+                status.close()
     copy = write_ordered(target, ordered_path) if ordered and not interrupted else None
     return JobSummary(
         done=sink.done,
@@ -234,4 +309,17 @@ def _postfix(
         r429=stats.rate_limited - baseline.rate_limited,
         failed=sink.failed,
         refresh=False,
+    )
+
+
+def _status_text(
+    total: int, manager: APIKeyManager, baseline: Any, sink: _Sink, elapsed: float
+) -> str:
+    stats = manager.statistics()
+    finished = sink.done + sink.failed
+    return (
+        f"{finished}/{total} requests finished, {sink.failed} failed, "
+        f"{finished / max(elapsed, 1e-9):.1f} req/s, "
+        f"{stats.rate_limited - baseline.rate_limited} rate-limited (429), "
+        f"{stats.tokens - baseline.tokens} tokens, {elapsed:.0f} s"
     )
