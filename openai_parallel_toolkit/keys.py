@@ -127,6 +127,7 @@ class PoolStats:
     active_keys: int
     in_flight: int
     latency: float | None = None  # seconds from a slot's grant to the answer (moving average)
+    waiting: int = 0  # threads waiting for a slot now
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +303,7 @@ class APIKeyManager:
 
     `knobs` (default: `Knobs.from_env()`, read now) supplies default limits for keys that
     have none in their config, and whether token costs are settled after each reply.
+    `timeout` is the seconds one request may take, for keys whose config sets no ``timeout``.
     """
 
     def __init__(
@@ -554,7 +556,8 @@ class APIKeyManager:
                     # No rate-limit headers: from a server that sends them on other answers,
                     # an overload's or a gateway's 429; from one that never does, ours.
                     verdict = dataclasses.replace(verdict, exhausted=not group.headers_seen)
-                if verdict.exhausted is False:
+                elif verdict.exhausted is False:
+                    # Headers that show capacity left: a shorter window than they report?
                     known = group.short_window
                     if group.on_unexplained_429(now):
                         verdict = dataclasses.replace(verdict, exhausted=True)
@@ -662,6 +665,7 @@ class APIKeyManager:
             stats = tuple(self._key_stats(key, now) for key in self._keys)
             in_flight = sum(group.in_flight for group in self._groups.values())
             latency = self._latency
+            waiting = len(self._waiting)
         return PoolStats(
             keys=stats,
             requests=sum(s.requests for s in stats),
@@ -672,6 +676,7 @@ class APIKeyManager:
             active_keys=sum(s.state is not KeyState.REMOVED for s in stats),
             in_flight=in_flight,
             latency=latency,
+            waiting=waiting,
         )
 
     @staticmethod
@@ -735,7 +740,7 @@ def _default_client_factory(timeout: float) -> Callable[[KeyConfig, Callable[[An
             organization=config.organization,
             project=config.project,
             max_retries=0,  # the pool decides about retries, with better knowledge
-            timeout=timeout,
+            timeout=config.timeout if config.timeout is not None else timeout,
             http_client=http_client,
         )
 

@@ -96,11 +96,13 @@ def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -
 
 
 class InFlightTarget:
-    """`default_concurrency` of a pool, looked at again every half second during a run.
+    """The requests to keep in flight during a run, looked at again every half second.
 
-    Used as the window of `completed`: the requests in flight follow the limits learned and the
-    response time observed (a run of 5 s answers is not held to a count sized for 2 s), up to
-    `cap` threads.
+    Used as the window of `completed`. It starts at `default_concurrency` (the limits learned
+    and the response time observed: a run of 5 s answers is not held to a count sized for 2 s)
+    and grows by half while no thread waits for a slot, since then the pool could send more
+    than the run has in flight (capacity a server reports beyond its rate, limits not known
+    yet); once threads wait, it comes back toward `default_concurrency`. At most `cap`.
     """
 
     def __init__(self, manager: APIKeyManager, cap: int = MAX_CONCURRENCY) -> None:
@@ -113,7 +115,11 @@ class InFlightTarget:
         now = time.monotonic()
         if now - self._checked >= 0.5:
             self._checked = now
-            self._value = default_concurrency(self._manager, cap=self.cap)
+            base = default_concurrency(self._manager, cap=self.cap)
+            if self._manager.statistics().waiting == 0:
+                self._value = min(self.cap, max(base, self._value + self._value // 2))
+            else:
+                self._value = max(base, self._value - self._value // 8)
         return self._value
 
     def __repr__(self) -> str:

@@ -152,3 +152,15 @@ def test_two_pools_converge_on_a_token_limit_too() -> None:
     sent = sum(s.successes + s.rate_limited for s in stats)
     assert sum(s.rate_limited for s in stats) <= 0.05 * sent
     assert all(key.others_tokens_per_min > 5000 for key in first.statistics().keys)
+
+
+def test_headerless_429s_are_not_taken_for_a_shorter_window() -> None:
+    clock = FakeClock()
+    keys = KEYS[:4]
+    manager = pool(clock, keys, requests_per_min=600)
+    server = lone_keys(keys, 600, capacity_seconds=60.0)
+    server.chaos_429 = 0.05
+    simulate(clock, server, [(manager, 40)], 60.0)
+    assert server.chaos > 0
+    assert sum(server.admitted.values()) >= 0.8 * 4 * (600 + 10.0 * 60.0)
+    assert all(group.surplus_allowed for group in manager._groups.values())
