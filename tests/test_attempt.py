@@ -25,8 +25,8 @@ def test_a_wrong_request_gives_up_at_once_and_a_dead_key_reroutes_at_once() -> N
 
 def test_429s_reroute_at_once_when_exhausted_and_back_off_otherwise() -> None:
     attempts = Attempts(POLICY)
-    first = attempts.after(verdict(Action.RATE_LIMITED, exhausted=True))
-    assert first.give_up is None and first.wait == 0.0
+    first = attempts.after(verdict(Action.RATE_LIMITED, exhausted=False))
+    assert first.give_up is None and first.wait == 0.0  # the first goes elsewhere at once
     second = attempts.after(verdict(Action.RATE_LIMITED, exhausted=False))
     assert second.give_up is None and 0.0 < second.wait <= POLICY.backoff_max
     attempts.after(verdict(Action.RATE_LIMITED, exhausted=True))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from openai_parallel_toolkit import APIKeyManager, LimitGroup, RateLimitHeaders, parse_reset
-from openai_parallel_toolkit.limiter import FULL_BUCKET_MARGIN_SECONDS, RECOVERY_HALF_LIFE_SECONDS
+from openai_parallel_toolkit.limiter import (
+    DECREASE_IN_SLOW_START,
+    FULL_BUCKET_MARGIN_SECONDS,
+    RECOVERY_HALF_LIFE_SECONDS,
+    SLOW_START_DOUBLING_SECONDS,
+    SLOW_START_FACTOR,
+)
 from openai_parallel_toolkit.testing import FakeClock
 
 
@@ -237,9 +243,9 @@ def test_learned_limits_start_slowly_then_reach_the_limit() -> None:
     clock = FakeClock()
     group = LimitGroup("g", burst_seconds=0.1, now=clock.monotonic())
     group.observe(RateLimitHeaders(limit_requests=600), clock.monotonic())  # 10/s
-    assert group.factor == pytest.approx(0.25)
-    assert _rate_now(group, clock) == pytest.approx(2.5, rel=0.2)
-    clock.advance(10.0)  # doubling each second: full pace well before this
+    assert group.factor == pytest.approx(SLOW_START_FACTOR)
+    assert _rate_now(group, clock) == pytest.approx(10 * SLOW_START_FACTOR, rel=0.2)
+    clock.advance(10.0)  # doubling every half second: full pace well before this
     group.ready_at(0, clock.monotonic())
     assert group.factor == 1.0
     assert group.requests_per_min == 600  # the limit itself is unchanged
@@ -268,10 +274,12 @@ def test_a_429_in_slow_start_halves_the_pace() -> None:
     clock = FakeClock()
     group = LimitGroup("g", now=clock.monotonic())
     group.observe(RateLimitHeaders(limit_requests=1200), clock.monotonic())
-    clock.advance(1.0)
-    group.on_rate_limited(clock.monotonic())  # at 0.5 after one doubling
-    assert group.factor == pytest.approx(0.25)
+    clock.advance(SLOW_START_DOUBLING_SECONDS / 2)
+    group.on_rate_limited(clock.monotonic())  # halfway to the first doubling
+    start = SLOW_START_FACTOR * 2**0.5 * DECREASE_IN_SLOW_START
+    assert group.factor == pytest.approx(start)
     clock.advance(1.0)
     group.ready_at(0, clock.monotonic())
     # From now on the gap to the full limit halves every few seconds; no more doubling.
-    assert group.factor == pytest.approx(1.0 - 0.75 * 0.5 ** (1.0 / RECOVERY_HALF_LIFE_SECONDS))
+    gap = (1.0 - start) * 0.5 ** (1.0 / RECOVERY_HALF_LIFE_SECONDS)
+    assert group.factor == pytest.approx(1.0 - gap)

@@ -24,7 +24,8 @@ class RetryPolicy:
     `max_retries` bounds retries after transient failures (5xx, timeouts, connection errors);
     each waits ``min(backoff_max, backoff_base * 2**n)`` scaled by a random factor in [0.5, 1].
     `max_rate_limited` bounds re-routes after 429s: those of an exhausted limit go to another
-    key at once (the pool cools the group down), the others back off like transient failures.
+    key at once (the pool cools the group down); the others (an overload's) go to another key
+    at once the first time, then back off like transient failures.
     Removed keys do not count: the pool runs out of keys first.
     """
 
@@ -72,10 +73,10 @@ class Attempts:
             self.rate_limited += 1
             if self.rate_limited > self.policy.max_rate_limited:
                 return Next(give_up=f"still rate limited after {self.rate_limited} tries")
-            if verdict.exhausted:
+            if verdict.exhausted or self.rate_limited == 1:
                 return Next()
-            # An overload's 429: the group was not slowed, so this request backs off.
-            return Next(wait=self.policy.backoff(self.rate_limited))
+            # Repeated 429s of an overload: the group was not slowed, so this request backs off.
+            return Next(wait=self.policy.backoff(self.rate_limited - 1))
         self.transient += 1
         if self.transient > self.policy.max_retries:
             return Next(give_up=f"gave up after {self.tries} attempts")
