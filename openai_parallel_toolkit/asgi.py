@@ -99,7 +99,8 @@ class _Guard:
     header_timeout: float
     max_header_bytes: int
     max_connections: int
-    # Provided by the uvicorn protocol class this is mixed into.
+    # Provided by the uvicorn protocol class this is mixed into (hence the ignores on the
+    # super() calls below: this class itself derives from object only).
     connections: set[Any]
     cycle: Any
     loop: asyncio.AbstractEventLoop
@@ -109,7 +110,7 @@ class _Guard:
     _header_cycle: Any = None
     _header_bytes = 0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         if len(self.connections) > self.max_connections:
             transport.write(

@@ -204,7 +204,7 @@ class Embedding(_BatchCall):
     endpoint = "embeddings"
 
     @classmethod
-    def create(cls, **kwargs: Any) -> list[Any]:  # type: ignore[override]
+    def create(cls, **kwargs: Any) -> list[Any]:
         """Embed `input` (a string or a list); one result per input, in input order."""
         raw = bool(kwargs.get("return_openai_response", False))
         on_error: OnError = kwargs.pop("opt_on_error", "raise")

@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypedDict, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _API_BASE_SCHEMES = ("http", "https")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -229,6 +231,28 @@ _DEFAULT_FIELDS = (
 _TOP_FIELDS = ("api_keys", *_DEFAULT_FIELDS)
 
 
+class _KeyOptions(TypedDict, total=False):
+    """Checked optional KeyConfig fields, for one key or as defaults (the `_OPTIONAL_CHECKS`)."""
+
+    api_base: str
+    proxy: str
+    organization: str
+    project: str
+    requests_per_min: float
+    tokens_per_min: float
+    limit_group: str
+    timeout: float
+
+
+def _options(checked: Iterable[tuple[str, object]]) -> _KeyOptions:
+    """`_KeyOptions` of (field, value) pairs, each value as that field's check returned it.
+
+    The one cast of the loaders: the checks in `_OPTIONAL_CHECKS` return each field's type, but
+    the field names are chosen at run time, where a type checker cannot follow them.
+    """
+    return cast(_KeyOptions, dict(checked))
+
+
 def _masked_url(url: str | None) -> str | None:
     """`url` with any ``user:password@`` part replaced, for reprs."""
     if url is None or "@" not in url:
@@ -360,7 +384,7 @@ def _check_optional(
     source: str,
     where: str,
     names: Iterable[str] = tuple(_OPTIONAL_CHECKS),
-) -> dict[str, object]:
+) -> _KeyOptions:
     """Validate those of the optional fields `names` present in `values`; null means not given."""
     checked: dict[str, object] = {}
     for name in names:
@@ -368,17 +392,19 @@ def _check_optional(
         if value is not None:
             check = _OPTIONAL_CHECKS[name]
             checked[name] = check(value, source, f"{where}.{name}" if where else name)
-    return checked
+    return _options(checked.items())
 
 
-def _build_key(raw: object, where: str, defaults: Mapping[str, object], source: str) -> KeyConfig:
+def _build_key(raw: object, where: str, defaults: _KeyOptions, source: str) -> KeyConfig:
     """One `api_keys` entry (a key string, a mapping or a KeyConfig) -> KeyConfig at `where`."""
     if isinstance(raw, KeyConfig):
-        filled = {name: value for name, value in defaults.items() if getattr(raw, name) is None}
+        filled = _options(
+            (name, value) for name, value in defaults.items() if getattr(raw, name) is None
+        )
         return dataclasses.replace(raw, source=raw.source or f"{source}: {where}", **filled)
     if isinstance(raw, str):
         api_key = _check_api_key(raw, source, where)
-        own: dict[str, object] = {}
+        own: _KeyOptions = {}
     elif isinstance(raw, Mapping):
         for name in raw:
             if name not in _ENTRY_FIELDS:
@@ -393,12 +419,13 @@ def _build_key(raw: object, where: str, defaults: Mapping[str, object], source: 
             source,
             where,
         )
-    return KeyConfig(api_key=api_key, source=f"{source}: {where}", **{**defaults, **own})
+    options: _KeyOptions = {**defaults, **own}
+    return KeyConfig(api_key=api_key, source=f"{source}: {where}", **options)
 
 
 def _build_config(
     entries: Sequence[tuple[str, object]],
-    defaults: Mapping[str, object],
+    defaults: _KeyOptions,
     source: str,
     missing_hint: str,
 ) -> ToolkitConfig:
@@ -408,10 +435,7 @@ def _build_config(
     _reject_duplicates(
         [(where, key.api_key) for (where, _), key in zip(entries, keys, strict=True)], source
     )
-    api_base = defaults.get("api_base")
-    return ToolkitConfig(
-        keys=tuple(keys), source=source, api_base=api_base if isinstance(api_base, str) else None
-    )
+    return ToolkitConfig(keys=tuple(keys), source=source, api_base=defaults.get("api_base"))
 
 
 def _as_list(value: object, source: str, name: str) -> list[object]:
@@ -659,13 +683,13 @@ def config_from_env(
         if name.startswith("OPENAI_") and value:
             found[name] = (value, "environment")
 
-    def lookup(name: str, check: Callable[[object, str, str], object]) -> object | None:
+    def lookup(name: str, check: Callable[[object, str, str], _T]) -> _T | None:
         if name not in found:
             return None
         value, origin = found[name]
         return check(value, origin, name)
 
-    defaults: dict[str, object] = {}
+    checked: dict[str, object] = {}
     for name, field_name, check in (
         ("OPENAI_API_BASE", "api_base", _check_api_base),
         ("OPENAI_BASE_URL", "api_base", _check_api_base),  # after: the current name wins
@@ -673,9 +697,10 @@ def config_from_env(
         ("OPENAI_ORG_ID", "organization", _check_header_text),
         ("OPENAI_PROJECT_ID", "project", _check_header_text),
     ):
-        value = lookup(name, check)
-        if value is not None:
-            defaults[field_name] = value
+        default = lookup(name, check)
+        if default is not None:
+            checked[field_name] = default
+    defaults = _options(checked.items())
 
     suffixes = sorted(
         (name[len(_KEY_PREFIX) :] for name in found if name.startswith(_KEY_PREFIX)),
@@ -692,7 +717,7 @@ def config_from_env(
         name = _KEY_PREFIX + suffix
         value, origin = found[name]
         api_key = _check_api_key(value, origin, name)
-        own = dict(defaults)
+        own = defaults.copy()
         proxy = lookup(_PROXY_PREFIX + suffix, _check_proxy)
         if proxy is not None:
             own["proxy"] = proxy
@@ -706,9 +731,4 @@ def config_from_env(
             _KEY_PREFIX,
         )
     _reject_duplicates(positions, "environment")
-    api_base = defaults.get("api_base")
-    return ToolkitConfig(
-        keys=tuple(keys),
-        source="environment",
-        api_base=api_base if isinstance(api_base, str) else None,
-    )
+    return ToolkitConfig(keys=tuple(keys), source="environment", api_base=defaults.get("api_base"))

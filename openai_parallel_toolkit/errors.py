@@ -388,6 +388,7 @@ def _scrub_one(exc: BaseException, secrets: Sequence[str]) -> None:
     # An encoding error holds the whole text it failed on: for a header, "Bearer <key>".
     if isinstance(exc, (UnicodeEncodeError, UnicodeTranslateError)):
         exc.object = redact(exc.object, secrets)
+    # `message` and `body` belong to openai's errors, not to BaseException (hence the ignores).
     message = getattr(exc, "message", None)
     if isinstance(message, str):
         exc.message = redact(message, secrets)  # type: ignore[attr-defined]

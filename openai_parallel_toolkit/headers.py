@@ -89,7 +89,7 @@ class RateLimitHeaders:
     @property
     def empty(self) -> bool:
         """True when the response carried none of the headers."""
-        return all(getattr(self, name) is None for name in self.__slots__)  # type: ignore[attr-defined]
+        return all(getattr(self, name) is None for name in self.__slots__)
 
 
 def retry_after_seconds(

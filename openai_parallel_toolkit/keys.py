@@ -563,8 +563,10 @@ class APIKeyManager:
                         verdict = dataclasses.replace(verdict, exhausted=True)
                         short_window_found = not known
                 if verdict.exhausted:
-                    wait = verdict.retry_after
-                    wait = min(DEFAULT_COOLDOWN if wait is None else wait, MAX_COOLDOWN)
+                    retry_after = verdict.retry_after
+                    wait = min(
+                        DEFAULT_COOLDOWN if retry_after is None else retry_after, MAX_COOLDOWN
+                    )
                     group.cool_down(now + wait)
                     # Only request counts are exact on both sides: a token 429 may just mean
                     # the prompt estimate was low, which settling and the learned scale correct.
@@ -830,12 +832,17 @@ def resolve_manager(
     """
     if manager is not None:
         return manager
-    if keys is None and config_path is None:
+    ident: tuple[str, ...]
+    if keys is not None:
+        ident = tuple(str(k) for k in keys)
+    elif config_path is not None:
+        path = os.fspath(config_path)
+        default = current_default()
+        if default is not None and default.config.source == path:
+            return default
+        ident = ("path", path)
+    else:
         return _active.get() or get_default_manager()
-    default = current_default()
-    if keys is None and default is not None and default.config.source == os.fspath(config_path):
-        return default
-    ident = tuple(str(k) for k in keys) if keys is not None else ("path", os.fspath(config_path))
     with _pools_lock:
         pool = _pools_by_source.get(ident)
         if pool is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import overload
 
 from .errors import ConfigError
 
@@ -64,6 +65,12 @@ def _lookup(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] |
     return None
 
 
+@overload
+def _int(env: Mapping[str, str], names: tuple[str, ...], default: int, minimum: int = 1) -> int: ...
+@overload
+def _int(
+    env: Mapping[str, str], names: tuple[str, ...], default: None, minimum: int = 1
+) -> int | None: ...
 def _int(
     env: Mapping[str, str], names: tuple[str, ...], default: int | None, minimum: int = 1
 ) -> int | None:

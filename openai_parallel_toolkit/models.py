@@ -12,7 +12,7 @@ import abc
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .tokens import (
     DEFAULT_COMPLETION_TOKENS,
@@ -23,6 +23,7 @@ from .tokens import (
 
 if TYPE_CHECKING:
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -235,9 +236,10 @@ class ChatModel(OpenAIModel):
         return None if prompt is None else prompt + self.max_output_tokens()
 
     def generate(self, client: openai.OpenAI) -> Any:
-        return client.chat.completions.create(
-            model=self.model, messages=self.messages, **self.params
-        )
+        # The messages are the caller's dicts, passed on as given (the server validates them);
+        # openai types them as a union of TypedDicts that plain mappings cannot be checked against.
+        messages = cast("list[ChatCompletionMessageParam]", self.messages)
+        return client.chat.completions.create(model=self.model, messages=messages, **self.params)
 
     def parse(self, response: Any) -> Any:
         """The first choice's text, stripped ("" when the reply has no text content)."""
@@ -354,7 +356,9 @@ class EmbeddingModel(OpenAIModel):
         return prompt_usage(response)
 
     def generate(self, client: openai.OpenAI) -> Any:
-        return client.embeddings.create(model=self.model, input=self.input, **self.params)
+        # A list for a sequence: openai's parameter type excludes str from its sequences.
+        texts = self.input if isinstance(self.input, str) else list(self.input)
+        return client.embeddings.create(model=self.model, input=texts, **self.params)
 
     def parse(self, response: Any) -> Any:
         vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]

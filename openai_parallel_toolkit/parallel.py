@@ -251,7 +251,10 @@ def _model_builder(
         clash = named.keys() & kwargs.keys()
         if clash:
             raise TypeError(f"{', '.join(sorted(clash))} given both in an item and as a keyword")
-        return model_class(prompt=item[0], content=item[1], **named, **kwargs)
+        # OpenAIModel declares no constructor; the classes given here take prompt= and content=
+        # (as documented), which the call checks at run time.
+        factory: Callable[..., OpenAIModel] = model_class
+        return factory(prompt=item[0], content=item[1], **named, **kwargs)
 
     return build
 

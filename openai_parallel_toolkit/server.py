@@ -393,12 +393,17 @@ class ProxyServer:
             return read
         raw, body = read
         prompt = body.get("prompt")
-        batch = isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int)
-        if not batch or body.get("stream"):
+        # A list of several prompts (not one prompt's token ids) is split into parts.
+        prompts = (
+            prompt
+            if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int)
+            else None
+        )
+        if prompts is None or body.get("stream"):
             tokens = await _off_loop(len(raw), _cost, "/completions", body, len(raw))
             stream = bool(body.get("stream"))
             return await self._upstream.forward("POST", "/completions", raw, tokens, stream=stream)
-        if len(prompt) > MAX_PROMPTS:
+        if len(prompts) > MAX_PROMPTS:
             return _error(
                 400, f"At most {MAX_PROMPTS} prompts per request.", "invalid_request_error"
             )

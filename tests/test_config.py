@@ -996,3 +996,18 @@ def test_keys_check_refuses_an_unsendable_key_in_one_line(tmp_path: Path) -> Non
     assert f"{path}, field 'api_keys[1]'" in result.stderr
     assert "character 13 of 49 is U+200B (ZERO WIDTH SPACE)" in result.stderr
     assert bad not in result.stderr and K1 not in result.stdout + result.stderr
+
+
+def test_typed_options_match_the_optional_key_fields() -> None:
+    """The loaders' TypedDict names every optional KeyConfig field, with the field's type."""
+    from typing import get_type_hints
+
+    from openai_parallel_toolkit import config
+
+    optional = {
+        f.name: f.type for f in dataclasses.fields(KeyConfig) if f.name not in ("api_key", "source")
+    }
+    assert set(config._KeyOptions.__annotations__) == set(optional) == set(config._OPTIONAL_CHECKS)
+    hints = get_type_hints(config._KeyOptions)
+    for name, declared in optional.items():
+        assert f"{hints[name].__name__} | None" == declared, name

@@ -37,7 +37,7 @@ class RetryPolicy:
 
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait before the retry after `failures` transient failures."""
-        wait = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
+        wait = min(self.backoff_max, self.backoff_base * 2.0 ** (failures - 1))
         wait *= 0.5 + 0.5 * self.rng.random()
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.backoff_max))
