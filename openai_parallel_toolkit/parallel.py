@@ -25,6 +25,7 @@ from .errors import ToolkitError, redact
 from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
 from .models import OpenAIModel, check_generate_signature
 from .request import request_openai_api
+from .runstate import logs_above
 
 __all__ = [
     "BatchError",
@@ -169,6 +170,7 @@ def parallel_map(
             workers = min(limit, max(1, len(items)))
             executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
         stack.callback(bar.close)
+        stack.enter_context(logs_above(bar))  # warnings above the bar, not glued to it
         pairs = enumerate(items)
         # A fixed count keeps a second round queued so no thread idles between items.
         window = threads * 2 if isinstance(threads, int) else threads

@@ -1,8 +1,9 @@
 """tiktoken helpers: counting tokens, estimating request costs, splitting long text.
 
-Encodings are loaded on first use (never at import) and cached for the process. Without network
-access tiktoken needs its cache seeded: run ``python -m openai_parallel_toolkit.tiktoken_cache``
-(see `openai_parallel_toolkit.tiktoken_cache`).
+Encodings are loaded on first use (never at import) and cached for the process: from tiktoken's
+cache, else from the ``bpe-openai`` package (the ``offline`` extra) without network or any
+environment variable, else downloaded (see `encoding_for` and
+`openai_parallel_toolkit.tiktoken_cache`).
 
 Exact counts (`num_tokens_from_string`, `split_string_by_tokens`) raise
 `TokenizerUnavailableError` when no encoding can be loaded; estimates for rate limiting
@@ -21,6 +22,7 @@ from typing import Any
 
 import tiktoken
 
+from . import tiktoken_cache
 from .errors import TokenizerUnavailableError
 
 # Reserved for the answer when a request sets no max_tokens; settled with the real usage after.
@@ -101,21 +103,52 @@ def encoding_name_for(model_or_encoding: str) -> str:
 def encoding_for(model_or_encoding: str) -> tiktoken.Encoding:
     """The tiktoken encoding for a model or encoding name (see `encoding_name_for`), cached.
 
-    Raises `TokenizerUnavailableError` (chaining tiktoken's error) when tiktoken cannot load the
-    encoding, typically offline with an unseeded cache. Failures are not cached: a later call
-    tries again.
+    Looked for in this order, without any environment variable: tiktoken's own cache folder
+    (``$TIKTOKEN_CACHE_DIR``, else its default); the files of the ``bpe-openai`` package (the
+    ``offline`` extra: ``cl100k_base`` and ``o200k_base``, hash-checked, read in memory, nothing
+    written); else tiktoken's download.
+
+    Raises `TokenizerUnavailableError` (one line, chaining tiktoken's error) when none of these
+    works, typically offline without the ``offline`` extra. Failures are not cached: a later
+    call tries again.
     """
     name = encoding_name_for(model_or_encoding)
+    if tiktoken_cache.is_cached(name):
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception as exc:  # a corrupt cached file, refused by tiktoken's hash check
+            logger.debug("tiktoken could not use its cached %s: %s", name, exc)
+    try:
+        packaged = tiktoken_cache.packaged_encoding(name)
+    except TokenizerUnavailableError as exc:
+        raise TokenizerUnavailableError(f"tiktoken encoding {name!r}: {exc}") from exc
+    if packaged is not None:
+        return packaged
     try:
         return tiktoken.get_encoding(name)
     except Exception as exc:
         # tiktoken surfaces network, hash and plugin problems as assorted exception types.
-        raise TokenizerUnavailableError(
-            f"could not load tiktoken encoding {name!r} for {model_or_encoding!r} (offline? run "
-            "`python -m openai_parallel_toolkit.tiktoken_cache` to seed the cache, or set "
-            f"TIKTOKEN_CACHE_DIR to a folder holding the encoding files): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        raise TokenizerUnavailableError(_unavailable(name, model_or_encoding, exc)) from exc
+
+
+def _unavailable(name: str, model_or_encoding: str, exc: Exception) -> str:
+    """One line on why encoding `name` could not be loaded and what fixes it."""
+    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
+    if modules & {"requests", "urllib3"} or isinstance(exc, OSError):
+        why = "not cached, download failed: offline?"
+    else:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        why = f"{type(exc).__name__}: {detail[:120]}"
+    shipped = tiktoken_cache.packaged_encoding_names()
+    if shipped:
+        fix = f"the offline extra ships only {', '.join(shipped)}"
+    else:
+        fix = "pip install -e '.[offline]'"
+    target = repr(name) if name == model_or_encoding else f"{name!r} for {model_or_encoding!r}"
+    return (
+        f"tiktoken encoding {target} unavailable ({why}); fix: {fix}, or seed a "
+        "TIKTOKEN_CACHE_DIR with python -m openai_parallel_toolkit.tiktoken_cache --source DIR"
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -129,10 +162,7 @@ def _encoding_or_none(model_or_encoding: str) -> tiktoken.Encoding | None:
             first = not _fallback_warned
             _fallback_warned = True
         if first:
-            logger.warning(
-                "token estimates fall back to characters/4 (further failures not reported): %s",
-                exc,
-            )
+            logger.warning("token estimates fall back to characters/4: %s", exc)
         return None
 
 

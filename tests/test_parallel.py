@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,21 @@ def test_requests_in_flight_follow_the_observed_response_time() -> None:
     assert default_concurrency(manager) == 512  # 100/s x 6.25 s, at most 512
     assert default_concurrency(manager, cap=300) == 300
     assert InFlightTarget(manager, cap=1000)() == 625
+
+
+def test_a_warning_during_a_run_goes_above_the_progress_bar() -> None:
+    """A warning logged while the bar is shown starts a line of its own (issue 13)."""
+    code = (
+        "import logging\n"
+        "from openai_parallel_toolkit.parallel import parallel_map\n"
+        "def work(item):\n"
+        "    if item == 3:\n"
+        "        logging.getLogger('somewhere').warning('WARNED-%s', item)\n"
+        "    return item\n"
+        "parallel_map(work, list(range(8)), threads=2, progress=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = result.stderr.replace("\r", "\n").splitlines()
+    assert any(line.strip() == "WARNED-3" for line in lines), result.stderr

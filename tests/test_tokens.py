@@ -25,6 +25,8 @@ from openai_parallel_toolkit.tiktoken_cache import (
     cache_file_name,
     default_cache_dir,
     main,
+    packaged_encoding,
+    packaged_encoding_names,
     seed_cache,
     seed_cache_report,
 )
@@ -75,10 +77,11 @@ def network_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def no_encodings(
     network_calls: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[list[str]]:
-    """No encoding can be loaded: empty cache folder and no network."""
+    """No encoding can be loaded: empty cache folder, no network, no bpe-openai package."""
     empty = tmp_path / "empty-cache"
     empty.mkdir()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty))
+    monkeypatch.setitem(sys.modules, "bpe_openai", None)  # as if it were not installed
     tokens.clear_caches()
     yield network_calls
     tokens.clear_caches()
@@ -182,6 +185,80 @@ def test_import_does_not_load_encodings() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+# --- the offline extra's encodings, found without any variable (issue 13) -------------------
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    """An environment with no tiktoken variable, an empty temp folder and no way out."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")
+    }
+    empty_tmp = tmp_path / "tmp"
+    empty_tmp.mkdir()
+    dead_proxy = "http://127.0.0.1:9"  # nothing listens: a download fails at once
+    env |= {"TMPDIR": str(empty_tmp), "HTTPS_PROXY": dead_proxy, "HTTP_PROXY": dead_proxy}
+    return env
+
+
+def test_offline_extra_encodings_are_found_without_any_variable(tmp_path: Path) -> None:
+    code = (
+        "from openai_parallel_toolkit import num_tokens_from_string, split_string_by_tokens\n"
+        "print(num_tokens_from_string('hello world'), num_tokens_from_string('hello world', "
+        "'gpt-4o'), len(split_string_by_tokens('a. b. c.', 2, '. ')))\n"
+    )
+    env = _offline_env(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "2 2 3\n", "")
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing written, not even a cache
+
+
+def test_an_unavailable_encoding_is_one_short_line(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['bpe_openai'] = None  # as if the offline extra were not installed\n"
+        "from openai_parallel_toolkit import estimate_tokens\n"
+        "print(estimate_tokens('abcdefgh'))\n"
+    )
+    env = _offline_env(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "2\n")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 300, result.stderr
+    assert "characters/4" in lines[0] and "pip install -e '.[offline]'" in lines[0]
+    for noise in ("urllib3", "HTTPSConnectionPool", "Traceback", "Max retries"):
+        assert noise not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_packaged_encodings_equal_tiktokens_own(name: str) -> None:
+    assert name in packaged_encoding_names()
+    built = packaged_encoding(name)
+    reference = tiktoken.get_encoding(name)  # from the seeded cache
+    assert built is not None
+    assert built._pat_str == reference._pat_str
+    assert built._special_tokens == reference._special_tokens
+    assert built.n_vocab == reference.n_vocab
+    text = "Hello, world! 你好，世界。 It's 2024: 12345 tokens\n\n  indented <|endoftext|>"
+    assert built.encode_ordinary(text) == reference.encode_ordinary(text)
+    assert packaged_encoding("p50k_base") is None  # not shipped by bpe-openai
+
+
+def test_encoding_for_uses_the_package_when_the_cache_is_empty(
+    network_calls: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    tokens.clear_caches()
+    try:
+        assert encoding_for("gpt-4o").encode("hello world") == [24912, 2375]
+    finally:
+        tokens.clear_caches()
+    assert network_calls == [] and list(tmp_path.iterdir()) == []
+
+
 # --- failure when no encoding can be loaded ---------------------------------------------------
 
 
@@ -207,7 +284,9 @@ def test_encoding_load_is_retried_after_a_failure(
     with pytest.raises(TokenizerUnavailableError):
         encoding_for("cl100k_base")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(Path(os.environ["TIKTOKEN_CACHE_DIR"]).parent))
-    seed_cache(os.environ["TIKTOKEN_CACHE_DIR"], encodings=["cl100k_base"])
+    # The session's seeded cache (conftest) is the source: the package is hidden here.
+    session_cache = Path(__file__).resolve().parent.parent / ".tiktoken-cache"
+    seed_cache(os.environ["TIKTOKEN_CACHE_DIR"], encodings=["cl100k_base"], source=session_cache)
     assert encoding_for("cl100k_base").encode("hello world") == [15339, 1917]
 
 
