@@ -299,7 +299,7 @@ class KeyConfig:
 
     @property
     def masked_key(self) -> str:
-        """The key as shown in logs and messages, e.g. ``sk-...abcd``."""
+        """The key as shown in logs and messages, e.g. ``sk-...abcd#3f2a`` (see `mask_key`)."""
         return mask_key(self.api_key)
 
     @property
@@ -312,7 +312,8 @@ class KeyConfig:
         if self.limit_group is not None:
             return self.limit_group
         digest = hashlib.sha256(self.api_key.encode("utf-8")).hexdigest()[:12]
-        return f"key:{self.masked_key}#{digest}"
+        # The mask's own label is the digest's first 4 digits: the longer digest replaces it.
+        return f"key:{self.masked_key.rpartition('#')[0]}#{digest}"
 
     def __repr__(self) -> str:
         parts = [f"api_key={self.masked_key!r}"]

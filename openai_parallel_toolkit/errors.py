@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import logging
 import re
 import threading
@@ -41,6 +42,7 @@ __all__ = [
     "classify",
     "classify_response",
     "describe_char",
+    "key_label",
     "mask_key",
     "protect_logs",
     "redact",
@@ -55,16 +57,26 @@ _BEARER_PATTERN = re.compile(r"(?i)\b(bearer\s+)([^\s'\"\\,;)\]]+)")
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
 
 
-def mask_key(key: str) -> str:
-    """Return `key` in the masked form used everywhere in this package: ``sk-...abcd``.
+def key_label(key: str) -> str:
+    """A short label telling keys apart without revealing them: 4 hex digits of sha256(key).
 
-    Short or non-``sk-`` secrets keep at most their last four characters.
+    Stable across runs and processes; shown after the mask (``sk-...abcd#3f2a``), so keys too
+    short to show a tail (``sk-test-1``, ``sk-test-2``) stay distinguishable.
+    """
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:4]
+
+
+def mask_key(key: str) -> str:
+    """Return `key` in the masked form used everywhere in this package: ``sk-...abcd#3f2a``.
+
+    The last four characters are shown for keys of 12 characters or more (none for shorter
+    ones), then ``#`` and `key_label`. Non-``sk-`` secrets have no ``sk-`` prefix.
     """
     if not key:
         return "<empty key>"
     tail = key[-4:] if len(key) >= 12 else ""
     prefix = "sk-" if key.startswith("sk-") else ""
-    return f"{prefix}...{tail}"
+    return f"{prefix}...{tail}#{key_label(key)}"
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import openai
 import pytest
 
-from openai_parallel_toolkit import Action, ConfigError, NoKeysAvailableError, classify, mask_key
+from openai_parallel_toolkit import (
+    Action,
+    ConfigError,
+    KeyConfig,
+    NoKeysAvailableError,
+    classify,
+    mask_key,
+)
 from openai_parallel_toolkit.errors import redact, scrub_exception
 from openai_parallel_toolkit.headers import retry_after_seconds
 
@@ -43,10 +51,25 @@ def status_error(
 
 
 def test_mask_key() -> None:
-    assert mask_key(KEY) == "sk-...wxyz"
-    assert mask_key("sk-short") == "sk-..."  # too short to show a tail safely
+    def label(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()[:4]
+
+    assert mask_key(KEY) == f"sk-...wxyz#{label(KEY)}"
+    assert mask_key("sk-short") == f"sk-...#{label('sk-short')}"  # too short to show a tail
     assert mask_key("") == "<empty key>"
-    assert mask_key("abcdefghijklmnop") == "...mnop"
+    assert mask_key("abcdefghijklmnop") == f"...mnop#{label('abcdefghijklmnop')}"
+
+
+def test_short_keys_are_told_apart_when_masked() -> None:
+    """sk-test-1 and sk-test-2 both showed as sk-... (issue 13): a stable label follows."""
+    one, two = mask_key("sk-test-1"), mask_key("sk-test-2")
+    assert one != two and one.startswith("sk-...#") and two.startswith("sk-...#")
+    assert mask_key("sk-test-1") == one  # stable
+    assert "test" not in one + two
+    first, second = KeyConfig(api_key="sk-test-1"), KeyConfig(api_key="sk-test-2")
+    assert first.masked_key == one and second.masked_key == two
+    assert first.group.startswith(f"key:{one}")  # the group's digest extends the label
+    assert len(first.group) == len("key:sk-...#") + 12
 
 
 def test_redact_masks_given_and_key_shaped_secrets() -> None:
