@@ -479,18 +479,20 @@ def config_from_keys(
     api_keys: Sequence[str | Mapping[str, object] | KeyConfig],
     *,
     api_base: str | None = None,
+    proxy: str | None = None,
     source: str = "arguments",
 ) -> ToolkitConfig:
     """Build a config from a list of keys, as given to ``APIKeyManager(api_keys=[...])``.
 
     Entries are key strings, mappings like a file's `api_keys` entries, or `KeyConfig` objects;
-    `api_base` is the default base URL for entries that set none.
+    `api_base` and `proxy` apply to every entry that sets none itself, as a config file's
+    top-level values do.
     """
     entries = [
         (f"api_keys[{index}]", raw)
         for index, raw in enumerate(_as_list(api_keys, source, "api_keys"))
     ]
-    defaults = _check_optional({"api_base": api_base}, source, "")
+    defaults = _check_optional({"api_base": api_base, "proxy": proxy}, source, "")
     return _build_config(entries, defaults, source, "the list of keys is empty")
 
 

@@ -304,6 +304,8 @@ class APIKeyManager:
     `knobs` (default: `Knobs.from_env()`, read now) supplies default limits for keys that
     have none in their config, and whether token costs are settled after each reply.
     `timeout` is the seconds one request may take, for keys whose config sets no ``timeout``.
+    `api_base` and `proxy` go with `api_keys`: the base URL and proxy of every key whose own
+    entry sets none, as a config file's top-level ``api_base`` / ``proxy`` are.
     """
 
     def __init__(
@@ -320,10 +322,17 @@ class APIKeyManager:
         clock: Clock | None = None,
         client_factory: Callable[[KeyConfig, Callable[[Any], None]], openai.OpenAI] | None = None,
         knobs: Knobs | None = None,
+        api_base: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         del set_api_base  # compatibility only, see the docstring
         if api_keys is not None:
-            config = config_from_keys(api_keys)
+            config = config_from_keys(api_keys, api_base=api_base, proxy=proxy)
+        elif api_base is not None or proxy is not None:
+            raise TypeError(
+                "api_base= and proxy= apply to api_keys=[...]; for a config file or the "
+                "environment set them there (api_base / proxy, OPENAI_BASE_URL / OPENAI_API_PROXY)"
+            )
         elif config_path is not None:
             config = load_config(config_path)
         elif config is None:

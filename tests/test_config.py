@@ -1012,3 +1012,39 @@ def test_typed_options_match_the_optional_key_fields() -> None:
     hints = get_type_hints(config._KeyOptions)
     for name, declared in optional.items():
         assert f"{hints[name].__name__} | None" == declared, name
+
+
+def test_manager_takes_api_base_and_proxy_for_the_whole_list(tmp_path: Path) -> None:
+    """APIKeyManager(api_keys=[...], api_base=...) raised TypeError (issue 13)."""
+    from openai_parallel_toolkit import ChatModel, request_openai_api
+    from openai_parallel_toolkit.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer(keys=["sk-test-1", "sk-test-2"]) as server:
+        pool = APIKeyManager(
+            api_keys=[
+                "sk-test-1",
+                {"api_key": "sk-test-2", "proxy": "http://own-proxy.test:3128"},
+            ],
+            api_base=server.base_url,
+            proxy="http://shared-proxy.test:8080",
+            make_default=False,
+        )
+        try:
+            first, second = pool.config.keys
+            assert first.api_base == second.api_base == server.base_url
+            assert first.proxy == "http://shared-proxy.test:8080"
+            assert second.proxy == "http://own-proxy.test:3128"  # the key's own entry wins
+        finally:
+            pool.close()
+        # Without a proxy the requests reach the fake server at api_base.
+        pool = APIKeyManager(api_keys=["sk-test-1"], api_base=server.base_url, make_default=False)
+        try:
+            assert request_openai_api(ChatModel(content="hi"), manager=pool) == "echo: hi"
+        finally:
+            pool.close()
+    with pytest.raises(ConfigError, match="api_base"):
+        APIKeyManager(api_keys=[K1], api_base="not a url", make_default=False)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"api_keys": [K1]}), encoding="utf-8")
+    with pytest.raises(TypeError, match="api_keys"):
+        APIKeyManager(config_path=config, api_base="http://127.0.0.1:1/v1", make_default=False)
