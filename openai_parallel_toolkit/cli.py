@@ -351,7 +351,7 @@ def _check_key(config: KeyConfig, model: str, timeout: float) -> KeyCheck:
             model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
         )
     except Exception as exc:  # reported per key, never raised
-        verdict = classify(exc)
+        verdict = classify(exc, proxy=config.proxy)
         response = getattr(exc, "response", None)
         headers = RateLimitHeaders.from_headers(response.headers if response is not None else {})
         # A rate-limited key works: it is only busy right now.

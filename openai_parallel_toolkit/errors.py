@@ -24,6 +24,8 @@ import logging
 import re
 import threading
 import unicodedata
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -244,8 +246,14 @@ def _exhausted(headers: Mapping[str, str] | None, limit: str | None) -> bool | N
     )
 
 
-def classify(exc: BaseException) -> Verdict:
-    """Decide what to do about an exception raised while sending one request."""
+def classify(exc: BaseException, *, proxy: str | None = None) -> Verdict:
+    """Decide what to do about an exception raised while sending one request.
+
+    `proxy` is the proxy the request went through (the key's ``proxy``; None: the environment's
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, if any applies, as the HTTP client uses
+    them). A connection that could not be made names what could not be reached: the API's
+    ``host:port`` or the proxy's (never its credentials).
+    """
     import openai  # local: keeps `errors` importable without touching the client at import
 
     if isinstance(exc, openai.APIStatusError):
@@ -255,11 +263,73 @@ def classify(exc: BaseException) -> Verdict:
     unsendable = _unsendable_key(exc)
     if unsendable is not None:
         return unsendable
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
-    if _is_transport_error(exc):
-        return Verdict(Action.TRANSIENT, redact(f"{type(exc).__name__}: {exc}"))
+    if isinstance(exc, openai.APIConnectionError) or _is_transport_error(exc):
+        # APIConnectionError includes APITimeoutError.
+        reason = f"{type(exc).__name__}: {exc}"
+        unreachable = _unreachable(exc, proxy)
+        if unreachable is not None:
+            reason = f"{reason.rstrip('.')}: {unreachable}"
+        return Verdict(Action.TRANSIENT, redact(reason))
     return Verdict(Action.FATAL, redact(f"{type(exc).__name__}: {exc}"))
+
+
+_CONNECT_FAILURES = frozenset({"ConnectError", "ConnectTimeout", "ProxyError"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
+
+
+def _host_port(url: str) -> str | None:
+    """``host:port`` of `url` (default port by scheme), without any credentials."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+def _environment_proxy(url: str) -> str | None:
+    """The proxy the environment gives for `url` (``*_PROXY``, ``NO_PROXY`` honoured)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        proxies = urllib.request.getproxies_environment()
+        if parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname, proxies):
+            return None
+    except ValueError:
+        return None
+    return proxies.get(parts.scheme.lower()) or proxies.get("all")
+
+
+def _unreachable(exc: BaseException, proxy: str | None) -> str | None:
+    """What a failed connection could not reach, e.g. ``cannot reach the proxy host:8080``."""
+    failure: BaseException | None = None
+    target: str | None = None
+    for link in _chain(exc):
+        module = type(link).__module__.split(".")[0]
+        if failure is None and module in _HTTP_MODULES and type(link).__name__ in _CONNECT_FAILURES:
+            failure = link
+        if target is None:
+            try:  # openai's and httpx's errors carry the request; its url the API's address
+                request = getattr(link, "request", None)
+            except RuntimeError:  # httpx: "the .request property has not been set"
+                request = None
+            url = getattr(request, "url", None)
+            target = str(url) if url is not None else None
+    if failure is None or target is None:
+        return None
+    api = _host_port(target) or "the API"
+    detail = str(failure) or type(failure).__name__
+    via = proxy if proxy is not None else _environment_proxy(target)
+    if via is None:
+        return f"cannot reach the API at {api} ({detail})"
+    where = _host_port(via) or "the proxy"
+    origin = "" if proxy is not None else ", from the environment"
+    if type(failure).__name__ == "ProxyError":
+        return f"the proxy {where}{origin} could not connect to the API at {api} ({detail})"
+    return f"cannot reach the proxy {where}{origin} ({detail}; the API is at {api})"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -88,7 +88,7 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                 with lease.sending():
                     response = openai_model.generate(lease.client)
             except Exception as exc:
-                verdict = lease.fail(classify(exc))
+                verdict = lease.fail(classify(exc, proxy=lease.key_config.proxy))
                 lease.scrub(exc)
                 decision = attempts.after(verdict)
                 if decision.give_up is not None:

@@ -266,7 +266,7 @@ class _Upstream:
             finally:
                 await response.aclose()
         except Exception as exc:  # transport failures, before or while reading the answer
-            verdict = lease.fail(classify(exc))
+            verdict = lease.fail(classify(exc, proxy=lease.key_config.proxy))
             self.health.unreachable(verdict.reason)
             timed_out = "Timeout" in type(exc).__name__
             failure = _error(
@@ -536,7 +536,7 @@ async def _relay(response: Any, lease: Lease) -> AsyncIterator[bytes]:
             yield chunk
     except Exception as exc:  # the upstream broke off: count it against the key
         if not lease.settled:
-            lease.fail(classify(exc))
+            lease.fail(classify(exc, proxy=lease.key_config.proxy))
         raise
     finally:
         # Settled before awaiting anything: a cancelled task (client gone) may not resume.

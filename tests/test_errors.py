@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import socketserver
+import threading
 from typing import Any
 
 import openai
@@ -10,11 +13,16 @@ import pytest
 
 from openai_parallel_toolkit import (
     Action,
+    APIKeyManager,
+    ChatModel,
     ConfigError,
     KeyConfig,
     NoKeysAvailableError,
+    RequestFailedError,
+    RetryPolicy,
     classify,
     mask_key,
+    request_openai_api,
 )
 from openai_parallel_toolkit.errors import redact, scrub_exception
 from openai_parallel_toolkit.headers import retry_after_seconds
@@ -264,3 +272,88 @@ def test_scrub_exception_reaches_nested_bodies_and_the_chained_response() -> Non
     assert scrubbed["detail"]["keys"][1] == {"k": f"key={mask_key(secret)}"}
     assert error.response.request.headers["authorization"] == f"Bearer {mask_key(secret)}"
     assert error.response.json()["error"]["message"] == "no"  # still readable JSON
+
+
+# --- connection failures name what could not be reached (issue 13) ---------------------------
+
+
+def _free_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fail_fast(**entry: str) -> str:
+    """The message of a request that cannot connect, with quick retries."""
+    pool = APIKeyManager(api_keys=[{"api_key": "sk-test-1", **entry}], make_default=False)
+    policy = RetryPolicy(max_retries=1, backoff_base=0.01, backoff_max=0.01)
+    try:
+        with pytest.raises(RequestFailedError) as info:
+            request_openai_api(ChatModel(content="hi"), manager=pool, policy=policy)
+    finally:
+        pool.close()
+    assert info.value.status_code is None and info.value.attempts == 2
+    return str(info.value)
+
+
+@pytest.fixture
+def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+
+
+def test_a_wrong_api_base_port_is_named(no_env_proxy: None) -> None:
+    port = _free_port()
+    message = _fail_fast(api_base=f"http://127.0.0.1:{port}/v1")
+    assert f"cannot reach the API at 127.0.0.1:{port}" in message
+    assert "proxy" not in message
+
+
+def test_a_dead_proxy_is_named_without_its_credentials(no_env_proxy: None) -> None:
+    port = _free_port()
+    message = _fail_fast(
+        api_base="http://api.example.test/v1", proxy=f"http://user:s3cret@127.0.0.1:{port}"
+    )
+    assert f"cannot reach the proxy 127.0.0.1:{port}" in message
+    assert "api.example.test:80" in message
+    assert "s3cret" not in message and "user" not in message
+
+
+def test_a_proxy_that_cannot_reach_the_api_is_told_apart(no_env_proxy: None) -> None:
+    """An HTTP proxy that answers CONNECT with 502: the proxy is up, the API is not."""
+
+    class Refusing(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Refusing) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            port = proxy.server_address[1]
+            message = _fail_fast(
+                api_base="https://api.example.test:8443/v1", proxy=f"http://127.0.0.1:{port}"
+            )
+        finally:
+            proxy.shutdown()
+    assert f"the proxy 127.0.0.1:{port} could not connect" in message, message
+    assert "to the API at api.example.test:8443" in message
+
+
+def test_classify_names_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://u:p@proxy.corp.test:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    cause = httpx.ConnectError("[Errno 111] Connection refused", request=REQUEST)
+    error = openai.APIConnectionError(request=REQUEST)
+    error.__cause__ = cause
+    reason = classify(error).reason
+    assert "cannot reach the proxy proxy.corp.test:3128, from the environment" in reason
+    assert "api.example.test:443" in reason and "u:p" not in reason
+    assert (
+        "cannot reach the proxy other.test:1080"
+        in classify(error, proxy="socks5://other.test").reason
+    )
