@@ -464,7 +464,7 @@ def config_from_mapping(data: object, *, source: str = "arguments") -> ToolkitCo
     blocks = {name: value for name, value in data.items() if name not in _DEFAULT_FIELDS}
     for name, value in blocks.items():
         if not isinstance(value, Mapping):
-            _unknown_field(name, _TOP_FIELDS, source, "")
+            _not_a_block(name, value, source)
     defaults = _check_optional(data, source, "", _DEFAULT_FIELDS)
     entries = [(str(name), value) for name, value in blocks.items()]
     return _build_config(
@@ -473,6 +473,21 @@ def config_from_mapping(data: object, *, source: str = "arguments") -> ToolkitCo
         source,
         "expected an 'api_keys' list or blocks like 'auth_1: {api_key: ...}'",
     )
+
+
+def _not_a_block(name: object, value: object, source: str) -> NoReturn:
+    """Report a top-level value of openai-manager's form that is not a key block."""
+    text = str(name)
+    misspelt = difflib.get_close_matches(text, list(_TOP_FIELDS), n=1, cutoff=0.6)
+    if not misspelt and (isinstance(value, str) or re.fullmatch(r"auth_?\w*", text)):
+        _fail(
+            f"a key block must be a mapping with 'api_key', like '{text}: {{api_key: sk-..., "
+            f"proxy: ...}}' (in YAML: '{text}:' then '  api_key: sk-...' on the next line), "
+            f"got {_kind(value)}",
+            source,
+            text,
+        )
+    _unknown_field(name, _TOP_FIELDS, source, "")
 
 
 def config_from_keys(
@@ -599,6 +614,8 @@ def load_config(path: str | os.PathLike[str]) -> ToolkitConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", source=source) from exc
+    if not text.strip():  # the same words for every format ("Expecting value" said nothing)
+        _fail("the file is empty", source, None)
     suffix = file.suffix.lower()
     if suffix == ".json":
         data = _parse_json(text, source)
@@ -613,7 +630,7 @@ def load_config(path: str | os.PathLike[str]) -> ToolkitConfig:
             except ConfigError as yaml_error:
                 # Report the error of the format the file was evidently meant to be in.
                 raise (json_error if text.lstrip().startswith(("{", "[")) else yaml_error) from None
-    if data is None:
+    if data is None:  # YAML of comments only, or a bare "null"
         _fail("the file is empty", source, None)
     return config_from_mapping(data, source=source)
 

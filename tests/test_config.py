@@ -380,6 +380,20 @@ BAD_FILES: list[tuple[str, str, str | dict[str, object], str, str]] = [
         "unknown field 'proxies' (did you mean 'proxy'?)",
     ),
     (
+        "auth block a string",  # was "unknown field 'auth_1'" (issue 13)
+        "c.yaml",
+        f"auth_1: {K1}\n",
+        "auth_1",
+        "a key block must be a mapping with 'api_key', like 'auth_1: {api_key: sk-...",
+    ),
+    (
+        "auth block a number",
+        "c.yaml",
+        f"auth_1:\n  api_key: {K1}\nauth_2: 5\n",
+        "auth_2",
+        "got an integer",
+    ),
+    (
         "unknown field in auth block",
         "c.yaml",
         f"auth_1:\n  api_key: {K1}\n  tokens_per_minute: 5\n",
@@ -456,7 +470,10 @@ BAD_FILE_LEVEL: list[tuple[str, str, bytes | None, str]] = [
     ("missing file", "absent.json", None, "file not found"),
     ("not UTF-8", "c.json", b'{"api_keys": ["\xff\xfe"]}', "not UTF-8"),
     ("empty YAML", "c.yaml", b"", "the file is empty"),
-    ("empty JSON", "c.json", b"", "invalid JSON at line 1, column 1"),
+    ("empty JSON", "c.json", b"", "the file is empty"),  # was "Expecting value" (issue 13)
+    ("blank JSON", "c.json", b" \n\t\n", "the file is empty"),
+    ("empty, unknown extension", "c.cfg", b"", "the file is empty"),
+    ("YAML of comments only", "c.yml", b"# keys: none yet\n", "the file is empty"),
     (
         "broken JSON",
         "c.json",
