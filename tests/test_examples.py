@@ -184,3 +184,63 @@ def test_split_long_text_keeps_the_order_of_the_pieces(tmp_path: Path) -> None:
     assert "\n\necho: " in start  # several results, joined in order:
     numbers = [int(n) for n in re.findall(r"Sentence (\d+)", start)]
     assert numbers == list(range(len(numbers))) and len(numbers) > 5
+
+
+def test_split_long_text_runs_without_any_tiktoken_variable(tmp_path: Path) -> None:
+    """It exited 1 until TIKTOKEN_CACHE_DIR was set (issue 13): the offline extra suffices."""
+    env = {
+        k: v
+        for k, v in _env_without_keys().items()
+        if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")
+    }
+    env |= {"TMPDIR": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9"}  # no way out
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "split_long_text.py"), "--tokens", "300"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "results joined in order" in result.stdout
+    assert "tiktoken" not in result.stderr and "urllib3" not in result.stderr
+
+
+def test_readme_config_for_the_fake_server_works(tmp_path: Path) -> None:
+    """The README shows a config.json pointing at `openai-parallel-toolkit fake-server`."""
+    from openai_parallel_toolkit.testing import FakeOpenAIServer
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"openai-parallel-toolkit fake-server --port (\d+) --keys (\S+)", readme)
+    block = re.search(
+        r"```json\n(\{[^`]*\"api_base\": \"http://127\.0\.0\.1:\d+/v1\"\})\n```", readme
+    )
+    assert command and block, "README: no config for the fake server"
+    config = json.loads(block.group(1))
+    keys = command.group(2).split(",")
+    assert config["api_keys"] == keys
+    assert config["api_base"] == f"http://127.0.0.1:{command.group(1)}/v1"
+    assert 'pip install ".[' not in readme  # -e keeps the test set-up's editable install
+    with FakeOpenAIServer(keys=keys) as server:
+        config["api_base"] = server.base_url  # the same file, on a free port
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "openai_parallel_toolkit",
+                "keys",
+                "check",
+                "--config",
+                str(path),
+            ],
+            env=_env_without_keys(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("works") == len(keys)
