@@ -296,7 +296,7 @@ def _environment_proxy(url: str) -> str | None:
     try:
         parts = urllib.parse.urlsplit(url)
         proxies = urllib.request.getproxies_environment()
-        if parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname, proxies):
+        if parts.hostname and urllib.request.proxy_bypass(parts.hostname):  # NO_PROXY
             return None
     except ValueError:
         return None

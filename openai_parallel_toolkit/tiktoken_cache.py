@@ -8,9 +8,9 @@ the gzipped copies shipped in the ``bpe-openai`` package (the ``offline`` extra:
 ``pip install 'openai-parallel-toolkit[offline]'``), or a folder of ``<name>.tiktoken`` /
 ``<name>.tiktoken.gz`` files obtained elsewhere.
 
-`packaged_encoding` builds a ``tiktoken.Encoding`` straight from the ``bpe-openai`` files, which
-is how `openai_parallel_toolkit.tokens` finds the offline extra's encodings without any
-environment variable: nothing is written and ``os.environ`` is left alone.
+`packaged_encoding` puts a ``bpe-openai`` file into tiktoken's own cache folder (as tiktoken does
+with what it downloads) and loads it, which is how `openai_parallel_toolkit.tokens` finds the
+offline extra's encodings without any environment variable; ``os.environ`` is left alone.
 
 Command line::
 
@@ -20,7 +20,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import gzip
 import hashlib
@@ -70,36 +69,6 @@ ENCODING_SHA256: dict[str, str] = {
 }
 """Expected sha256 of each ``<name>.tiktoken`` file this module can seed."""
 
-# What tiktoken_ext/openai_public.py (tiktoken 0.14) gives these encodings besides their ranks;
-# a test compares them with tiktoken's own, so a change there is noticed.
-_ENDOFTEXT = "<|endoftext|>"
-_ENDOFPROMPT = "<|endofprompt|>"
-_ENCODING_SHAPES: dict[str, tuple[str, dict[str, int]]] = {
-    "cl100k_base": (
-        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
-        {
-            _ENDOFTEXT: 100257,
-            "<|fim_prefix|>": 100258,
-            "<|fim_middle|>": 100259,
-            "<|fim_suffix|>": 100260,
-            _ENDOFPROMPT: 100276,
-        },
-    ),
-    "o200k_base": (
-        "|".join(
-            [
-                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-                r"""\p{N}{1,3}""",
-                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-                r"""\s*[\r\n]+""",
-                r"""\s+(?!\S)""",
-                r"""\s+""",
-            ]
-        ),
-        {_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
-    ),
-}
 
 _URL_TEMPLATE = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 _PACKAGE = "bpe_openai"
@@ -236,46 +205,38 @@ def is_cached(name: str) -> bool:
 
 
 def packaged_encoding_names() -> tuple[str, ...]:
-    """The encodings `packaged_encoding` can build here: none without ``bpe-openai``."""
+    """The encodings the ``bpe-openai`` package ships here: none without it."""
     folder = _package_data_dir()
     if folder is None:
         return ()
     return tuple(
         name
-        for name in _ENCODING_SHAPES
+        for name in ENCODING_SHA256
         if any(path.is_file() for path in _candidates(folder, name))
     )
 
 
 def packaged_encoding(name: str) -> tiktoken.Encoding | None:
-    """Encoding `name` built from the files the ``bpe-openai`` package ships, or None.
+    """Encoding `name` from the files the ``bpe-openai`` package ships, or None.
 
     None when the package is not installed or does not ship `name` (it ships ``cl100k_base``
-    and ``o200k_base``). The file is checked against tiktoken's sha256 (`TiktokenSeedError` on
-    a mismatch) and parsed in memory: no network, no file written, no environment variable set.
-    The result encodes exactly as ``tiktoken.get_encoding(name)`` does.
+    and ``o200k_base``), or when tiktoken's cache folder cannot take the file. The file is
+    checked against tiktoken's sha256 and put into tiktoken's own cache folder
+    (`default_cache_dir`), exactly as tiktoken stores what it downloads; tiktoken then builds
+    the encoding itself. No network, no environment variable.
     """
-    shape = _ENCODING_SHAPES.get(name)
-    if shape is None or _package_data_dir() is None:
+    if name not in packaged_encoding_names():
         return None
     try:
-        data, origin = _read_source(name, None)
-    except TiktokenSeedError:
-        if name not in packaged_encoding_names():
-            return None  # not shipped by this version of the package
-        raise
+        seed_cache(encodings=[name])
+    except TiktokenSeedError as exc:
+        if "hash" in str(exc):
+            raise  # a damaged package file: say so rather than fall back
+        logger.debug("cannot seed tiktoken's cache with %s: %s", name, exc)
+        return None
     import tiktoken  # local: only this path needs the tokenizer itself
 
-    ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    pattern, special = shape
-    logger.debug("tiktoken encoding %s loaded from %s", name, origin)
-    return tiktoken.Encoding(
-        name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=dict(special)
-    )
+    return tiktoken.get_encoding(name)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

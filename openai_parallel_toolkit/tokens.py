@@ -105,8 +105,8 @@ def encoding_for(model_or_encoding: str) -> tiktoken.Encoding:
 
     Looked for in this order, without any environment variable: tiktoken's own cache folder
     (``$TIKTOKEN_CACHE_DIR``, else its default); the files of the ``bpe-openai`` package (the
-    ``offline`` extra: ``cl100k_base`` and ``o200k_base``, hash-checked, read in memory, nothing
-    written); else tiktoken's download.
+    ``offline`` extra: ``cl100k_base`` and ``o200k_base``, hash-checked and put into that cache
+    folder, as tiktoken stores its downloads); else tiktoken's download.
 
     Raises `TokenizerUnavailableError` (one line, chaining tiktoken's error) when none of these
     works, typically offline without the ``offline`` extra. Failures are not cached: a later
