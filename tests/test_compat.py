@@ -298,7 +298,7 @@ def test_import_has_no_side_effects() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "sk-...0001"
+    assert result.stdout.strip().startswith("sk-...0001#")  # the masked key and its label
 
 
 def test_no_keys_anywhere_is_a_clear_error(env: pytest.MonkeyPatch) -> None:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 __all__ = ["SharedUse"]
 
-# Intervals shorter than this are too noisy (arrival order, rounding of `remaining`).
-MIN_INTERVAL_SECONDS = 0.25
+# Intervals shorter than this are too noisy (arrival order and delay, rounding of `remaining`).
+MIN_INTERVAL_SECONDS = 0.5
 # Averaging time constant: long enough to damp the feedback between senders that each react
 # to the others (stable up to ~40 senders on one limit), short enough to follow a change.
 AVERAGE_SECONDS = 5.0
@@ -100,10 +100,11 @@ class SharedUse:
 
     def _average(self, sample: float, elapsed: float, now: float) -> None:
         current = self.rate(now)
-        # A plain mean over the first samples: right within a second of the first evidence.
+        # Close to a plain mean over the first samples (right within seconds of the first
+        # evidence), with a prior of no sharing so that one noisy sample cannot decide.
         self._samples += 1
         constant = FALLING_AVERAGE_SECONDS if sample < current else AVERAGE_SECONDS
-        weight = max(1.0 - math.exp(-elapsed / constant), 1.0 / self._samples)
+        weight = max(1.0 - math.exp(-elapsed / constant), 1.0 / (self._samples + 1))
         self._rate = max(0.0, current + weight * (sample - current))
         self._updated = now
 
