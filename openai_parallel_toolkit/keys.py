@@ -93,7 +93,8 @@ class KeyStats:
     lower after 429s, while a learned limit starts up, and by `others_per_min` /
     `others_tokens_per_min`: the requests and tokens per minute others spend of the limits
     (other keys of the project, other processes, other programs), as the server's
-    ``remaining`` counts show.
+    ``remaining`` counts show. `surplus_requests` is what the server says it holds beyond
+    the group's own pace (a per-minute window that starts full), sent before the pace.
     """
 
     key: str
@@ -112,6 +113,7 @@ class KeyStats:
     pace_share: float = 1.0
     others_per_min: float = 0.0
     others_tokens_per_min: float = 0.0
+    surplus_requests: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,6 +719,7 @@ class APIKeyManager:
             pace_share=group.pace_share(),
             others_per_min=group.shared_requests.rate(now) * 60.0,
             others_tokens_per_min=group.shared_tokens.rate(now) * 60.0,
+            surplus_requests=group.surplus_requests,
         )
 
     def close(self) -> None:

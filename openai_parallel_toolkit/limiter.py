@@ -106,7 +106,7 @@ MIN_FACTOR = 0.02
 # Several 429s from one overshoot (the requests already in flight) count as one signal.
 DECREASE_HOLDOFF_SECONDS = 1.0
 # Sends whose token charges are kept for reading remaining counts (intervals are ~1 s long).
-CHARGES_KEPT = 65536
+CHARGES_KEPT = 4096
 # Whatever others seem to spend, a group keeps this share of its limit (evidence can be wrong).
 MIN_SHARE = 0.05
 # A server's reported surplus is used only when it exceeds this many seconds of the limit: a
@@ -341,9 +341,17 @@ class LimitGroup:
                 now,
             )
 
-    def _tokens_charged(self, first: int, last: int) -> float:
-        """Tokens charged for our sends numbered first+1 to last (unsettled ones as reserved)."""
+    def _tokens_charged(self, first: int, last: int) -> float | None:
+        """Tokens charged for our sends numbered first+1 to last (unsettled ones as reserved);
+        None when those sends are older than the record kept."""
+        if first < self.sends - CHARGES_KEPT:
+            return None
         return sum(self._charges.get(number, 0.0) for number in range(first + 1, last + 1))
+
+    @property
+    def surplus_requests(self) -> float:
+        """Requests the server holds beyond our own bucket, as of its last answer."""
+        return self._surplus_requests if self.surplus_allowed else 0.0
 
     def _surplus_open(self) -> bool:
         """Whether the next send may come from the request surplus (see the trial above)."""

@@ -78,8 +78,9 @@ def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -
     """Requests to keep in flight: the pool's rate times its response time, within bounds.
 
     With known limits that is ``requests per second x seconds per answer`` (the pool's observed
-    response time plus a quarter, 2 s until one is known); keys with unknown limits count 8
-    each. Clamped to 8..`cap`: threads mostly wait on the network and on the limiter.
+    response time plus a quarter, 2 s until one is known) plus what servers say they hold
+    beyond that pace (`KeyStats.surplus_requests`); keys with unknown limits count 8 each.
+    Clamped to 8..`cap`: threads mostly wait on the network and on the limiter.
     """
     stats = manager.statistics()
     seconds = EXPECTED_LATENCY_SECONDS if stats.latency is None else stats.latency * 1.25
@@ -90,20 +91,19 @@ def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -
             continue
         seen.add(key.group)
         if key.requests_per_min:
-            wanted += key.requests_per_min / 60.0 * seconds
+            # What the server holds beyond the pace can all be sent at once.
+            wanted += key.requests_per_min / 60.0 * seconds + key.surplus_requests
         else:
             wanted += UNKNOWN_LIMIT_CONCURRENCY_PER_KEY
     return int(max(MIN_CONCURRENCY, min(cap, math.ceil(wanted))))
 
 
 class InFlightTarget:
-    """The requests to keep in flight during a run, looked at again every half second.
+    """`default_concurrency` of a pool, looked at again every half second during a run.
 
-    Used as the window of `completed`. It starts at `default_concurrency` (the limits learned
-    and the response time observed: a run of 5 s answers is not held to a count sized for 2 s)
-    and grows by half while no thread waits for a slot, since then the pool could send more
-    than the run has in flight (capacity a server reports beyond its rate, limits not known
-    yet); once threads wait, it comes back toward `default_concurrency`. At most `cap`.
+    Used as the window of `completed`: the requests in flight follow the limits learned, the
+    response time observed (a run of 5 s answers is not held to a count sized for 2 s) and the
+    capacity servers report beyond their rate, up to `cap` threads.
     """
 
     def __init__(self, manager: APIKeyManager, cap: int = MAX_CONCURRENCY) -> None:
@@ -116,11 +116,7 @@ class InFlightTarget:
         now = time.monotonic()
         if now - self._checked >= 0.5:
             self._checked = now
-            base = default_concurrency(self._manager, cap=self.cap)
-            if self._manager.statistics().waiting == 0:
-                self._value = min(self.cap, max(base, self._value + self._value // 2))
-            else:
-                self._value = max(base, self._value - self._value // 8)
+            self._value = default_concurrency(self._manager, cap=self.cap)
         return self._value
 
     def __repr__(self) -> str:

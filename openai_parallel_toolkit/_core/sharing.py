@@ -72,12 +72,13 @@ class SharedUse:
         remaining: float,
         limit_rate: float,
         cost: float,
-        ours: Callable[[int, int], float],
+        ours: Callable[[int, int], float | None],
     ) -> None:
         """The answer to our `number`-th request of the group, of `cost`, sent at `sent_at`.
 
         `remaining` is the server's count after that request; `limit_rate` the group's limit
-        per second; ``ours(a, b)`` what we were charged for our requests a+1 to b.
+        per second; ``ours(a, b)`` what we were charged for our requests a+1 to b (None:
+        not known any more, and the interval is skipped).
         """
         mark = _Mark(sent_at, number, remaining, remaining + cost)
         self._capacity = max(self._capacity, mark.before)
@@ -95,6 +96,8 @@ class SharedUse:
         if max(anchor.before, mark.before) >= near_full:
             return  # the server's bucket may have been full: refill was lost, not used
         spent = ours(anchor.number, number)
+        if spent is None:
+            return
         others = anchor.remaining + limit_rate * elapsed - spent - remaining
         self._average(others / elapsed, elapsed, sent_at)
 
