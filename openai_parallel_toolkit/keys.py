@@ -569,8 +569,8 @@ class APIKeyManager:
                     verdict = dataclasses.replace(verdict, exhausted=not group.headers_seen)
                 elif verdict.exhausted is False:
                     # Headers that show capacity left: a shorter window than they report?
-                    known = group.short_window
-                    if group.on_unexplained_429(now):
+                    known = group.surplus.short_window
+                    if group.surplus.blame(now):
                         verdict = dataclasses.replace(verdict, exhausted=True)
                         short_window_found = not known
                 if verdict.exhausted:
@@ -719,7 +719,7 @@ class APIKeyManager:
             pace_share=group.pace_share(),
             others_per_min=group.shared_requests.rate(now) * 60.0,
             others_tokens_per_min=group.shared_tokens.rate(now) * 60.0,
-            surplus_requests=group.surplus_requests,
+            surplus_requests=group.surplus.requests if group.surplus.allowed else 0.0,
         )
 
     def close(self) -> None:

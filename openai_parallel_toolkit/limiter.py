@@ -10,14 +10,15 @@ The pace is the limit, lowered by two things:
 - what others spend of it, estimated from the server's ``remaining`` counts (`SharedUse`):
   undeclared keys of one project, a second process on the same keys, another program. Each
   sender paces at ``limit - others``, so several of them converge on sharing the limit;
-- nothing more, and sometimes less than the server offers: where it reports more ``remaining``
-  than a few seconds of refill (a per-minute window that starts full), that surplus is used
-  at once, until a 429 shows the server enforces a shorter window than it reports;
 - a factor that 429s with evidence of exhaustion lower (x0.8, once per overshoot) and time
   raises again (halfway back every few seconds); learned limits start at a quarter and double
   each second. A 429 that shows no exhausted limit (no rate-limit headers from a server that
   sends them, or capacity reported left) is an overload or a gateway's, not ours: it is
   retried elsewhere without slowing the group.
+
+Above the pace: where the server reports more ``remaining`` than a few seconds of refill (a
+per-minute window that starts full), that surplus is sent first (`Surplus`), until a 429 shows
+the server enforces a shorter window than it reports.
 
 Slots are granted only for "now": `ready_at` says when a request could go, `reserve` takes it
 at that moment. Nothing here sleeps or locks: the key pool holds the lock and callers wait.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 
 from ._core.sharing import SharedUse
+from ._core.surplus import Surplus
 from .headers import RateLimitHeaders
 
 __all__ = ["LimitGroup"]
@@ -112,11 +114,6 @@ MIN_SHARE = 0.05
 # A server's reported surplus is used only when it exceeds this many seconds of the limit: a
 # bucket of a second or two is what our pacing already works with.
 SURPLUS_MIN_SECONDS = 3.0
-# A 429 this soon after sending from the surplus proves a shorter window than reported.
-SURPLUS_BLAME_SECONDS = 2.0
-# Until an answer to a send from the surplus has come back, send at most this many seconds of
-# the limit from it: a server that only reports a long window costs a few 429s, not a storm.
-SURPLUS_TRIAL_SECONDS = 1.0
 
 
 class LimitGroup:
@@ -164,17 +161,7 @@ class LimitGroup:
         self.tokens_sent = 0.0
         # Tokens charged per recent send (by number): reserved, then settled or refunded.
         self._charges: dict[int, float] = {}
-        # What the server says is left beyond our own buckets (per-minute windows that start
-        # full), as of its last answer; spent before the buckets, never refilled by time.
-        self.surplus_allowed = True
-        self.short_window = False  # proven: the server enforces less than it reports
-        self._surplus_requests = 0.0
-        self._surplus_tokens = 0.0
-        self._surplus_used_at = -math.inf
-        # The trial: sends from the surplus before the server has shown it honours it.
-        self._trial_sent = 0
-        self._trial_last = 0  # the number of the trial's last send so far
-        self._surplus_confirmed = False
+        self.surplus = Surplus()  # what the server holds beyond our own buckets
         # What others spend of each limit (per second), as last applied to the pace.
         self.shared_requests = SharedUse()
         self.shared_tokens = SharedUse()
@@ -254,20 +241,6 @@ class LimitGroup:
         self._read_others(now)
         self._apply_factor()
 
-    def on_unexplained_429(self, now: float) -> bool:
-        """A 429 whose headers show capacity left: True when it is this group's overshoot all
-        the same, because the server enforces a shorter window than its counts report.
-
-        That is proven by such a 429 soon after sends from the surplus; from then on the
-        surplus is not used, and such 429s count as exhaustion. Otherwise (an overload, a
-        gateway) it is not the group's: False.
-        """
-        if self.surplus_allowed and now - self._surplus_used_at <= SURPLUS_BLAME_SECONDS:
-            self.surplus_allowed = False
-            self.short_window = True
-            self._surplus_requests = self._surplus_tokens = 0.0
-        return self.short_window
-
     def on_rate_limited(self, now: float) -> None:
         """A 429 showing an exhausted limit came back: slow down (once per overshoot)."""
         if now - self._decreased_at < DECREASE_HOLDOFF_SECONDS:
@@ -323,22 +296,24 @@ class LimitGroup:
             self.requests.observe_remaining(headers.remaining_requests, now)
         if self.tokens is not None and headers.remaining_tokens is not None:
             self.tokens.observe_remaining(headers.remaining_tokens, now)
-        if sent is not None and self.surplus_allowed and success:
-            if not self._surplus_open() and sent[1] >= self._trial_last:
-                self._surplus_confirmed = True  # the whole trial was answered without a 429
-            self._surplus_requests = self._surplus(
-                self.requests,
+        if sent is not None and self.surplus.allowed and success:
+            self.surplus.update(
+                sent[1],
+                self._surplus(
+                    self.requests,
+                    self.limit_requests_per_min,
+                    headers.remaining_requests,
+                    self.sends - sent[1],
+                    now,
+                ),
+                self._surplus(
+                    self.tokens,
+                    self.limit_tokens_per_min,
+                    headers.remaining_tokens,
+                    self.tokens_sent - sent[2],
+                    now,
+                ),
                 self.limit_requests_per_min,
-                headers.remaining_requests,
-                self.sends - sent[1],
-                now,
-            )
-            self._surplus_tokens = self._surplus(
-                self.tokens,
-                self.limit_tokens_per_min,
-                headers.remaining_tokens,
-                self.tokens_sent - sent[2],
-                now,
             )
 
     def _tokens_charged(self, first: int, last: int) -> float | None:
@@ -347,16 +322,6 @@ class LimitGroup:
         if first < self.sends - CHARGES_KEPT:
             return None
         return sum(self._charges.get(number, 0.0) for number in range(first + 1, last + 1))
-
-    @property
-    def surplus_requests(self) -> float:
-        """Requests the server holds beyond our own bucket, as of its last answer."""
-        return self._surplus_requests if self.surplus_allowed else 0.0
-
-    def _surplus_open(self) -> bool:
-        """Whether the next send may come from the request surplus (see the trial above)."""
-        trial = SURPLUS_TRIAL_SECONDS * (self.limit_requests_per_min or 0.0) / 60.0
-        return self._surplus_confirmed or self._trial_sent < max(1.0, trial)
 
     def _surplus(
         self,
@@ -382,9 +347,11 @@ class LimitGroup:
             return None
         self._adapt(now)
         t = max(now, self.cooldown_until)
-        if self.requests is not None and (self._surplus_requests < 1.0 or not self._surplus_open()):
+        if self.requests is not None and not self.surplus.covers_request(
+            self.limit_requests_per_min
+        ):
             t = max(t, self.requests.ready_at(1.0, t))
-        if self.tokens is not None and tokens > 0 and self._surplus_tokens < tokens:
+        if self.tokens is not None and tokens > 0 and self.surplus.tokens < tokens:
             t = max(t, self.tokens.ready_at(tokens, t))
         return t
 
@@ -394,22 +361,15 @@ class LimitGroup:
         Returns what `observe` takes as `sent` for this request's answer.
         """
         if self.requests is not None:
-            if (
-                self.requests.level_now(at) < 1.0
-                and self._surplus_requests >= 1.0
-                and self._surplus_open()
+            if self.requests.level_now(at) < 1.0 and self.surplus.covers_request(
+                self.limit_requests_per_min
             ):
-                self._surplus_requests -= 1.0
-                self._surplus_used_at = at
-                if not self._surplus_confirmed:
-                    self._trial_sent += 1
-                    self._trial_last = self.sends + 1
+                self.surplus.take_request(at, self.sends + 1)
             else:
                 self.requests.take(1.0, at)
         if self.tokens is not None and tokens > 0:
-            if self.tokens.level_now(at) < tokens and self._surplus_tokens >= tokens:
-                self._surplus_tokens -= tokens
-                self._surplus_used_at = at
+            if self.tokens.level_now(at) < tokens and self.surplus.tokens >= tokens:
+                self.surplus.take_tokens(tokens, at)
             else:
                 self.tokens.take(tokens, at)
         self.in_flight += 1

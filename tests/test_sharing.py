@@ -135,7 +135,7 @@ def test_a_server_that_reports_a_minute_but_enforces_a_second_stops_the_surplus(
     stats = simulate(clock, server, [(manager, 40)], 60.0)
     assert sum(server.admitted.values()) >= 0.9 * 4 * 10.0 * 60.0
     assert stats[0].rate_limited <= 0.03 * stats[0].successes
-    assert not any(group.surplus_allowed for group in manager._groups.values())
+    assert not any(group.surplus.allowed for group in manager._groups.values())
 
 
 def test_two_pools_converge_on_a_token_limit_too() -> None:
@@ -163,4 +163,4 @@ def test_headerless_429s_are_not_taken_for_a_shorter_window() -> None:
     simulate(clock, server, [(manager, 40)], 60.0)
     assert server.chaos > 0
     assert sum(server.admitted.values()) >= 0.8 * 4 * (600 + 10.0 * 60.0)
-    assert all(group.surplus_allowed for group in manager._groups.values())
+    assert all(group.surplus.allowed for group in manager._groups.values())
