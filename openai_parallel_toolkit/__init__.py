@@ -12,6 +12,7 @@ Importing the package has no side effects: no environment is read, no logging is
 no network is touched until a pool is built or a request is sent.
 """
 
+from ._store import LimiterStore, MemoryStore
 from .cache import RequestCache, use_cache
 from .clock import Clock, SystemClock
 from .compat import ChatCompletion, Completion, Embedding, append_auth_from_config
@@ -59,6 +60,7 @@ from .models import (
     Gpt35Turbo16K,
     OpenAIModel,
 )
+from .options import PoolOptions
 from .parallel import BatchError, default_concurrency, multi_process_one, parallel_map
 from .request import RetryPolicy, request_openai_api
 from .tokens import (
@@ -96,9 +98,12 @@ __all__ = [
     "Knobs",
     "Lease",
     "LimitGroup",
+    "LimiterStore",
+    "MemoryStore",
     "NoKeysAvailableError",
     "OpenAIModel",
     "ParallelToolkit",
+    "PoolOptions",
     "PoolStats",
     "RateLimitHeaders",
     "RequestCache",

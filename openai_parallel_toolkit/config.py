@@ -303,6 +303,11 @@ class KeyConfig:
         return mask_key(self.api_key)
 
     @property
+    def key_id(self) -> str:
+        """16 hex digits of sha256(key): names the key in shared state without revealing it."""
+        return hashlib.sha256(self.api_key.encode("utf-8")).hexdigest()[:16]
+
+    @property
     def group(self) -> str:
         """The limit group this key counts against.
 
@@ -311,9 +316,8 @@ class KeyConfig:
         """
         if self.limit_group is not None:
             return self.limit_group
-        digest = hashlib.sha256(self.api_key.encode("utf-8")).hexdigest()[:12]
         # The mask's own label is the digest's first 4 digits: the longer digest replaces it.
-        return f"key:{self.masked_key.rpartition('#')[0]}#{digest}"
+        return f"key:{self.masked_key.rpartition('#')[0]}#{self.key_id[:12]}"
 
     def __repr__(self) -> str:
         parts = [f"api_key={self.masked_key!r}"]

@@ -401,6 +401,10 @@ class LimitGroup:
         if number is not None and number in self._charges:
             self._charges[number] -= tokens
 
+    def note_response(self) -> None:
+        """A response (success or error) came back: the group is no longer probing."""
+        self.responses_seen += 1
+
     def cool_down(self, until: float) -> None:
         """Send nothing on this group before `until` (monotonic seconds)."""
         self.cooldown_until = max(self.cooldown_until, until)

@@ -213,6 +213,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         from .asgi import bind, uvicorn_config
         from .errors import ConfigError
         from .keys import APIKeyManager
+        from .options import PoolOptions
         from .server import ProxyServer
     except ImportError as exc:
         print(
@@ -221,11 +222,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    options = PoolOptions(timeout=args.timeout)
     try:
         if args.config:
-            manager = APIKeyManager(config_path=args.config, timeout=args.timeout)
+            manager = APIKeyManager(config_path=args.config, options=options)
         else:
-            manager = APIKeyManager(dotenv=True, timeout=args.timeout)
+            manager = APIKeyManager(dotenv=True, options=options)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

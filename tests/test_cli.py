@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import openai_parallel_toolkit
-from openai_parallel_toolkit import APIKeyManager
+from openai_parallel_toolkit import APIKeyManager, PoolOptions
 from openai_parallel_toolkit.asgi import BackgroundServer
 from openai_parallel_toolkit.cli import check_keys
 from openai_parallel_toolkit.config import KeyConfig, config_from_mapping
@@ -310,7 +310,9 @@ def test_config_timeout_top_level_and_per_key() -> None:
     assert [key.timeout for key in config.keys] == [0.5, 5.0]
     assert config_from_mapping({"api_keys": [KEYS[0]]}).keys[0].timeout is None
     assert "timeout=0.5" in repr(config.keys[0])
-    with APIKeyManager(config=config, make_default=False, timeout=60) as manager:
+    with APIKeyManager(
+        config=config, make_default=False, options=PoolOptions(timeout=60)
+    ) as manager:
         timeouts = {}
         for _ in range(2):
             lease = manager.acquire()

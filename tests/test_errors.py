@@ -18,6 +18,7 @@ from openai_parallel_toolkit import (
     ConfigError,
     KeyConfig,
     NoKeysAvailableError,
+    PoolOptions,
     RequestFailedError,
     RetryPolicy,
     classify,
@@ -236,7 +237,7 @@ def test_pool_removes_a_key_the_http_stack_cannot_send() -> None:
                 {"api_key": good, "api_base": server.base_url},
             ],
             make_default=False,
-            client_factory=build,
+            options=PoolOptions(client_factory=build),
         ) as pool,
     ):
         answers = [request_openai_api(ChatModel(content=str(i)), manager=pool) for i in range(20)]

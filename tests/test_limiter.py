@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from openai_parallel_toolkit import APIKeyManager, LimitGroup, RateLimitHeaders, parse_reset
+from openai_parallel_toolkit import (
+    APIKeyManager,
+    LimitGroup,
+    PoolOptions,
+    RateLimitHeaders,
+    parse_reset,
+)
 from openai_parallel_toolkit.limiter import (
     DECREASE_IN_SLOW_START,
     FULL_BUCKET_MARGIN_SECONDS,
@@ -177,9 +183,9 @@ def _manager(keys: list[object], clock: FakeClock) -> APIKeyManager:
     return APIKeyManager(
         api_keys=keys,  # type: ignore[arg-type]
         make_default=False,
-        clock=clock,
-        burst_seconds=1.0,
-        client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
+        options=PoolOptions(
+            burst_seconds=1.0, clock=clock, client_factory=lambda config, hook: object()
+        ),
     )
 
 
@@ -187,7 +193,6 @@ def _drive(pool: APIKeyManager, clock: FakeClock, count: int) -> list[tuple[floa
     sends = []
     for _ in range(count):
         lease = pool.acquire()
-        clock.sleep(lease.delay())
         sends.append((clock.monotonic(), lease.key))
         lease.succeed(None)
     return sends

@@ -16,6 +16,7 @@ from openai_parallel_toolkit import (
     ChatModel,
     Gpt35Turbo,
     OpenAIModel,
+    PoolOptions,
     RequestCache,
     RequestFailedError,
     default_concurrency,
@@ -119,7 +120,7 @@ def test_default_concurrency_follows_the_pools_limits() -> None:
         return APIKeyManager(
             api_keys=entries,
             make_default=False,
-            client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
+            options=PoolOptions(client_factory=lambda config, hook: object()),
         )
 
     unknown = pool([{"api_key": k} for k in KEYS])
@@ -143,8 +144,7 @@ def test_requests_in_flight_follow_the_observed_response_time() -> None:
     manager = APIKeyManager(
         api_keys=[{"api_key": key, "requests_per_min": 600} for key in keys],
         make_default=False,
-        clock=clock,
-        client_factory=lambda config, hook: None,  # type: ignore[arg-type,return-value]
+        options=PoolOptions(clock=clock, client_factory=lambda config, hook: None),
     )
     assert default_concurrency(manager) == 200  # 100 requests/s x 2 s before any answer
     for _ in range(100):  # answers that take 5 s

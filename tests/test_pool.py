@@ -15,8 +15,10 @@ from openai_parallel_toolkit import (
     APIKeyManager,
     ChatModel,
     KeyState,
+    MemoryStore,
     NoKeysAvailableError,
     OpenAIModel,
+    PoolOptions,
     RequestFailedError,
     request_openai_api,
 )
@@ -91,15 +93,14 @@ def test_lease_cancel_and_validity() -> None:
     manager = APIKeyManager(
         api_keys=[{"api_key": KEYS[0], "requests_per_min": 60}],
         make_default=False,
-        clock=clock,
-        client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
+        options=PoolOptions(clock=clock, client_factory=lambda config, hook: object()),
     )
     first = manager.acquire()
-    assert first.delay() == 0 and first.still_valid()
+    assert first.send_at == clock.monotonic() and first.still_valid()
     assert isinstance(manager.try_acquire(), float)  # nothing free now: how long to wait
     second = manager.acquire()  # waits its turn on the (fake) clock: 60 RPM, one per second
     assert clock.sleeps == [pytest.approx(1.0)]
-    assert second.delay() == 0
+    assert second.send_at == clock.monotonic()  # granted for now, never for later
     manager.remove_key(KEYS[0], "revoked")
     assert not second.still_valid()
     second.cancel()
@@ -111,6 +112,26 @@ def test_lease_cancel_and_validity() -> None:
     assert stats.keys[0].state is KeyState.REMOVED
     with pytest.raises(NoKeysAvailableError, match="revoked"):
         manager.acquire()
+
+
+def test_pools_given_one_store_share_limits_and_key_health() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    options = PoolOptions(clock=clock, store=store, client_factory=lambda config, hook: None)
+    entries = [{"api_key": KEYS[0], "requests_per_min": 60}]  # one request a second
+    first = APIKeyManager(api_keys=entries, make_default=False, options=options)
+    second = APIKeyManager(api_keys=entries, make_default=False, options=options)
+    alone = APIKeyManager(api_keys=entries, make_default=False, options=PoolOptions(clock=clock))
+    first.acquire().succeed(None)
+    # The group's budget is the store's: the second pool finds this second's request taken.
+    wait = second.try_acquire()
+    assert isinstance(wait, float) and wait > 0.5
+    assert not isinstance(alone.try_acquire(), float)  # a pool with its own store does not
+    first.remove_key(KEYS[0], "revoked by the first pool")
+    (stats,) = second.statistics().keys
+    assert stats.state is KeyState.REMOVED and stats.removed_reason == "revoked by the first pool"
+    with pytest.raises(NoKeysAvailableError, match="revoked by the first pool"):
+        second.try_acquire()
 
 
 def _echoing_client_factory(status: int, message: Callable[[str], str]) -> Any:
@@ -141,7 +162,9 @@ def test_a_server_that_echoes_the_key_does_not_leak_it(
     manager = APIKeyManager(
         api_keys=[secret],
         make_default=False,
-        client_factory=_echoing_client_factory(401, lambda key: f"Incorrect API key: {key}"),
+        options=PoolOptions(
+            client_factory=_echoing_client_factory(401, lambda key: f"Incorrect API key: {key}")
+        ),
     )
     with pytest.raises(NoKeysAvailableError) as info:
         request_openai_api(ChatModel(content="x"), manager=manager)
@@ -150,7 +173,9 @@ def test_a_server_that_echoes_the_key_does_not_leak_it(
     fatal = APIKeyManager(
         api_keys=[secret],
         make_default=False,
-        client_factory=_echoing_client_factory(400, lambda key: f"bad request from {key}"),
+        options=PoolOptions(
+            client_factory=_echoing_client_factory(400, lambda key: f"bad request from {key}")
+        ),
     )
     with pytest.raises(RequestFailedError) as bad:
         request_openai_api(ChatModel(content="x"), manager=fatal)
@@ -218,10 +243,12 @@ def test_settling_with_the_servers_count_follows_the_knob(
     manager = APIKeyManager(
         api_keys=[{"api_key": KEYS[0], "tokens_per_min": 6000}],  # 100 tokens/s
         make_default=False,
-        clock=clock,
-        burst_seconds=0.1,  # a bucket of 10 tokens
-        knobs=Knobs(ratelimit_after_submission=settle),
-        client_factory=lambda config, hook: object(),  # type: ignore[arg-type,return-value]
+        options=PoolOptions(
+            burst_seconds=0.1,
+            knobs=Knobs(ratelimit_after_submission=settle),
+            clock=clock,
+            client_factory=lambda config, hook: object(),
+        ),
     )
     lease = manager.acquire(10)
     lease.succeed(tokens_used=1010, charged=1010)  # the server counted 1,000 more

@@ -22,7 +22,7 @@ import httpx2
 import openai
 import pytest
 
-from openai_parallel_toolkit import APIKeyManager, RetryPolicy, server
+from openai_parallel_toolkit import APIKeyManager, PoolOptions, RetryPolicy, server
 from openai_parallel_toolkit.asgi import BackgroundServer
 from openai_parallel_toolkit.serving import KEY_ENV_VAR, main
 from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
@@ -48,7 +48,7 @@ def _manager(api_base: str) -> APIKeyManager:
     return APIKeyManager(
         api_keys=[{"api_key": k, "api_base": api_base} for k in KEYS],
         make_default=False,
-        timeout=30.0,
+        options=PoolOptions(timeout=30.0),
     )
 
 

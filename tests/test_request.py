@@ -18,6 +18,7 @@ from openai_parallel_toolkit import (
     Gpt35Turbo,
     KeyState,
     NoKeysAvailableError,
+    PoolOptions,
     RequestFailedError,
     RetryPolicy,
     request_openai_api,
@@ -121,7 +122,7 @@ def test_dropped_connection_is_retried(server: FakeOpenAIServer) -> None:
 
 
 def test_timeout_is_retried_on_time(server: FakeOpenAIServer) -> None:
-    manager = pool(server, keys=KEYS[:1], timeout=0.3)
+    manager = pool(server, keys=KEYS[:1], options=PoolOptions(timeout=0.3))
     server.set_fault(KEYS[0], "slow", times=1)
     started = time.monotonic()
     assert request_openai_api(ChatModel(content="x"), manager=manager, policy=FAST) == "echo: x"

@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from openai_parallel_toolkit import APIKeyManager, RetryPolicy
+from openai_parallel_toolkit import APIKeyManager, PoolOptions, RetryPolicy
 from openai_parallel_toolkit.asgi import BackgroundServer
 from openai_parallel_toolkit.server import ProxyServer
 from openai_parallel_toolkit.testing import FakeOpenAIServer
@@ -47,7 +47,7 @@ def _setup(upstream: FakeOpenAIServer, **options: object) -> Iterator[Setup]:
     manager = APIKeyManager(
         api_keys=[{"api_key": k, "api_base": upstream.base_url, **entries} for k in KEYS],
         make_default=False,
-        timeout=timeout,
+        options=PoolOptions(timeout=timeout),
     )
     proxy = ProxyServer(manager, CLIENT_KEY, timeout=timeout, **options)  # type: ignore[arg-type]
     with BackgroundServer(proxy.app, name="proxy") as running:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from openai_parallel_toolkit import APIKeyManager
+from openai_parallel_toolkit import APIKeyManager, PoolOptions
 from openai_parallel_toolkit._core.sharing import SharedUse
 from openai_parallel_toolkit.testing import FakeClock
 from openai_parallel_toolkit.testing.simulation import Project, SimulatedServer, simulate
@@ -18,8 +18,7 @@ def pool(clock: FakeClock, keys: list[str], **entry: Any) -> APIKeyManager:
     return APIKeyManager(
         api_keys=[{"api_key": key, **entry} for key in keys],
         make_default=False,
-        clock=clock,
-        client_factory=lambda config, hook: None,  # type: ignore[arg-type,return-value]
+        options=PoolOptions(clock=clock, client_factory=lambda config, hook: None),
     )
 
 
@@ -135,7 +134,7 @@ def test_a_server_that_reports_a_minute_but_enforces_a_second_stops_the_surplus(
     stats = simulate(clock, server, [(manager, 40)], 60.0)
     assert sum(server.admitted.values()) >= 0.9 * 4 * 10.0 * 60.0
     assert stats[0].rate_limited <= 0.03 * stats[0].successes
-    assert not any(group.surplus.allowed for group in manager._groups.values())
+    assert not any(key.surplus_allowed for key in manager.statistics().keys)
 
 
 def test_two_pools_converge_on_a_token_limit_too() -> None:
@@ -163,4 +162,4 @@ def test_headerless_429s_are_not_taken_for_a_shorter_window() -> None:
     simulate(clock, server, [(manager, 40)], 60.0)
     assert server.chaos > 0
     assert sum(server.admitted.values()) >= 0.8 * 4 * (600 + 10.0 * 60.0)
-    assert all(group.surplus.allowed for group in manager._groups.values())
+    assert all(key.surplus_allowed for key in manager.statistics().keys)

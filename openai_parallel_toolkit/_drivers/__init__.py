@@ -1,0 +1,1 @@
+"""Drivers: the I/O around the sans-I/O core (HTTP clients per key, waiting)."""

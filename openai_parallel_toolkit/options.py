@@ -1,0 +1,45 @@
+"""How a key pool runs: timeouts, bucket size, time, clients and where its state lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._drivers.clients import ClientFactory
+from ._store import LimiterStore
+from .clock import Clock
+from .knobs import Knobs
+
+__all__ = ["DEFAULT_BURST_SECONDS", "PoolOptions"]
+
+# Burst the pool allows itself, in seconds of refill. Kept below the one second servers are
+# seen to allow, so that a request that arrives a little late (and so finds the server's bucket
+# already full, its refill wasted) does not push the next one over the server's limit.
+DEFAULT_BURST_SECONDS = 0.5
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PoolOptions:
+    """Settings of an `APIKeyManager` beyond its keys; every field has a production default.
+
+    - `timeout`: seconds one request may take, for keys whose config sets no ``timeout``.
+    - `burst_seconds`: how much a limit group may send at once, in seconds of its refill.
+    - `knobs`: openai-manager's environment knobs (default limits, settling); None reads
+      them from the environment when the pool is built.
+    - `clock`: the time source (a `FakeClock` in tests); None is the system clock.
+    - `client_factory`: builds each key's client from its `KeyConfig` and a response hook
+      that must see every HTTP response; None builds `openai.OpenAI` clients.
+    - `store`: where limit-group budgets and key health live; None keeps them in this pool.
+    """
+
+    timeout: float = 120.0
+    burst_seconds: float = DEFAULT_BURST_SECONDS
+    knobs: Knobs | None = None
+    clock: Clock | None = None
+    client_factory: ClientFactory | None = None
+    store: LimiterStore | None = None
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
+        if not self.burst_seconds > 0:
+            raise ValueError(f"burst_seconds must be > 0, not {self.burst_seconds!r}")

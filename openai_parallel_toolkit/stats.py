@@ -1,0 +1,80 @@
+"""Frozen snapshots of a key pool: per key, per pool, and its capacity now."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["KeyState", "KeyStats", "PoolCapacity", "PoolStats"]
+
+
+class KeyState(str, enum.Enum):
+    """Health of a key in the pool."""
+
+    ACTIVE = "active"
+    COOLING_DOWN = "cooling_down"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """A snapshot of one key (masked) and its counters.
+
+    `pace_share` is the share of the group's limit it paces at now (1.0: all of it); it is
+    lower after 429s, while a learned limit starts up, and by `others_per_min` /
+    `others_tokens_per_min`: the requests and tokens per minute others spend of the limits
+    (other keys of the project, other processes, other programs), as the server's
+    ``remaining`` counts show. `surplus_requests` is what the server says it holds beyond
+    the group's own pace (a per-minute window that starts full), sent before the pace;
+    `surplus_allowed` turns False for good once the server proved it enforces a shorter
+    window than its counts report (a 429 while they showed capacity left).
+    """
+
+    key: str
+    group: str
+    state: KeyState
+    cooldown_remaining: float
+    removed_reason: str | None
+    requests: int
+    successes: int
+    rate_limited: int
+    errors: int
+    tokens: int
+    in_flight: int
+    requests_per_min: float | None
+    tokens_per_min: float | None
+    pace_share: float = 1.0
+    others_per_min: float = 0.0
+    others_tokens_per_min: float = 0.0
+    surplus_requests: float = 0.0
+    surplus_allowed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of the whole pool: per-key statistics and totals."""
+
+    keys: tuple[KeyStats, ...]
+    requests: int
+    successes: int
+    rate_limited: int
+    errors: int
+    tokens: int
+    active_keys: int
+    in_flight: int
+    latency: float | None = None  # seconds from a slot's grant to the answer (moving average)
+    waiting: int = 0  # threads waiting for a slot now
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCapacity:
+    """Known limits (per minute) and what is left now, summed over the usable groups.
+
+    None where no group knows that limit.
+    """
+
+    limit_requests: float | None
+    remaining_requests: float | None
+    limit_tokens: float | None
+    remaining_tokens: float | None
+    active_keys: int
