@@ -256,6 +256,7 @@ class BackgroundServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
         self._error: BaseException | None = None
 
@@ -288,27 +289,30 @@ class BackgroundServer:
 
     def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
         async def serve() -> None:
+            self._task = asyncio.current_task()
             self._loop = asyncio.get_running_loop()
             await server.serve(sockets=[sock])
 
         try:
             asyncio.run(serve())
+        except asyncio.CancelledError:  # `stop` cancelled the serving task
+            pass
         except BaseException as exc:  # uvicorn reports a failed start with SystemExit
             self._error = exc
 
     def stop(self) -> None:
         """Stop at once, cutting open connections; idempotent."""
-        thread, server, loop = self._thread, self._server, self._loop
+        thread, server, loop, task = self._thread, self._server, self._loop, self._task
         if thread is None or server is None:
             return
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed in between
-                loop.call_soon_threadsafe(_shutdown_now, server)
+                loop.call_soon_threadsafe(_shutdown_now, server, task)
         server.should_exit = True
         thread.join(timeout=5.0)
         if self._socket is not None:
             self._socket.close()
-        self._thread = self._server = self._loop = self._socket = None
+        self._thread = self._server = self._loop = self._task = self._socket = None
 
     def __enter__(self) -> BackgroundServer:
         return self.start()
@@ -317,12 +321,18 @@ class BackgroundServer:
         self.stop()
 
 
-def _shutdown_now(server: uvicorn.Server) -> None:
+def _shutdown_now(server: uvicorn.Server, task: asyncio.Task[None] | None) -> None:
     # Skip uvicorn's graceful wait and cut in-flight requests, so clients see a closed
-    # connection at once instead of waiting for their timeout.
+    # connection at once instead of waiting for their timeout. Cancelling the serving task
+    # also skips uvicorn's own shutdown, which polls `should_exit` every 0.1 s and then pauses
+    # another 0.1 s: 0.2 s for every stop, which a test suite pays hundreds of times.
     server.should_exit = True
     server.force_exit = True
+    for listener in server.servers:
+        listener.close()
     for connection in list(server.server_state.connections):
         transport = getattr(connection, "transport", None)
         if transport is not None:
             transport.close()
+    if task is not None:
+        task.cancel()
