@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from openai_parallel_toolkit.testing import FakeOpenAIServer
+from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
 from openai_parallel_toolkit.testing.fake_server import (
     KeyCounters,
     build_parser,
@@ -188,7 +188,9 @@ def test_unknown_route_and_bad_json(shared: FakeOpenAIServer) -> None:
 
 
 def test_rate_limit_429_with_headers() -> None:
-    with FakeOpenAIServer(rpm=60, tpm=600_000) as server:  # one request per second
+    with FakeOpenAIServer(
+        rpm=60, tpm=600_000, clock=FakeClock()
+    ) as server:  # one request per second
         api = client(server)
         ok = api.chat.completions.with_raw_response.create(model="gpt-x", messages=USER_HI)
         assert ok.headers["x-ratelimit-limit-requests"] == "60"
@@ -212,7 +214,7 @@ def test_rate_limit_429_with_headers() -> None:
 
 
 def test_rate_headers_on_success_and_omitted_when_unlimited() -> None:
-    with FakeOpenAIServer(tpm=6000) as server:  # 100 tokens/s, bucket of 100
+    with FakeOpenAIServer(tpm=6000, clock=FakeClock()) as server:  # 100 tokens/s, bucket of 100
         raw = client(server).chat.completions.with_raw_response.create(
             model="m", messages=USER_HI, max_tokens=10
         )
@@ -227,7 +229,7 @@ def test_rate_headers_on_success_and_omitted_when_unlimited() -> None:
 
 
 def test_token_limit_and_oversized_request() -> None:
-    with FakeOpenAIServer(tpm=600) as server:  # 10 tokens/s, bucket of 10
+    with FakeOpenAIServer(tpm=600, clock=FakeClock()) as server:  # 10 tokens/s, bucket of 10
         api = client(server)
         # Costs 1 + 100: larger than the bucket, admitted because the bucket is full.
         api.chat.completions.create(model="m", messages=USER_HI, max_tokens=100)
@@ -241,7 +243,8 @@ def test_token_limit_and_oversized_request() -> None:
 
 def test_groups_share_one_bucket_and_keys_are_separate() -> None:
     groups = {KEY: "project", OTHER: "project"}
-    with FakeOpenAIServer(rpm=60, groups=groups, group_limits={"project": (60, None)}) as server:
+    limits = {"project": (60.0, None)}
+    with FakeOpenAIServer(rpm=60, groups=groups, group_limits=limits, clock=FakeClock()) as server:
         client(server, KEY).chat.completions.create(model="m", messages=USER_HI)
         with pytest.raises(openai.RateLimitError):
             client(server, OTHER).chat.completions.create(model="m", messages=USER_HI)
@@ -253,7 +256,9 @@ def test_groups_share_one_bucket_and_keys_are_separate() -> None:
 
 
 def test_per_key_limits_override_and_burst() -> None:
-    with FakeOpenAIServer(rpm=60, limits={OTHER: (None, None)}, burst_seconds=3) as server:
+    with FakeOpenAIServer(
+        rpm=60, limits={OTHER: (None, None)}, burst_seconds=3, clock=FakeClock()
+    ) as server:
         for _ in range(3):  # capacity 1/s x 3 s
             client(server, KEY).chat.completions.create(model="m", messages=USER_HI)
         with pytest.raises(openai.RateLimitError):
@@ -263,7 +268,7 @@ def test_per_key_limits_override_and_burst() -> None:
 
 
 def test_charge_rejected_pushes_retry_later() -> None:
-    with FakeOpenAIServer(rpm=60, charge_rejected=True) as server:
+    with FakeOpenAIServer(rpm=60, charge_rejected=True, clock=FakeClock()) as server:
         api = client(server)
         api.chat.completions.create(model="m", messages=USER_HI)
         waits = []
@@ -275,18 +280,19 @@ def test_charge_rejected_pushes_retry_later() -> None:
 
 
 def test_refill_admits_again() -> None:
-    with FakeOpenAIServer(rpm=600) as server:  # 10/s, bucket of 10
+    clock = FakeClock()
+    with FakeOpenAIServer(rpm=600, clock=clock) as server:  # 10/s, bucket of 10
         api = client(server)
         for _ in range(10):
             api.chat.completions.create(model="m", messages=USER_HI)
         with pytest.raises(openai.RateLimitError) as info:
             api.chat.completions.create(model="m", messages=USER_HI)
-        time.sleep(float(info.value.response.headers["retry-after-ms"]) / 1000)
+        clock.advance(float(info.value.response.headers["retry-after-ms"]) / 1000)
         api.chat.completions.create(model="m", messages=USER_HI)
 
 
 def test_reported_burst_seconds_reports_the_minute_but_enforces_one_second() -> None:
-    with FakeOpenAIServer(rpm=600, reported_burst_seconds=60) as server:  # 10/s, bucket of 10
+    with FakeOpenAIServer(rpm=600, reported_burst_seconds=60, clock=FakeClock()) as server:  # 10/s
         api = client(server).chat.completions.with_raw_response
         remaining = []
         for _ in range(10):
@@ -346,7 +352,7 @@ def test_status_faults(
 
 
 def test_bare_rate_limit_fault_has_no_limit_headers_and_is_not_charged() -> None:
-    with FakeOpenAIServer(rpm=600) as server:
+    with FakeOpenAIServer(rpm=600, clock=FakeClock()) as server:
         server.set_fault(KEY, "rate_limit_bare", times=1)
         api = client(server).chat.completions.with_raw_response
         with pytest.raises(openai.RateLimitError) as info:

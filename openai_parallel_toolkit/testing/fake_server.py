@@ -39,6 +39,7 @@ from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from ..asgi import BackgroundServer
+from ..clock import Clock, SystemClock
 
 __all__ = [
     "FAULTS",
@@ -491,6 +492,9 @@ class FakeOpenAIServer:
     capacity (charged alike) while `burst_seconds` is what is enforced, as a server that reports
     the minute's remaining quota but enforces a shorter window.
     `latency`/`jitter` delay admitted requests only; auth errors, faults and 429s reply at once.
+    `clock` is the time source of the limits (default: the system clock); with a `FakeClock`
+    the buckets refill only as the test moves that clock, while delays (`latency`, `jitter`,
+    the ``slow`` fault) remain real waits.
     Requests without a bearer key are recorded under the key ``""``. `app` is the ASGI
     application itself (a Starlette router), for serving it some other way.
     """
@@ -516,6 +520,7 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             _check_limit(name, value)
@@ -546,6 +551,7 @@ class FakeOpenAIServer:
         self.slow_seconds = 5.0
 
         self._rng = random.Random(seed)
+        self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._counts: dict[str, _Counts] = {}
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=_LOG_SIZE)
@@ -722,7 +728,11 @@ class FakeOpenAIServer:
             bucket = self._buckets.get(ident)
             if bucket is None:
                 bucket = _Bucket(
-                    rpm, tpm, self._burst_seconds, time.monotonic(), self._reported_burst_seconds
+                    rpm,
+                    tpm,
+                    self._burst_seconds,
+                    self._clock.monotonic(),
+                    self._reported_burst_seconds,
                 )
                 self._buckets[ident] = bucket
         self._bucket_of[key] = bucket
@@ -817,7 +827,7 @@ class FakeOpenAIServer:
 
         bucket = self._bucket(ckey)
         if bucket is not None:
-            rejected = bucket.admit(plan.cost, time.monotonic(), self._charge_rejected)
+            rejected = bucket.admit(plan.cost, self._clock.monotonic(), self._charge_rejected)
             if self._send_headers:
                 base_headers.extend(bucket.headers())
             if rejected is not None:
