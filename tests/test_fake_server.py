@@ -423,6 +423,19 @@ def test_fault_probability_and_wildcard() -> None:
         server.set_fault(KEY, "meteor")
 
 
+def test_latency_and_jitter_change_while_serving() -> None:
+    with FakeOpenAIServer(latency=30.0, jitter=1.0) as server:
+        server.latency, server.jitter = 0.0, 0.0
+        # Still 30 s of latency, the client would time out.
+        reply = client(server, timeout=5).chat.completions.create(model="m", messages=USER_HI)
+        assert reply.choices[0].message.content == "echo: hi"
+        assert (server.latency, server.jitter) == (0.0, 0.0)
+        with pytest.raises(ValueError):
+            server.latency = -1.0
+        with pytest.raises(ValueError):
+            server.jitter = -0.1
+
+
 # ---------------------------------------------------------------------------- bookkeeping
 
 

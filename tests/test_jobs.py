@@ -34,8 +34,17 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(keys=KEYS, latency=0.05, jitter=0.02, seed=9) as fake:
+    with FakeOpenAIServer(keys=KEYS, seed=9) as fake:
         yield fake
+
+
+def slowed(server: FakeOpenAIServer) -> None:
+    """Replies take 0.03-0.07 s, so that a job can be stopped partway."""
+    server.latency, server.jitter = 0.05, 0.02
+
+
+def quick(server: FakeOpenAIServer) -> None:
+    server.latency = server.jitter = 0.0
 
 
 @pytest.fixture
@@ -85,12 +94,14 @@ def test_a_killed_job_resumes_each_id_once_without_resending(
 ) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 200)
     output = tmp_path / "results.jsonl"
+    slowed(server)
     process = start_job_and_wait(requests, output, config, threads=8, written=20_000)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     finished = {r["id"] for r in results_tolerant(output) if "response" in r}
     assert 0 < len(finished) < 200
     server.reset_counters()
+    quick(server)
 
     again = cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 0, again.stderr
@@ -214,10 +225,11 @@ def test_keys_check(server: FakeOpenAIServer, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_finished_results_and_the_next_run_continues(
-    config: Path, tmp_path: Path
+    server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 300)
     output = tmp_path / "results.jsonl"
+    slowed(server)
     process = start_job_and_wait(requests, output, config, threads=4, written=5_000)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -225,6 +237,7 @@ def test_ctrl_c_keeps_finished_results_and_the_next_run_continues(
     assert "interrupted" in stderr
     first = results(output)  # every line complete: in-flight requests were finished and written
     assert 0 < len(first) < 300
+    quick(server)
     again = cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 0
     assert sorted(r["id"] for r in results(output)) == list(range(1, 301))

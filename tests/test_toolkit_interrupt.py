@@ -50,6 +50,11 @@ def _start(config: Path, inputs: Path, out: Path) -> subprocess.Popen[str]:
     )
 
 
+def _quick(server: FakeOpenAIServer) -> None:
+    """No more latency: it only made the first run slow enough to stop partway."""
+    server.latency = server.jitter = 0.0
+
+
 def _outputs(out: Path) -> list[Path]:
     if not out.exists():
         return []
@@ -86,6 +91,7 @@ def test_killed_job_resumes_without_resending_finished_requests(
         cached = len(cache)
     assert cached >= len(survivors) * ITEMS
     server.reset_counters()
+    _quick(server)
 
     rerun = _start(config, inputs, out)
     stdout, stderr = rerun.communicate(timeout=120)
@@ -113,6 +119,7 @@ def test_ctrl_c_finishes_files_in_progress_and_reports(
     done = _outputs(out)
     assert 5 <= len(done) < FILES
     _assert_complete(out, done)
+    _quick(server)
     rerun = _start(config, inputs, out)
     stdout, stderr = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, stderr
@@ -171,6 +178,7 @@ def test_second_ctrl_c_abandons_cleanly_and_a_rerun_does_each_file_once(
         assert len(cache) == answered
     server.clear_faults()
     server.reset_counters()
+    _quick(server)
 
     rerun = _start(config, inputs, out)
     stdout, stderr = rerun.communicate(timeout=120)

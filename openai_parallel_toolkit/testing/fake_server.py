@@ -626,6 +626,30 @@ class FakeOpenAIServer:
         state = self._base_url or "stopped"
         return f"FakeOpenAIServer({state})"
 
+    # ------------------------------------------------------------------ delays
+
+    @property
+    def latency(self) -> float:
+        """Delay of admitted requests, in seconds; may be changed while serving."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("latency must be >= 0")
+        self._latency = seconds
+
+    @property
+    def jitter(self) -> float:
+        """± uniform jitter added to `latency`, in seconds; may be changed while serving."""
+        return self._jitter
+
+    @jitter.setter
+    def jitter(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("jitter must be >= 0")
+        self._jitter = seconds
+
     # ------------------------------------------------------------------ faults
 
     def set_fault(
