@@ -12,7 +12,7 @@ Importing the package has no side effects: no environment is read, no logging is
 no network is touched until a pool is built or a request is sent.
 """
 
-from ._store import LimiterStore, MemoryStore
+from ._store import LimiterStore, MemoryStore, RedisStore, RedisStoreStats
 from .cache import RequestCache, use_cache
 from .clock import Clock, SystemClock
 from .compat import ChatCompletion, Completion, Embedding, append_auth_from_config
@@ -106,6 +106,8 @@ __all__ = [
     "PoolOptions",
     "PoolStats",
     "RateLimitHeaders",
+    "RedisStore",
+    "RedisStoreStats",
     "RequestCache",
     "RequestFailedError",
     "ResultsFileError",

@@ -27,7 +27,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from .config import KeyConfig, ToolkitConfig, config_from_env, load_config
+from .config import (
+    SHARED_STATE_VARIABLE,
+    KeyConfig,
+    ToolkitConfig,
+    check_shared_state,
+    config_from_env,
+    load_config,
+)
 from .errors import Action, ConfigError, classify, redact
 from .headers import RateLimitHeaders
 from .keys import APIKeyManager
@@ -127,13 +134,31 @@ def configure_logging(level: int = logging.WARNING) -> None:
     logging.getLogger(_PACKAGE_LOGGER).setLevel(level)
 
 
-def _load_config(path: str | None, timeout: float | None) -> ToolkitConfig:
-    """The config file, else the environment (and .env); `timeout` replaces every key's own."""
+def load_pool_config(
+    path: str | None, timeout: float | None, redis: str | None = None
+) -> ToolkitConfig:
+    """The config file, else the environment (and .env); `timeout` replaces every key's own,
+    `redis` the config's ``shared_state``."""
     config = load_config(path) if path else config_from_env(dotenv=True)
+    if redis is not None:
+        config = dataclasses.replace(
+            config, shared_state=check_shared_state(redis, "arguments", "--redis")
+        )
     if timeout is None:
         return config
     keys = tuple(dataclasses.replace(key, timeout=timeout) for key in config.keys)
     return dataclasses.replace(config, keys=keys)
+
+
+def add_redis_option(parser: argparse.ArgumentParser) -> None:
+    """``--redis URL``: share limits with every process using the same keys and Redis."""
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share rate limits, cool-downs and removed keys with the other processes using "
+        "this Redis, e.g. redis://host:6379/0 (default: the config's shared_state, else "
+        f"{SHARED_STATE_VARIABLE}, else none)",
+    )
 
 
 @contextlib.contextmanager
@@ -224,6 +249,7 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="seconds one request may take before it is retried (default: the config's "
         "timeout, else 120)",
     )
+    add_redis_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
     parser.add_argument(
         "--status-interval",
@@ -255,7 +281,7 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
             if "-" in (args.input, args.output):
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opt-run-")))
             manager = APIKeyManager(
-                config=_load_config(args.config, args.timeout), make_default=False
+                config=load_pool_config(args.config, args.timeout, args.redis), make_default=False
             )
             stack.callback(manager.close)
             source = _spool_stdin(folder) if args.input == "-" and folder else args.input
@@ -402,7 +428,7 @@ def keys_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit keys") -
     if level is not None:
         configure_logging(level)
     try:
-        config = _load_config(args.config, args.timeout)
+        config = load_pool_config(args.config, args.timeout)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

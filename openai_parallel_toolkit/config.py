@@ -228,7 +228,10 @@ _DEFAULT_FIELDS = (
     "limit_group",  # all keys of one project: one shared limit
     "timeout",
 )
-_TOP_FIELDS = ("api_keys", *_DEFAULT_FIELDS)
+_TOP_FIELDS = ("api_keys", "shared_state", *_DEFAULT_FIELDS)
+# Where limiter state is shared between processes, when the config file does not say.
+SHARED_STATE_VARIABLE = "OPENAI_PARALLEL_TOOLKIT_REDIS_URL"
+_SHARED_STATE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class _KeyOptions(TypedDict, total=False):
@@ -335,12 +338,15 @@ class ToolkitConfig:
     """The whole configuration: the keys (at least one, no duplicates) and where they came from.
 
     `source` is the file path as given, "environment" or "arguments"; `api_base` is the top-level
-    default, already applied to the keys and kept for information.
+    default, already applied to the keys and kept for information. `shared_state` is the URL
+    of the Redis server through which processes using these keys share their limits (None:
+    each process on its own, unless ``OPENAI_PARALLEL_TOOLKIT_REDIS_URL`` is set).
     """
 
     keys: tuple[KeyConfig, ...]
     source: str
     api_base: str | None = None
+    shared_state: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
 
     def __post_init__(self) -> None:
         keys = tuple(self.keys)
@@ -358,6 +364,19 @@ class ToolkitConfig:
             object.__setattr__(
                 self, "api_base", _check_api_base(self.api_base, self.source, "api_base")
             )
+        if self.shared_state is not None:
+            check_shared_state(self.shared_state, self.source, "shared_state")
+
+
+def check_shared_state(value: object, source: str, field: str) -> str:
+    """A shared-state URL (``redis://``, ``rediss://`` or ``unix://``), or a ConfigError."""
+    if not isinstance(value, str) or not value.startswith(_SHARED_STATE_SCHEMES):
+        _fail(
+            f"must be a Redis URL like redis://host:6379/0, got {_kind(value)}",
+            source,
+            field,
+        )
+    return value
 
 
 def _reject_duplicates(entries: Sequence[tuple[str, str]], source: str) -> None:
@@ -463,20 +482,34 @@ def config_from_mapping(data: object, *, source: str = "arguments") -> ToolkitCo
         defaults = _check_optional(data, source, "", _DEFAULT_FIELDS)
         raw_keys = _as_list(data["api_keys"], source, "api_keys")
         entries = [(f"api_keys[{index}]", raw) for index, raw in enumerate(raw_keys)]
-        return _build_config(entries, defaults, source, "the 'api_keys' list is empty")
+        config = _build_config(entries, defaults, source, "the 'api_keys' list is empty")
+        return _with_shared_state(config, data)
     # openai-manager's form: every top-level value that is not a default is a block of one key.
-    blocks = {name: value for name, value in data.items() if name not in _DEFAULT_FIELDS}
+    blocks = {
+        name: value
+        for name, value in data.items()
+        if name not in _DEFAULT_FIELDS and name != "shared_state"
+    }
     for name, value in blocks.items():
         if not isinstance(value, Mapping):
             _not_a_block(name, value, source)
     defaults = _check_optional(data, source, "", _DEFAULT_FIELDS)
     entries = [(str(name), value) for name, value in blocks.items()]
-    return _build_config(
+    config = _build_config(
         entries,
         defaults,
         source,
         "expected an 'api_keys' list or blocks like 'auth_1: {api_key: ...}'",
     )
+    return _with_shared_state(config, data)
+
+
+def _with_shared_state(config: ToolkitConfig, data: Mapping[object, object]) -> ToolkitConfig:
+    value = data.get("shared_state")
+    if value is None:
+        return config
+    url = check_shared_state(value, config.source, "shared_state")
+    return dataclasses.replace(config, shared_state=url)
 
 
 def _not_a_block(name: object, value: object, source: str) -> NoReturn:

@@ -22,9 +22,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core.pool import Grant, KeyPool, PoolKey
 from ._drivers.clients import default_client_factory
-from ._store import MemoryStore
+from ._store import LimiterStore, MemoryStore, RedisStore
 from .clock import Clock, SystemClock
-from .config import KeyConfig, ToolkitConfig, config_from_env, config_from_keys, load_config
+from .config import (
+    SHARED_STATE_VARIABLE,
+    KeyConfig,
+    ToolkitConfig,
+    check_shared_state,
+    config_from_env,
+    config_from_keys,
+    load_config,
+)
 from .errors import ConfigError, Verdict, protect_logs, scrub_exception
 from .headers import RateLimitHeaders
 from .knobs import Knobs
@@ -219,7 +227,9 @@ class APIKeyManager:
         self._client_factory = options.client_factory or default_client_factory(options.timeout)
         self._lock = threading.Lock()
         self._waiting: collections.deque[threading.Condition] = collections.deque()
-        self._pool = KeyPool(options.store or MemoryStore(), self.knobs, options.burst_seconds)
+        store, self._owns_store = _store_for(config, options)
+        self._pool = KeyPool(store, self.knobs, options.burst_seconds)
+        store.subscribe(self._wake)
         self._clients: dict[int, openai.OpenAI] = {}
         self._add(config.keys)
         logger.info(
@@ -235,6 +245,11 @@ class APIKeyManager:
     def timeout(self) -> float:
         """Seconds one request may take, for keys whose config sets no ``timeout``."""
         return self.options.timeout
+
+    @property
+    def store(self) -> LimiterStore:
+        """Where the pool's limit groups and key health live (`MemoryStore`, `RedisStore`)."""
+        return self._pool.store
 
     @property
     def prompt_scale(self) -> float:
@@ -310,6 +325,11 @@ class APIKeyManager:
         """Under the lock: let the first waiting thread look at the pool again."""
         if self._waiting:
             self._waiting[0].notify()
+
+    def _wake(self) -> None:
+        """From any thread: capacity arrived from elsewhere (the store)."""
+        with self._lock:
+            self._wake_first()
 
     def _run(self, step: Callable[[KeyPool, float], _T], *, wake: bool = False) -> _T:
         """Run one core step under the lock at the clock's now; wake the first waiter after."""
@@ -396,10 +416,12 @@ class APIKeyManager:
         )
 
     def close(self) -> None:
-        """Close every key's HTTP client."""
+        """Close every key's HTTP client, and the shared-state store the pool opened itself."""
         for client in self._clients.values():
             if client is not None:
                 client.close()
+        if self._owns_store:
+            self._pool.store.close()
 
     def __enter__(self) -> APIKeyManager:
         return self
@@ -410,6 +432,23 @@ class APIKeyManager:
     def __repr__(self) -> str:
         keys = ", ".join(key.masked for key in self._pool.keys)
         return f"<APIKeyManager {len(self._pool.keys)} keys from {self.config.source}: {keys}>"
+
+
+def _store_for(config: ToolkitConfig, options: PoolOptions) -> tuple[LimiterStore, bool]:
+    """The pool's store, and whether the pool opened it (and so closes it): the options',
+    else Redis at the config's ``shared_state`` or ``OPENAI_PARALLEL_TOOLKIT_REDIS_URL``, else
+    one in memory."""
+    if options.store is not None:
+        return options.store, False
+    url = config.shared_state or os.environ.get(SHARED_STATE_VARIABLE) or None
+    if url is None:
+        return MemoryStore(), True
+    check_shared_state(
+        url,
+        config.source if config.shared_state else "environment",
+        "shared_state" if config.shared_state else SHARED_STATE_VARIABLE,
+    )
+    return RedisStore(url), True
 
 
 _default_lock = threading.Lock()

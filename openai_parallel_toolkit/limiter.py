@@ -27,12 +27,38 @@ at that moment. Nothing here sleeps or locks: the key pool holds the lock and ca
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from ._core.sharing import SharedUse
 from ._core.surplus import Surplus
 from .headers import RateLimitHeaders
 
-__all__ = ["LimitGroup"]
+__all__ = ["Budget", "LimitGroup"]
+
+
+class Budget(Protocol):
+    """A group's share of a budget kept elsewhere (another process's store), spent locally.
+
+    Where a group has one, it decides what others spend of the limits: the group no longer
+    estimates that from the headers, and sends only what the budget allows.
+    """
+
+    def ready_at(self, group: LimitGroup, tokens: float, now: float) -> float:
+        """When a request of `tokens` fits the budget (`now` if it does); may apply what the
+        store learned (limits, cool-downs) to `group` first."""
+        ...
+
+    def spend(self, tokens: float) -> None:
+        """Take one request and `tokens` from the budget."""
+        ...
+
+    def refund(self, requests: float, tokens: float) -> None:
+        """Give back what a send did not use (negative `tokens`: it used more)."""
+        ...
+
+    def cooled(self, seconds: float) -> None:
+        """The group was cooled down for `seconds` from now: tell the other senders."""
+        ...
 
 
 # Sends that need a full bucket go this much later than the bucket says: thread wake-ups and
@@ -133,6 +159,7 @@ class LimitGroup:
         tokens_per_min: float | None = None,
         burst_seconds: float = 1.0,
         now: float = 0.0,
+        budget: Budget | None = None,
     ) -> None:
         if burst_seconds <= 0:
             raise ValueError("burst_seconds must be > 0")
@@ -166,6 +193,7 @@ class LimitGroup:
         self.shared_requests = SharedUse()
         self.shared_tokens = SharedUse()
         self._others_requests = self._others_tokens = 0.0
+        self.budget = budget
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -209,6 +237,8 @@ class LimitGroup:
         return share
 
     def _read_others(self, now: float) -> None:
+        if self.budget is not None:
+            return  # the budget already holds back what the others spend
         self._others_requests = self.shared_requests.rate(now)
         self._others_tokens = self.shared_tokens.rate(now)
 
@@ -353,6 +383,8 @@ class LimitGroup:
             t = max(t, self.requests.ready_at(1.0, t))
         if self.tokens is not None and tokens > 0 and self.surplus.tokens < tokens:
             t = max(t, self.tokens.ready_at(tokens, t))
+        if self.budget is not None:
+            t = max(t, self.budget.ready_at(self, tokens, now))
         return t
 
     def reserve(self, tokens: float, at: float) -> tuple[float, int, float, float]:
@@ -372,6 +404,8 @@ class LimitGroup:
                 self.surplus.take_tokens(tokens, at)
             else:
                 self.tokens.take(tokens, at)
+        if self.budget is not None:
+            self.budget.spend(tokens)
         self.in_flight += 1
         self.sends += 1
         self.tokens_sent += tokens
@@ -396,6 +430,8 @@ class LimitGroup:
             self.requests.adjust(1.0, now)
         if self.tokens is not None and tokens:
             self.tokens.adjust(tokens, now)
+        if self.budget is not None:
+            self.budget.refund(1.0 if refund_request else 0.0, tokens)
         # What the server was charged, as far as we know, for reading its remaining counts.
         self.tokens_sent -= tokens
         if number is not None and number in self._charges:
@@ -405,9 +441,12 @@ class LimitGroup:
         """A response (success or error) came back: the group is no longer probing."""
         self.responses_seen += 1
 
-    def cool_down(self, until: float) -> None:
-        """Send nothing on this group before `until` (monotonic seconds)."""
+    def cool_down(self, until: float, now: float | None = None) -> None:
+        """Send nothing on this group before `until` (monotonic seconds); with `now`, the
+        cool-down is this group's own finding, passed on to the budget's other senders."""
         self.cooldown_until = max(self.cooldown_until, until)
+        if self.budget is not None and now is not None:
+            self.budget.cooled(until - now)
 
     def __repr__(self) -> str:
         return (

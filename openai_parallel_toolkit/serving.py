@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from .cli import add_redis_option, load_pool_config
+
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
@@ -142,6 +144,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for a free key before 429 (10)",
     )
+    add_redis_option(parser)
     parser.add_argument(
         "--timeout",
         type=_number(float, minimum=0, inclusive=False),
@@ -224,10 +227,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 2
     options = PoolOptions(timeout=args.timeout)
     try:
-        if args.config:
-            manager = APIKeyManager(config_path=args.config, options=options)
-        else:
-            manager = APIKeyManager(dotenv=True, options=options)
+        manager = APIKeyManager(
+            config=load_pool_config(args.config, None, args.redis), options=options
+        )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

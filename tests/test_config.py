@@ -862,7 +862,12 @@ def test_key_config_is_frozen_and_keyword_only() -> None:
         "timeout",
         "source",
     ]
-    assert [f.name for f in dataclasses.fields(ToolkitConfig)] == ["keys", "source", "api_base"]
+    assert [f.name for f in dataclasses.fields(ToolkitConfig)] == [
+        "keys",
+        "source",
+        "api_base",
+        "shared_state",
+    ]
 
 
 def test_key_config_validates_direct_construction() -> None:

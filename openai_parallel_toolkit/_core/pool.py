@@ -237,7 +237,7 @@ class KeyPool:
             return Failure(verdict)
         retry_after = verdict.retry_after
         wait = min(DEFAULT_COOLDOWN if retry_after is None else retry_after, MAX_COOLDOWN)
-        group.cool_down(now + wait)
+        group.cool_down(now + wait, now)
         # Only request counts are exact on both sides: a token 429 may just mean the prompt
         # estimate was low, which settling and the learned scale correct.
         if verdict.limit != "tokens":

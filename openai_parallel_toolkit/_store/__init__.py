@@ -6,5 +6,6 @@ several processes can take the place of the in-memory one without changing the p
 
 from .base import GroupSpec, KeyHealth, LimiterStore
 from .memory import MemoryStore
+from .redis import RedisStore, RedisStoreStats
 
-__all__ = ["GroupSpec", "KeyHealth", "LimiterStore", "MemoryStore"]
+__all__ = ["GroupSpec", "KeyHealth", "LimiterStore", "MemoryStore", "RedisStore", "RedisStoreStats"]

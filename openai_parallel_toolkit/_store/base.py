@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,4 +58,13 @@ class LimiterStore(Protocol):
 
     def groups(self) -> list[LimitGroup]:
         """Every group handed out so far."""
+        ...
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Have `wake` called (from any thread) when budget arrives from elsewhere, so that
+        a sender waiting for it looks again."""
+        ...
+
+    def close(self) -> None:
+        """Hand back what this process holds and stop any background work."""
         ...

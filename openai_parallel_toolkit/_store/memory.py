@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..limiter import LimitGroup
 from .base import GroupSpec, KeyHealth
 
@@ -32,6 +34,12 @@ class MemoryStore:
 
     def groups(self) -> list[LimitGroup]:
         return list(self._groups.values())
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Nothing arrives from elsewhere: `wake` is never called."""
+
+    def close(self) -> None:
+        """Nothing to hand back."""
 
     def __repr__(self) -> str:
         return f"<MemoryStore {len(self._groups)} groups, {len(self._health)} keys>"
