@@ -20,6 +20,7 @@ import hashlib
 import importlib.resources
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -38,16 +39,21 @@ __all__ = ["RedisStore", "RedisStoreStats"]
 
 logger = logging.getLogger("openai_parallel_toolkit.shared")
 
-# What all workers ask for at once, in seconds of the limit (what they get is bounded by the
-# shared bucket): a busy worker takes a slice a few times a second, and an idle or killed
-# worker holds little.
-SLICE_SECONDS = 1.0
+# What all workers hold at once, in seconds of the limit. What they send in any window is at
+# most that, plus the shared bucket's burst, plus the refill: with the pool's half-second burst,
+# under the one second of burst servers allow.
+SLICE_SECONDS = 0.25
 # A slice is topped up when it falls below this share of its size.
 LOW_WATER = 0.5
 # Busy groups are looked at this often even without demand (cool-downs, learned limits).
 REFRESH_SECONDS = 0.5
 # A group with no send for this long gives its slice back.
 IDLE_SECONDS = 1.0
+# Calls to Redis are at least this far apart: under a binding limit every worker is short of
+# budget all the time, and this bounds what each costs Redis (20 calls a second at most).
+MIN_INTERVAL = 0.05
+# Groups served by one script call (its arguments grow with them).
+GROUPS_PER_CALL = 200
 # Removed keys are exchanged this often.
 HEALTH_SECONDS = 1.0
 # While Redis is unreachable, try it again this often.
@@ -182,13 +188,20 @@ class _SharedBudget:
             return 0.0, 0.0
         return group.limit_requests_per_min or 0.0, group.limit_tokens_per_min or 0.0
 
-    def took(self, answer: list[Any], now: float) -> bool:
-        """Apply a `take` answer; True if it brought budget a waiting sender may use."""
-        granted_r, granted_t, wait_ms, cool_ms, workers, rpm, tpm = (float(x) for x in answer)
+    def took(self, workers: int, answer: list[Any], now: float) -> bool:
+        """Apply this group's part of a `take` answer; True if it brought budget a waiting
+        sender may use."""
+        granted_r, granted_t, wait_ms, cool_ms, rpm, tpm = (float(x) for x in answer)
         with self._lock:
             self.requests += granted_r
             self.tokens += granted_t
             self.next_at = now + wait_ms / 1000.0
+            if wait_ms > 0 and workers > 1 and rpm > 0:
+                # Short of budget with others wanting it too: they would all come back at the
+                # same moment for the same refill, and all but one would leave empty-handed.
+                # Spread the returns over the time the bucket takes to serve the others.
+                spread = (workers - 1) * self._slice(rpm) / (rpm / 60.0)
+                self.next_at += random.uniform(0.0, spread)
             if cool_ms > 0:
                 self.cooldown_until = max(self.cooldown_until, now + cool_ms / 1000.0)
             self.workers = max(1, int(workers))
@@ -335,9 +348,10 @@ class RedisStore:
             self._thread.join(timeout=5.0)
         if self.online:
             try:
-                for budget in self._budget_list():
+                budgets = self._budget_list()
+                for budget in budgets:
                     budget.last_spend = -1e9  # idle now: its allowance goes back
-                    self._sync(budget, time.monotonic())
+                self._sync(budgets, time.monotonic())
                 self._redis.zrem(self._workers_key, self._worker)
             except self._errors:
                 pass
@@ -403,9 +417,7 @@ class RedisStore:
                     self._redis.ping()
                     self._commands += 1
                     self._rejoin()
-                woke = False
-                for budget in self._budget_list():
-                    woke = self._sync(budget, now) or woke
+                woke = self._sync(self._budget_list(), now)
                 if now >= health_due:
                     self._exchange_health()
                     health_due = now + HEALTH_SECONDS
@@ -415,32 +427,33 @@ class RedisStore:
                 continue
             if woke:
                 self._wake()
-            # Back when the first bucket that was short expects to hold more.
+            # Back when the first bucket that was short expects to hold more, but not before
+            # MIN_INTERVAL: under a binding limit every worker is short all the time.
             later = [b.next_at - now for b in self._budget_list() if b.next_at > now]
             timeout = min([REFRESH_SECONDS / 2, *later])
+            self._closed.wait(MIN_INTERVAL)
 
-    def _sync(self, budget: _SharedBudget, now: float) -> bool:
-        wants = budget.wants(now)
-        if wants is None:
-            return False
-        want_r, want_t, cool_ms = wants
-        rpm, tpm = budget.limits()
-        answer = self._take(
-            keys=[budget.key, self._workers_key],
-            args=[
-                self._worker,
-                want_r,
-                want_t,
-                rpm,
-                tpm,
-                budget.group.burst_seconds if budget.group else 1.0,
-                int(cool_ms),
-                self._lease_ms,
-            ],
-        )
-        self._commands += 1
-        self._takes += want_r > 0 or want_t > 0
-        return budget.took(answer, time.monotonic())
+    def _sync(self, budgets: list[_SharedBudget], now: float) -> bool:
+        """One script call per `GROUPS_PER_CALL` groups that want something; True if budget
+        arrived that a waiting sender may use."""
+        asks = [(b, w) for b in budgets if (w := b.wants(now)) is not None]
+        woke = False
+        for first in range(0, len(asks), GROUPS_PER_CALL):
+            chunk = asks[first : first + GROUPS_PER_CALL]
+            args: list[str | float | int] = [self._worker, self._lease_ms]
+            for budget, (want_r, want_t, cool_ms) in chunk:
+                rpm, tpm = budget.limits()
+                burst = budget.group.burst_seconds if budget.group else 1.0
+                args += [want_r, want_t, rpm, tpm, burst, int(cool_ms)]
+            answer = self._take(keys=[self._workers_key, *(b.key for b, _ in chunk)], args=args)
+            self._commands += 1
+            self._takes += sum(w[0] > 0 or w[1] > 0 for _, w in chunk)
+            workers = int(answer[0])
+            arrived = time.monotonic()
+            for index, (budget, _) in enumerate(chunk):
+                values = answer[1 + 6 * index : 7 + 6 * index]
+                woke = budget.took(workers, values, arrived) or woke
+        return woke
 
     def _exchange_health(self) -> None:
         with self._lock:
