@@ -32,7 +32,9 @@ Scenarios (groups for --only in brackets):
 `--repeat N` runs each scenario N times and prints the WORST run per scenario and method (by
 ratio to the ceiling), with the best ratio next to it. Columns: the rate achieved (requests/s,
 or charged tokens/s for S4), the ceiling, their ratio, `r/rate` the rate over the steady rate
-alone (differs where the buckets start full), 429 responses caused by the limits as a share of
+alone (differs where the buckets start full), `ideal` the shortest possible run (everything
+sent at the ceiling, then one mean response time to wait for the last answer) over the run's
+time: the share of what any engine could reach, 429 responses caused by the limits as a share of
 all requests the server saw (injected 429s and the third party's requests excluded), failed
 items, requests sent, peak RSS and time. Where the naive pool would take minutes at its fixed
 64 threads, it sends only a share of the items (noted); a rate is a rate. `--scale` multiplies
@@ -512,6 +514,11 @@ def _run_once(
         limited -= pacer_result["limited"]
         steady -= pacer_result["ok"] / max(1e-9, pacer_result["elapsed"])
     rate = counters["charged_tokens"] / elapsed if scenario.tokens else done / elapsed
+    # What no engine can beat: send everything at the ceiling, then wait one response time.
+    latency = LLMOCK_LATENCY if scenario.llmock else float(scenario.server.get("latency", 0.0))
+    ideal = float("nan")
+    if not scenario.tokens and not scenario.cpu and steady > 0:
+        ideal = max(0.0, done - scenario.initial) / steady + latency
     notes = []
     if len(texts) < scenario.items:
         notes.append(f"{len(texts)} items")
@@ -531,6 +538,7 @@ def _run_once(
         "failed": failed,
         "peak_mb": max(m["peak_mb"] for m in measured),
         "elapsed": elapsed,
+        "of_ideal": ideal / elapsed,
         "requests": requests,
         "notes": ", ".join(notes),
     }
@@ -573,7 +581,8 @@ def _ratio(row: dict[str, Any]) -> float:
 def _print_table(rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'scenario':<37} {'method':<6} {'rate':>13} {'ceiling':>8} {'ratio':>6} {'best':>5} "
-        f"{'r/rate':>6} {'429s':>6} {'failed':>6} {'sent':>6} {'peak':>6} {'time':>6}  notes"
+        f"{'r/rate':>6} {'ideal':>6} {'429s':>6} {'failed':>6} {'sent':>6} {'peak':>6} "
+        f"{'time':>6}  notes"
     )
     print(header)
     print("-" * len(header))
@@ -582,7 +591,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['scenario'] + ' ' + row['title']:<37} {row['method']:<6} "
             f"{row['rate']:>7.1f} {row['unit']:<5} {row['ceiling']:>8.1f} {_ratio(row):>6.0%} "
-            f"{row['best']:>5.0%} {steady:>6.0%} {row['share_429']:>6.1%} {row['failed']:>6} "
+            f"{row['best']:>5.0%} {steady:>6.0%} {row['of_ideal']:>6.0%} "
+            f"{row['share_429']:>6.1%} {row['failed']:>6} "
             f"{row['requests']:>6} {row['peak_mb']:>4.0f}MB {row['elapsed']:>5.1f}s  "
             f"{row['notes']}"
         )
