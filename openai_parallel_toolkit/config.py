@@ -256,7 +256,7 @@ def _options(checked: Iterable[tuple[str, object]]) -> _KeyOptions:
     return cast(_KeyOptions, dict(checked))
 
 
-def _masked_url(url: str | None) -> str | None:
+def masked_url(url: str | None) -> str | None:
     """`url` with any ``user:password@`` part replaced, for reprs."""
     if url is None or "@" not in url:
         return url
@@ -326,7 +326,7 @@ class KeyConfig:
         parts = [f"api_key={self.masked_key!r}"]
         for name in _OPTIONAL_CHECKS:
             value = getattr(self, name)
-            parts.append(f"{name}={_masked_url(value) if name == 'proxy' else value!r}")
+            parts.append(f"{name}={masked_url(value) if name == 'proxy' else value!r}")
         parts.append(f"source={self.source!r}")
         return f"KeyConfig({', '.join(parts)})"
 

@@ -30,6 +30,7 @@ from openai_parallel_toolkit import (
     load_config,
     multi_process_one,
 )
+from openai_parallel_toolkit.config import config_from_mapping as load_config_from
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 from openai_parallel_toolkit.testing.redis_server import RedisServer
 
@@ -235,3 +236,12 @@ def test_shared_state_from_the_config_file_and_the_environment(
     monkeypatch.setenv("OPENAI_PARALLEL_TOOLKIT_REDIS_URL", "localhost:6379")
     with pytest.raises(ConfigError, match="OPENAI_PARALLEL_TOOLKIT_REDIS_URL"):
         APIKeyManager(api_keys=[KEYS[0]], make_default=False)
+
+
+def test_a_password_in_the_redis_url_is_never_shown() -> None:
+    url = "redis://:hunter2-secret@127.0.0.1:1/0"
+    store = RedisStore(url)
+    config = load_config_from({"api_keys": [KEYS[0]], "shared_state": url})
+    assert "hunter2" not in repr(store) and "hunter2" not in repr(config)
+    assert "127.0.0.1:1" in repr(store)
+    store.close()

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..config import masked_url
 from ..limiter import LimitGroup
 from .base import GroupSpec, KeyHealth
 
@@ -280,7 +281,7 @@ class RedisStore:
             redis_module.TimeoutError,
             OSError,
         )
-        self.url = _masked_url(url)
+        self.url = masked_url(url) or url
         self._redis = client or redis_module.Redis.from_url(
             url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
         )
@@ -500,13 +501,3 @@ class RedisStore:
             wakers = list(self._wakers)
         for wake in wakers:
             wake()
-
-
-def _masked_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
