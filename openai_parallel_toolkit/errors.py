@@ -6,6 +6,7 @@ The exception tree::
     ├── ConfigError                 a config file, env var or argument is wrong (names file, field)
     ├── TokenizerUnavailableError   no tiktoken encoding could be loaded
     ├── ResultsFileError            a JSONL job's output file is not this job's results (unchanged)
+    ├── SlotTimeoutError            no key was free within a wait's timeout (also a TimeoutError)
     └── RequestFailedError          one logical request failed for good
         └── NoKeysAvailableError    every key of the pool has been removed
 
@@ -38,6 +39,7 @@ __all__ = [
     "NoKeysAvailableError",
     "RequestFailedError",
     "ResultsFileError",
+    "SlotTimeoutError",
     "TokenizerUnavailableError",
     "ToolkitError",
     "Verdict",
@@ -116,6 +118,17 @@ class TokenizerUnavailableError(ToolkitError, RuntimeError):
 
 class ResultsFileError(ToolkitError, ValueError):
     """A JSONL job's output file cannot be used for this job; nothing in it was changed."""
+
+
+class SlotTimeoutError(ToolkitError, TimeoutError):
+    """No slot of the key pool was free within the time allowed (`acquire_async`'s timeout).
+
+    `retry_after` is the wait the pool expected for the next slot, when it knew one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class RequestFailedError(ToolkitError):

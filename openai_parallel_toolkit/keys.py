@@ -1,27 +1,30 @@
 """The key pool: one client per key, limit groups, key health and statistics.
 
-`APIKeyManager.acquire(tokens)` waits, in turn with other threads, until a usable key's limit
-group can send now, reserves the cost there and returns a `Lease`; the caller sends at once
-with `lease.client` (inside `lease.sending()`, so the answer's headers are read against this
-send), then reports back with `lease.succeed` / `lease.fail`. `try_acquire` is the same grant
-without waiting, for event loops. The decisions are `_core.pool.KeyPool`'s (which key, what a
-429 changes), the pacing `limiter.LimitGroup`'s; this module adds the lock, the waiting and the
-clients. The lock is never held while anyone sleeps or does I/O.
+`APIKeyManager.acquire(tokens)` waits, in turn with other threads and tasks, until a usable
+key's limit group can send now, reserves the cost there and returns a `Lease`; the caller sends
+at once with `lease.client` (inside `lease.sending()`, so the answer's headers are read against
+this send), then reports back with `lease.succeed` / `lease.fail`. `await acquire_async(tokens)`
+is the same from an event loop, in the same queue (so one pool serves threads and loops at
+once, fairly, within one set of limits), and sends with `lease.async_client`. `try_acquire` is
+the grant without waiting. The decisions are `_core.pool.KeyPool`'s (which key, what a 429
+changes), the pacing `limiter.LimitGroup`'s; this module adds the lock, the clients and, through
+`_drivers`, the waiting. The lock is never held while anyone sleeps or does I/O.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core.pool import Grant, KeyPool, PoolKey
-from ._drivers.clients import default_client_factory
+from ._drivers.aio import wait_turn
+from ._drivers.clients import AsyncClients, default_async_client_factory, default_client_factory
+from ._drivers.turns import Turns
 from ._store import LimiterStore, MemoryStore, RedisStore
 from .clock import Clock, SystemClock
 from .config import (
@@ -95,6 +98,11 @@ class Lease:
     def client(self) -> openai.OpenAI:
         """The `openai.OpenAI` client of the leased key."""
         return self._pool._client(self._grant.key)
+
+    @property
+    def async_client(self) -> openai.AsyncOpenAI:
+        """The `openai.AsyncOpenAI` client of the leased key, for the running event loop."""
+        return self._pool._async_clients.get(self._grant.key)
 
     @property
     def key(self) -> str:
@@ -225,8 +233,14 @@ class APIKeyManager:
         self.knobs = options.knobs if options.knobs is not None else Knobs.from_env()
         self.clock: Clock = options.clock or SystemClock()
         self._client_factory = options.client_factory or default_client_factory(options.timeout)
-        self._lock = threading.Lock()
-        self._waiting: collections.deque[threading.Condition] = collections.deque()
+        async_factory = options.async_client_factory or default_async_client_factory(
+            options.timeout
+        )
+        self._turns = Turns()  # threads and tasks waiting for a slot, in arrival order
+        self._lock = self._turns.lock
+        self._async_clients: AsyncClients[PoolKey] = AsyncClients(
+            lambda key: async_factory(key.config, _async_hook(self._header_hook(key)))
+        )
         store, self._owns_store = _store_for(config, options)
         self._pool = KeyPool(store, self.knobs, options.burst_seconds)
         store.subscribe(self._wake)
@@ -299,32 +313,31 @@ class APIKeyManager:
         return Lease(self, grant) if isinstance(grant, Grant) else grant
 
     def acquire(self, tokens: int = 0) -> Lease:
-        """Wait (with the pool's clock) for a slot, in turn with other threads; return it.
+        """Wait (with the pool's clock) for a slot, in turn with other threads and tasks.
 
-        Waiting threads form a queue: only the first one watches the clock, the others sleep
-        until their turn, so hundreds of waiting threads cost nothing. Anything that frees
-        capacity early (a refund, a header, a key back from cooling down) wakes the first.
+        Waiters form one queue: only the first one watches the clock, the others sleep until
+        their turn, so hundreds of waiting threads cost nothing. Anything that frees capacity
+        early (a refund, a header, a key back from cooling down) wakes the first.
         """
-        with self._lock:
-            turn = threading.Condition(self._lock)
-            self._waiting.append(turn)
-            try:
-                while True:
-                    if self._waiting[0] is turn:
-                        lease = self._grant(tokens)
-                        if isinstance(lease, Lease):
-                            return lease
-                        self.clock.wait(turn, lease)
-                    else:
-                        turn.wait()
-            finally:
-                self._waiting.remove(turn)
-                self._wake_first()
+        return self._turns.wait(lambda: self._grant(tokens), self.clock)
+
+    def acquire_async(
+        self, tokens: int = 0, *, timeout: float | None = None
+    ) -> Coroutine[Any, Any, Lease]:
+        """``await pool.acquire_async(tokens)``: `acquire` for a task of an event loop.
+
+        The task waits in the same queue as threads (and tasks of other loops), without
+        polling and without blocking its loop. With `timeout` (seconds) it raises
+        `SlotTimeoutError` (a `TimeoutError`, with the expected wait as `retry_after`) when no
+        slot is free in time, at once if the pool already expects none in time. Cancelling
+        the task takes it out of the queue; a lease it got must be settled or cancelled by
+        the caller (`arequest_openai_api` does).
+        """
+        return wait_turn(self._turns, lambda: self._grant(tokens), self.clock, timeout)
 
     def _wake_first(self) -> None:
-        """Under the lock: let the first waiting thread look at the pool again."""
-        if self._waiting:
-            self._waiting[0].notify()
+        """Under the lock: let the first waiter look at the pool again."""
+        self._turns.wake_first()
 
     def _wake(self) -> None:
         """From any thread: capacity arrived from elsewhere (the store)."""
@@ -401,7 +414,7 @@ class APIKeyManager:
             stats = self._pool.key_stats(now)
             in_flight = self._pool.in_flight()
             latency = self._pool.latency
-            waiting = len(self._waiting)
+            waiting = len(self._turns)
         return PoolStats(
             keys=tuple(stats),
             requests=sum(s.requests for s in stats),
@@ -416,12 +429,18 @@ class APIKeyManager:
         )
 
     def close(self) -> None:
-        """Close every key's HTTP client, and the shared-state store the pool opened itself."""
+        """Close every key's HTTP client (the async ones: see `aclose`), and the shared-state
+        store the pool opened itself."""
         for client in self._clients.values():
             if client is not None:
                 client.close()
         if self._owns_store:
             self._pool.store.close()
+
+    async def aclose(self) -> None:
+        """Close the async clients the running event loop used (those of closed loops are
+        dropped when another loop asks for one)."""
+        await self._async_clients.aclose()
 
     def __enter__(self) -> APIKeyManager:
         return self
@@ -449,6 +468,15 @@ def _store_for(config: ToolkitConfig, options: PoolOptions) -> tuple[LimiterStor
         "shared_state" if config.shared_state else SHARED_STATE_VARIABLE,
     )
     return RedisStore(url), True
+
+
+def _async_hook(hook: Callable[[Any], None]) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    """The response hook as the coroutine function an async HTTP client calls."""
+
+    async def on_response(response: Any) -> None:
+        hook(response)
+
+    return on_response
 
 
 _default_lock = threading.Lock()

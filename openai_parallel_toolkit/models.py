@@ -1,9 +1,11 @@
 """Request models: what to send, how much it may cost, and what to return.
 
 A model object describes one logical request. The engine calls `estimate_tokens()` to reserve
-rate-limit budget, `generate(client)` with the `openai.OpenAI` client of the key it chose, and
+rate-limit budget, `generate(client)` with the `openai.OpenAI` client of the key it chose (the
+asyncio engine: `agenerate(client)` with its `openai.AsyncOpenAI` client), and
 `parse(response)` to turn the response into the caller's result. To support another endpoint,
-subclass `OpenAIModel` and implement `generate`.
+subclass `OpenAIModel` and implement `generate` (and `agenerate`, to send from an event loop
+without a worker thread).
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ __all__ = [
     "Gpt35Turbo16K",
     "OpenAIModel",
     "RawRequest",
+    "sends_async",
 ]
 
 
 class OpenAIModel(abc.ABC):
     """One request to an OpenAI-compatible API.
 
-    Subclasses implement `generate(client)`; they may override `estimate_tokens` (the rate-limit
-    cost reserved before sending), `parse` (the result handed back) and `usage_tokens`.
+    Subclasses implement `generate(client)`, and `agenerate(client)` to be sent from an event
+    loop without a worker thread; they may override `estimate_tokens` (the rate-limit cost
+    reserved before sending), `parse` (the result handed back) and `usage_tokens`.
     """
 
     @abc.abstractmethod
@@ -53,6 +57,16 @@ class OpenAIModel(abc.ABC):
         `client` is the `openai.OpenAI` client of the key the pool chose for this attempt; use
         it instead of the module-level ``openai`` functions, which know nothing of the pool.
         """
+
+    async def agenerate(self, client: openai.AsyncOpenAI) -> Any:
+        """Send the request with `client` (an `openai.AsyncOpenAI`); return the response.
+
+        The asyncio engine calls it when the class that defines `generate` (or a subclass of
+        it) defines `agenerate` too (`sends_async`); otherwise it runs `generate` with the
+        key's sync client in a worker thread, so the event loop is never blocked. This default
+        only raises `NotImplementedError`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define agenerate")
 
     def estimate_tokens(self) -> int:
         """Tokens this request may consume, reserved against the token limit before sending.
@@ -133,6 +147,21 @@ def _default_result(response: Any) -> Any:
     if isinstance(response, Response):
         return (response.output_text or "").strip()
     return response
+
+
+def _defined_by(cls: type, name: str) -> type:
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
+def sends_async(model: OpenAIModel) -> bool:
+    """Whether the asyncio engine sends `model` with `agenerate` (else `generate` in a thread).
+
+    True when `agenerate` is defined by the class that defines `generate` or by a subclass of
+    it: a subclass of `ChatModel` that overrides only `generate` is sent with its own
+    `generate`, not with the `agenerate` it inherits.
+    """
+    cls = type(model)
+    return issubclass(_defined_by(cls, "agenerate"), _defined_by(cls, "generate"))
 
 
 def check_generate_signature(model: OpenAIModel) -> None:
@@ -241,6 +270,12 @@ class ChatModel(OpenAIModel):
         messages = cast("list[ChatCompletionMessageParam]", self.messages)
         return client.chat.completions.create(model=self.model, messages=messages, **self.params)
 
+    async def agenerate(self, client: openai.AsyncOpenAI) -> Any:
+        messages = cast("list[ChatCompletionMessageParam]", self.messages)
+        return await client.chat.completions.create(
+            model=self.model, messages=messages, **self.params
+        )
+
     def parse(self, response: Any) -> Any:
         """The first choice's text, stripped ("" when the reply has no text content)."""
         return _chat_text(response)
@@ -321,6 +356,9 @@ class CompletionModel(OpenAIModel):
     def generate(self, client: openai.OpenAI) -> Any:
         return client.completions.create(model=self.model, prompt=self.prompt, **self.params)
 
+    async def agenerate(self, client: openai.AsyncOpenAI) -> Any:
+        return await client.completions.create(model=self.model, prompt=self.prompt, **self.params)
+
     def parse(self, response: Any) -> Any:
         """The first choice's text, stripped ("" when it has none)."""
         return _completion_text(response)
@@ -360,6 +398,10 @@ class EmbeddingModel(OpenAIModel):
         texts = self.input if isinstance(self.input, str) else list(self.input)
         return client.embeddings.create(model=self.model, input=texts, **self.params)
 
+    async def agenerate(self, client: openai.AsyncOpenAI) -> Any:
+        texts = self.input if isinstance(self.input, str) else list(self.input)
+        return await client.embeddings.create(model=self.model, input=texts, **self.params)
+
     def parse(self, response: Any) -> Any:
         vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
         return vectors[0] if isinstance(self.input, str) else vectors
@@ -395,6 +437,9 @@ class RawRequest(OpenAIModel):
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.post(self.path, body=self.body, cast_to=object)
+
+    async def agenerate(self, client: openai.AsyncOpenAI) -> Any:
+        return await client.post(self.path, body=self.body, cast_to=object)
 
     def parse(self, response: Any) -> Any:
         """The answer's JSON as the server sent it, whatever the endpoint."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._drivers.clients import ClientFactory
+from ._drivers.clients import AsyncClientFactory, ClientFactory
 from ._store import LimiterStore
 from .clock import Clock
 from .knobs import Knobs
@@ -28,6 +28,8 @@ class PoolOptions:
     - `clock`: the time source (a `FakeClock` in tests); None is the system clock.
     - `client_factory`: builds each key's client from its `KeyConfig` and a response hook
       that must see every HTTP response; None builds `openai.OpenAI` clients.
+    - `async_client_factory`: the same for the `openai.AsyncOpenAI` clients the asyncio API
+      uses (built per key and event loop, on first use); None builds the official ones.
     - `store`: where limit-group budgets and key health live; None keeps them in this pool.
     """
 
@@ -36,6 +38,7 @@ class PoolOptions:
     knobs: Knobs | None = None
     clock: Clock | None = None
     client_factory: ClientFactory | None = None
+    async_client_factory: AsyncClientFactory | None = None
     store: LimiterStore | None = None
 
     def __post_init__(self) -> None:

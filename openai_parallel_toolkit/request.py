@@ -1,25 +1,31 @@
-"""`request_openai_api`: one logical request, sent through the key pool until it succeeds.
+"""`request_openai_api` and `arequest_openai_api`: one logical request, sent through the key
+pool until it succeeds.
 
 What happens after an error follows `errors.classify` (see the README's error table): rate
 limits cool the key's group down and re-route at once, dead keys are removed, transient
 failures back off within `max_retries`, and a wrong request fails at once. It never hangs and
-never returns None in place of an error.
+never returns None in place of an error. The threaded and the asyncio versions differ only in
+how they wait and send; the decisions (`Attempts`), the cost estimate, the cache and the
+settling of each try are the helpers below, shared by both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._core.attempt import Attempts, RetryPolicy
+from ._drivers import aio
 from .cache import RequestCache, active_cache
 from .errors import RequestFailedError, classify
-from .keys import APIKeyManager, resolve_manager
-from .models import OpenAIModel, check_generate_signature, prompt_usage
+from .keys import APIKeyManager, Lease, resolve_manager
+from .models import OpenAIModel, check_generate_signature, prompt_usage, sends_async
 
-__all__ = ["RetryPolicy", "request_openai_api"]
+__all__ = ["RetryPolicy", "arequest_openai_api", "request_openai_api"]
 
 
 def request_openai_api(
@@ -49,6 +55,59 @@ def request_openai_api(
     key has been removed.
     """
     check_generate_signature(openai_model)
+    store, cache_key = _cache_of(openai_model, cache)
+    if store is not None and cache_key is not None:
+        cached = store.get(cache_key)
+        if cached is not None:
+            return cached if raw else openai_model.parse(cached)
+    pool = resolve_manager(manager, keys=keys, config_path=config_path)
+    response = _send(openai_model, pool, policy or RetryPolicy(max_retries=max_retries))
+    if store is not None and cache_key is not None:
+        store.put(cache_key, response)
+    return response if raw else openai_model.parse(response)
+
+
+async def arequest_openai_api(
+    openai_model: OpenAIModel,
+    keys: Sequence[str | Mapping[str, Any]] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    max_retries: int = 5,
+    *,
+    manager: APIKeyManager | None = None,
+    raw: bool = False,
+    policy: RetryPolicy | None = None,
+    cache: RequestCache | bool | None = None,
+) -> Any:
+    """``await arequest_openai_api(model, ...)``: `request_openai_api` from an event loop.
+
+    Same arguments, result and errors. The request waits for its slot in turn with every
+    other thread and task on the same pool, without blocking the loop, and is sent with the
+    key's `openai.AsyncOpenAI` client through `openai_model.agenerate` (a model that defines
+    only `generate` runs it in a worker thread). Cancelling the task gives a reservation not
+    yet answered back to the pool at once; an answer that arrived is settled (and cached)
+    first. Cache lookups run in a worker thread (the cache is SQLite).
+    """
+    asynchronous = sends_async(openai_model)
+    if not asynchronous:
+        check_generate_signature(openai_model)
+    store, cache_key = _cache_of(openai_model, cache)
+    if store is not None and cache_key is not None:
+        cached = await aio.run_in_thread(lambda: store.get(cache_key))
+        if cached is not None:
+            return cached if raw else openai_model.parse(cached)
+    pool = resolve_manager(manager, keys=keys, config_path=config_path)
+    policy = policy or RetryPolicy(max_retries=max_retries)
+    response = await _asend(openai_model, pool, policy, asynchronous)
+    if store is not None and cache_key is not None:
+        # Shielded: a cancellation now must not lose an answer that was paid for.
+        await asyncio.shield(aio.run_in_thread(lambda: store.put(cache_key, response)))
+    return response if raw else openai_model.parse(response)
+
+
+def _cache_of(
+    openai_model: OpenAIModel, cache: RequestCache | bool | None
+) -> tuple[RequestCache | None, str | None]:
+    """The cache to use for this request (None: the active one) and the request's key in it."""
     store: RequestCache | None
     if cache is None or cache is True:
         store = active_cache()
@@ -56,30 +115,54 @@ def request_openai_api(
         store = None
     else:
         store = cache
-    description = openai_model.describe() if store is not None else None
-    cache_key = RequestCache.key_for(description) if description is not None else None
-    if store is not None and cache_key is not None:
-        cached = store.get(cache_key)
-        if cached is not None:
-            return cached if raw else openai_model.parse(cached)
-    response = _send(
-        openai_model,
-        resolve_manager(manager, keys=keys, config_path=config_path),
-        policy or RetryPolicy(max_retries=max_retries),
-    )
-    if store is not None and cache_key is not None:
-        store.put(cache_key, response)
-    return response if raw else openai_model.parse(response)
+    if store is None:
+        return None, None
+    description = openai_model.describe()
+    if description is None:
+        return None, None
+    return store, RequestCache.key_for(description)
+
+
+def _cost(openai_model: OpenAIModel, pool: APIKeyManager) -> tuple[int, int | None]:
+    """The tokens to reserve per try, and the prompt's local estimate (None if unknown)."""
+    prompt = openai_model.estimate_prompt_tokens()
+    if prompt is None:
+        return openai_model.estimate_tokens(), None
+    # Scaled by what the server's own counts taught the pool.
+    return math.ceil(prompt * pool.prompt_scale) + openai_model.max_output_tokens(), prompt
+
+
+def _after_failure(lease: Lease, exc: Exception, attempts: Attempts) -> float:
+    """Settle a failed try: the seconds to wait before the next, or raise `RequestFailedError`."""
+    verdict = lease.fail(classify(exc, proxy=lease.key_config.proxy))
+    lease.scrub(exc)
+    decision = attempts.after(verdict)
+    if decision.give_up is not None:
+        raise RequestFailedError(
+            f"{decision.give_up}: {verdict.reason}",
+            status_code=verdict.status_code,
+            attempts=attempts.tries,
+        ) from exc
+    return decision.wait
+
+
+def _after_success(
+    pool: APIKeyManager,
+    lease: Lease,
+    openai_model: OpenAIModel,
+    response: Any,
+    prompt: int | None,
+) -> None:
+    """Settle a successful try and let the pool learn the server's prompt count."""
+    lease.succeed(openai_model.usage_tokens(response), openai_model.charged_tokens(response))
+    counted = prompt_usage(response)
+    if prompt and counted:
+        pool.observe_prompt_ratio(prompt, counted)
 
 
 def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -> Any:
     """Send until success or a final error; returns the client's response."""
-    prompt = openai_model.estimate_prompt_tokens()
-    if prompt is None:
-        tokens = openai_model.estimate_tokens()
-    else:  # scaled by what the server's own counts taught the pool
-        tokens = math.ceil(prompt * pool.prompt_scale) + openai_model.max_output_tokens()
-    clock = pool.clock
+    tokens, prompt = _cost(openai_model, pool)
     attempts = Attempts(policy)
     while True:
         lease = pool.acquire(tokens)
@@ -88,26 +171,43 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                 with lease.sending():
                     response = openai_model.generate(lease.client)
             except Exception as exc:
-                verdict = lease.fail(classify(exc, proxy=lease.key_config.proxy))
-                lease.scrub(exc)
-                decision = attempts.after(verdict)
-                if decision.give_up is not None:
-                    raise RequestFailedError(
-                        f"{decision.give_up}: {verdict.reason}",
-                        status_code=verdict.status_code,
-                        attempts=attempts.tries,
-                    ) from exc
-                if decision.wait:
-                    clock.sleep(decision.wait)
+                wait = _after_failure(lease, exc, attempts)
+                if wait:
+                    pool.clock.sleep(wait)
                 continue
-            lease.succeed(
-                openai_model.usage_tokens(response), openai_model.charged_tokens(response)
-            )
-            counted = prompt_usage(response)
-            if prompt and counted:
-                pool.observe_prompt_ratio(prompt, counted)
+            _after_success(pool, lease, openai_model, response, prompt)
             return response
         finally:
             # Ctrl-C while waiting, a failing hook: never leave a reservation open.
+            if not lease.settled:
+                lease.cancel()
+
+
+async def _asend(
+    openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy, asynchronous: bool
+) -> Any:
+    """`_send` on the event loop: `agenerate`, or `generate` in a worker thread."""
+    tokens, prompt = _cost(openai_model, pool)
+    attempts = Attempts(policy)
+    while True:
+        lease = await pool.acquire_async(tokens)
+        try:
+            try:
+                with lease.sending():
+                    if asynchronous:
+                        response = await openai_model.agenerate(lease.async_client)
+                    else:
+                        send = functools.partial(openai_model.generate, lease.client)
+                        response = await aio.run_in_thread(send)
+            except Exception as exc:
+                wait = _after_failure(lease, exc, attempts)
+                if wait:
+                    await aio.sleep(pool.clock, wait)
+                continue
+            # No await between the answer and its settling: a cancellation cannot lose it.
+            _after_success(pool, lease, openai_model, response, prompt)
+            return response
+        finally:
+            # Cancelled while sending: the reservation goes back at once.
             if not lease.settled:
                 lease.cancel()

@@ -1,19 +1,47 @@
-"""The one place that builds a key's HTTP client: its base URL, proxy, identity and timeout."""
+"""The one place that builds a key's HTTP clients: its base URL, proxy, identity and timeout.
+
+Each key has one `openai.OpenAI` client for threads and, built on first use, one
+`openai.AsyncOpenAI` client per running event loop (`AsyncClients`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..config import KeyConfig
 
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["ClientFactory", "default_client_factory"]
+__all__ = [
+    "AsyncClientFactory",
+    "AsyncClients",
+    "ClientFactory",
+    "default_async_client_factory",
+    "default_client_factory",
+]
 
 # Builds the client of one key; the callable it is given must see every HTTP response.
 ClientFactory = Callable[[KeyConfig, Callable[[Any], None]], "openai.OpenAI"]
+# The same for the asyncio client: its response hook is a coroutine function, as httpx wants.
+AsyncClientFactory = Callable[[KeyConfig, Callable[[Any], Awaitable[None]]], "openai.AsyncOpenAI"]
+
+_K = TypeVar("_K")
+
+
+def _client_options(config: KeyConfig, timeout: float) -> dict[str, Any]:
+    """What the sync and async clients of a key share."""
+    return {
+        "api_key": config.api_key,
+        "base_url": config.api_base,
+        "organization": config.organization,
+        "project": config.project,
+        "max_retries": 0,  # the pool decides about retries, with better knowledge
+        "timeout": config.timeout if config.timeout is not None else timeout,
+    }
 
 
 def default_client_factory(timeout: float) -> ClientFactory:
@@ -27,14 +55,62 @@ def default_client_factory(timeout: float) -> ClientFactory:
         http_client = openai.DefaultHttpxClient(
             proxy=config.proxy, event_hooks={"response": [on_response]}
         )
-        return openai.OpenAI(
-            api_key=config.api_key,
-            base_url=config.api_base,
-            organization=config.organization,
-            project=config.project,
-            max_retries=0,  # the pool decides about retries, with better knowledge
-            timeout=config.timeout if config.timeout is not None else timeout,
-            http_client=http_client,
-        )
+        return openai.OpenAI(**_client_options(config, timeout), http_client=http_client)
 
     return build
+
+
+def default_async_client_factory(timeout: float) -> AsyncClientFactory:
+    """A factory of `openai.AsyncOpenAI` clients, configured as `default_client_factory`'s."""
+
+    def build(
+        config: KeyConfig, on_response: Callable[[Any], Awaitable[None]]
+    ) -> openai.AsyncOpenAI:
+        import openai
+
+        http_client = openai.DefaultAsyncHttpxClient(
+            proxy=config.proxy, event_hooks={"response": [on_response]}
+        )
+        return openai.AsyncOpenAI(**_client_options(config, timeout), http_client=http_client)
+
+    return build
+
+
+class AsyncClients(Generic[_K]):
+    """Each key's async client for each event loop, built on first use from that loop.
+
+    An async HTTP client's connections belong to the loop that opened them, so a client is
+    never shared between loops (two `asyncio.run` calls in a row, loops in several threads);
+    the clients of loops that have closed are dropped when a new loop asks.
+    """
+
+    def __init__(self, build: Callable[[_K], openai.AsyncOpenAI]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._by_loop: dict[asyncio.AbstractEventLoop, dict[int, openai.AsyncOpenAI]] = {}
+
+    def get(self, key: _K) -> openai.AsyncOpenAI:
+        """`key`'s client for the running loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            clients = self._by_loop.get(loop)
+            if clients is None:
+                for closed in [other for other in self._by_loop if other.is_closed()]:
+                    del self._by_loop[closed]
+                clients = self._by_loop[loop] = {}
+            client = clients.get(id(key))
+            if client is None:
+                client = clients[id(key)] = self._build(key)
+            return client
+
+    async def aclose(self) -> None:
+        """Close the clients of the running loop."""
+        with self._lock:
+            clients = self._by_loop.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
+            await client.close()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            counts = [len(clients) for clients in self._by_loop.values()]
+        return f"<AsyncClients loops={len(counts)} clients={sum(counts)}>"
