@@ -30,6 +30,7 @@ from .errors import (
     NoKeysAvailableError,
     RequestFailedError,
     ResultsFileError,
+    SlotTimeoutError,
     TokenizerUnavailableError,
     ToolkitError,
     Verdict,
@@ -61,8 +62,15 @@ from .models import (
     OpenAIModel,
 )
 from .options import PoolOptions
-from .parallel import BatchError, default_concurrency, multi_process_one, parallel_map
-from .request import RetryPolicy, request_openai_api
+from .parallel import (
+    BatchError,
+    amulti_process_one,
+    aparallel_map,
+    default_concurrency,
+    multi_process_one,
+    parallel_map,
+)
+from .request import RetryPolicy, arequest_openai_api, request_openai_api
 from .tokens import (
     encoding_for,
     estimate_chat_tokens,
@@ -113,13 +121,17 @@ __all__ = [
     "ResultsFileError",
     "RetryPolicy",
     "RunSummary",
+    "SlotTimeoutError",
     "SystemClock",
     "TokenizerUnavailableError",
     "ToolkitConfig",
     "ToolkitError",
     "Verdict",
     "__version__",
+    "amulti_process_one",
+    "aparallel_map",
     "append_auth_from_config",
+    "arequest_openai_api",
     "classify",
     "config_from_env",
     "config_from_keys",

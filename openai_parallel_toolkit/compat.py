@@ -12,7 +12,10 @@ other results once they are all done (``opt_on_error="none"`` / ``"return"``: No
 exception in its place); nothing hangs.
 
 The calls are plain blocking functions on threads: they work from a script, from a worker
-thread, and while an event loop is running in the calling thread (Jupyter).
+thread, and while an event loop is running in the calling thread (Jupyter). Each has an
+asyncio twin, ``await ChatCompletion.acreate(...)`` (and `Completion.acreate`,
+`Embedding.acreate`), with the same parameters and results, whose requests are tasks of the
+running loop on the same pool.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .cache import RequestCache
@@ -29,8 +33,16 @@ from .config import load_config
 from .errors import ConfigError
 from .keys import APIKeyManager, KeyState, current_default, get_default_manager
 from .models import ChatModel, CompletionModel, EmbeddingModel, OpenAIModel
-from .parallel import BatchError, OnError, default_concurrency, parallel_map
-from .request import RetryPolicy, request_openai_api
+from .parallel import (
+    MAX_ASYNC_CONCURRENCY,
+    MAX_CONCURRENCY,
+    BatchError,
+    OnError,
+    aparallel_map,
+    default_concurrency,
+    parallel_map,
+)
+from .request import RetryPolicy, arequest_openai_api, request_openai_api
 
 __all__ = ["ChatCompletion", "Completion", "Embedding", "append_auth_from_config"]
 
@@ -88,14 +100,93 @@ def _as_result(response: Any, raw: bool) -> Any:
     return to_dict() if callable(to_dict) else response
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One batched call, ready to send: its pool, requests and how to run them."""
+
+    pool: APIKeyManager
+    models: list[OpenAIModel]
+    policy: RetryPolicy
+    cache: RequestCache | bool | None
+    progress: bool | None
+    desc: str
+
+    def concurrency(self, cap: int) -> int:
+        """Requests in flight: the pool's default, or openai-manager's per-key knob."""
+        knobs = self.pool.knobs
+        count = default_concurrency(self.pool, cap=cap)
+        if knobs.concurrency_per_key is not None:
+            count = knobs.concurrency_per_key * sum(
+                key.state is not KeyState.REMOVED for key in self.pool.statistics().keys
+            )
+        return max(1, min(count, knobs.global_request_limit, len(self.models)))
+
+    def send(self) -> list[Any]:
+        """Every response, or the exception in its place, in input order (threads)."""
+
+        def one(model: OpenAIModel) -> Any:
+            return request_openai_api(
+                model, manager=self.pool, policy=self.policy, raw=True, cache=self.cache
+            )
+
+        with _log_level(self.pool.knobs.log_level):
+            return parallel_map(
+                one,
+                self.models,
+                threads=self.concurrency(MAX_CONCURRENCY),
+                on_error="return",
+                progress=self.progress,
+                desc=self.desc,
+            )
+
+    async def asend(self) -> list[Any]:
+        """`send` as tasks of the running event loop."""
+
+        async def one(model: OpenAIModel) -> Any:
+            return await arequest_openai_api(
+                model, manager=self.pool, policy=self.policy, raw=True, cache=self.cache
+            )
+
+        with _log_level(self.pool.knobs.log_level):
+            return await aparallel_map(
+                one,
+                self.models,
+                concurrency=self.concurrency(MAX_ASYNC_CONCURRENCY),
+                on_error="return",
+                progress=self.progress,
+                desc=self.desc,
+            )
+
+
 class _BatchCall:
-    """What the three endpoints share: options, threads, retries, order, errors."""
+    """What the three endpoints share: options, concurrency, retries, order, errors."""
 
     endpoint: ClassVar[str]
 
     @classmethod
     def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
         raise NotImplementedError
+
+    @classmethod
+    def _batch(
+        cls,
+        name: str,
+        no_tqdm: bool,
+        opt_attempts: int | None,
+        opt_manager: APIKeyManager | None,
+        opt_cache: RequestCache | bool | None,
+        params: dict[str, Any],
+    ) -> _Batch:
+        pool = _pool(opt_manager)
+        attempts = opt_attempts if opt_attempts is not None else pool.knobs.attempts_per_prompt
+        return _Batch(
+            pool=pool,
+            models=cls._models(params),
+            policy=RetryPolicy(max_retries=max(0, attempts - 1)),
+            cache=opt_cache,
+            progress=False if no_tqdm else None,
+            desc=f"{cls.__name__}.{name}",
+        )
 
     @classmethod
     def create(
@@ -110,36 +201,31 @@ class _BatchCall:
         **params: Any,
     ) -> list[Any]:
         """Send the request(s) described by the official parameters; results in input order."""
-        pool = _pool(opt_manager)
-        knobs = pool.knobs
-        attempts = opt_attempts if opt_attempts is not None else knobs.attempts_per_prompt
-        policy = RetryPolicy(max_retries=max(0, attempts - 1))
-        models = cls._models(params)
-        threads = default_concurrency(pool)
-        if knobs.concurrency_per_key is not None:
-            threads = knobs.concurrency_per_key * sum(
-                key.state is not KeyState.REMOVED for key in pool.statistics().keys
-            )
-        threads = max(1, min(threads, knobs.global_request_limit, len(models)))
+        batch = cls._batch("create", no_tqdm, opt_attempts, opt_manager, opt_cache, params)
+        return _results(batch.send(), return_openai_response, opt_on_error)
 
-        def send(model: OpenAIModel) -> Any:
-            return request_openai_api(model, manager=pool, policy=policy, raw=True, cache=opt_cache)
+    @classmethod
+    async def acreate(
+        cls,
+        *,
+        no_tqdm: bool = False,
+        return_openai_response: bool = False,
+        opt_attempts: int | None = None,
+        opt_on_error: OnError = "raise",
+        opt_manager: APIKeyManager | None = None,
+        opt_cache: RequestCache | bool | None = None,
+        **params: Any,
+    ) -> list[Any]:
+        """``await ...acreate(...)``: `create` from an event loop, requests sent as its tasks."""
+        batch = cls._batch("acreate", no_tqdm, opt_attempts, opt_manager, opt_cache, params)
+        return _results(await batch.asend(), return_openai_response, opt_on_error)
 
-        with _log_level(knobs.log_level):
-            responses = parallel_map(
-                send,
-                models,
-                threads=threads,
-                on_error="return",
-                progress=False if no_tqdm else None,
-                desc=f"{cls.__name__}.create",
-            )
-        errors = {i: r for i, r in enumerate(responses) if isinstance(r, BaseException)}
-        results = [
-            None if i in errors else _as_result(r, return_openai_response)
-            for i, r in enumerate(responses)
-        ]
-        return _apply_on_error(errors, results, opt_on_error)
+
+def _results(responses: list[Any], raw: bool, on_error: OnError) -> list[Any]:
+    """The caller's results from the responses (exceptions in place of failures)."""
+    errors = {i: r for i, r in enumerate(responses) if isinstance(r, BaseException)}
+    results = [None if i in errors else _as_result(r, raw) for i, r in enumerate(responses)]
+    return _apply_on_error(errors, results, on_error)
 
 
 def _apply_on_error(
@@ -206,23 +292,43 @@ class Embedding(_BatchCall):
     @classmethod
     def create(cls, **kwargs: Any) -> list[Any]:
         """Embed `input` (a string or a list); one result per input, in input order."""
-        raw = bool(kwargs.get("return_openai_response", False))
-        on_error: OnError = kwargs.pop("opt_on_error", "raise")
-        kwargs["opt_on_error"] = "return"
-        inputs = kwargs.get("input")
-        if inputs is None:
-            raise TypeError("Embedding.create needs input=")
-        single = isinstance(inputs, str) or (
-            isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], int)
-        )
-        items = [inputs] if single else list(inputs)
-        chunks = [
-            items[i : i + EMBEDDING_INPUTS_PER_REQUEST]
-            for i in range(0, len(items), EMBEDDING_INPUTS_PER_REQUEST)
-        ]
-        kwargs["input"] = chunks
-        kwargs["return_openai_response"] = True
-        responses = super().create(**kwargs)
+        finish = _embedding_chunks(kwargs)
+        return finish(super().create(**kwargs))
+
+    @classmethod
+    async def acreate(cls, **kwargs: Any) -> list[Any]:
+        """``await Embedding.acreate(...)``: `create` from an event loop."""
+        finish = _embedding_chunks(kwargs)
+        return finish(await super().acreate(**kwargs))
+
+    @classmethod
+    def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
+        params = dict(params)
+        chunks = params.pop("input")
+        return [EmbeddingModel(chunk, **params) for chunk in chunks]
+
+
+def _embedding_chunks(kwargs: dict[str, Any]) -> Callable[[list[Any]], list[Any]]:
+    """Turn `kwargs` (changed in place) into a batched call of chunks of inputs; return what
+    makes one result per input of the chunks' responses."""
+    raw = bool(kwargs.get("return_openai_response", False))
+    on_error: OnError = kwargs.pop("opt_on_error", "raise")
+    kwargs["opt_on_error"] = "return"
+    inputs = kwargs.get("input")
+    if inputs is None:
+        raise TypeError("Embedding.create needs input=")
+    single = isinstance(inputs, str) or (
+        isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], int)
+    )
+    items = [inputs] if single else list(inputs)
+    chunks = [
+        items[i : i + EMBEDDING_INPUTS_PER_REQUEST]
+        for i in range(0, len(items), EMBEDDING_INPUTS_PER_REQUEST)
+    ]
+    kwargs["input"] = chunks
+    kwargs["return_openai_response"] = True
+
+    def finish(responses: list[Any]) -> list[Any]:
         results: list[Any] = []
         errors: dict[int, BaseException] = {}
         for chunk, response in zip(chunks, responses, strict=True):
@@ -234,11 +340,7 @@ class Embedding(_BatchCall):
             results.extend(_split_embeddings(response, chunk, raw))
         return _apply_on_error(errors, results, on_error)
 
-    @classmethod
-    def _models(cls, params: dict[str, Any]) -> list[OpenAIModel]:
-        params = dict(params)
-        chunks = params.pop("input")
-        return [EmbeddingModel(chunk, **params) for chunk in chunks]
+    return finish
 
 
 def _split_embeddings(response: Any, chunk: Sequence[Any], raw: bool) -> list[Any]:
