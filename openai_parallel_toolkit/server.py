@@ -44,8 +44,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._core.attempt import Attempts, RetryPolicy
+from ._drivers import aio
 from .clock import Clock, SystemClock
-from .errors import NoKeysAvailableError, Verdict, classify, classify_response, redact
+from .errors import (
+    NoKeysAvailableError,
+    SlotTimeoutError,
+    Verdict,
+    classify,
+    classify_response,
+    redact,
+)
 from .keys import APIKeyManager, Lease
 from .serving import DEFAULT_MAX_BODY_BYTES
 from .tokens import DEFAULT_COMPLETION_TOKENS, estimate_request_tokens
@@ -184,25 +192,22 @@ class _Upstream:
         return headers
 
     async def _acquire(self, tokens: int, deadline: float) -> Lease | Response:
-        """A lease, waiting at most until `deadline` (loop time) in all; else 429 or 503."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                lease = self.manager.try_acquire(tokens)
-            except NoKeysAvailableError as exc:
-                return _error(503, str(exc), "server_error", "no_keys_available")
-            if isinstance(lease, Lease):
-                return lease
-            if loop.time() + lease > deadline:
-                retry = max(1, math.ceil(lease))
-                return _error(
-                    429,
-                    f"Every key of the proxy is at its rate limit; try again in {retry} s.",
-                    "requests",
-                    "rate_limit_exceeded",
-                    {"retry-after": str(retry), **self.pool_headers()},
-                )
-            await asyncio.sleep(lease)
+        """A lease, waiting in turn (with every other request and any thread on the pool) at
+        most until `deadline` (the pool clock's seconds); else 429, or 503 without keys."""
+        left = max(0.0, deadline - self.manager.clock.monotonic())
+        try:
+            return await self.manager.acquire_async(tokens, timeout=left)
+        except NoKeysAvailableError as exc:
+            return _error(503, str(exc), "server_error", "no_keys_available")
+        except SlotTimeoutError as exc:
+            retry = max(1, math.ceil(exc.retry_after or 0.0))
+            return _error(
+                429,
+                f"Every key of the proxy is at its rate limit; try again in {retry} s.",
+                "requests",
+                "rate_limit_exceeded",
+                {"retry-after": str(retry), **self.pool_headers()},
+            )
 
     async def forward(
         self,
@@ -215,7 +220,7 @@ class _Upstream:
     ) -> Response:
         """Send `payload` (JSON bytes, or None) to `path` until it succeeds or fails for good."""
         # One budget for all waiting on keys, however many 429s the request meets.
-        deadline = asyncio.get_running_loop().time() + self.max_wait
+        deadline = self.manager.clock.monotonic() + self.max_wait
         attempts = Attempts(self.policy)
         last_failure: Response | None = None
         while True:
@@ -238,7 +243,7 @@ class _Upstream:
                 return failure
             last_failure = failure
             if decision.wait:
-                await asyncio.sleep(decision.wait)
+                await aio.sleep(self.manager.clock, decision.wait)
 
     async def _attempt(
         self, lease: Lease, method: str, path: str, payload: bytes | None, stream: bool

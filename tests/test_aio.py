@@ -338,3 +338,34 @@ async def test_errors_match_the_threaded_engine_and_mask_keys(server: FakeOpenAI
     text = f"{dead.value} {dead.value.__cause__!r} {caught.value.__cause__}"
     assert not any(key in text for key in KEYS)
     assert manager.statistics().in_flight == 0
+
+
+# -- the proxy on the async driver ----------------------------------------------------------
+
+
+def test_proxy_requests_wait_in_turn_within_the_limits() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai_parallel_toolkit.asgi import BackgroundServer
+    from openai_parallel_toolkit.server import ProxyServer
+
+    with FakeOpenAIServer(keys=KEYS, rpm=240, burst_seconds=1.0) as upstream:
+        manager = pool(upstream, requests_per_min=240)
+        proxy = ProxyServer(manager, "client-key", max_wait=30.0)
+        with BackgroundServer(proxy.app, name="proxy") as running:
+            client = openai.OpenAI(
+                api_key="client-key", base_url=running.url + "/v1", max_retries=0
+            )
+
+            def ask(i: int) -> str | None:
+                reply = client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"p{i}"}]
+                )
+                return reply.choices[0].message.content
+
+            with ThreadPoolExecutor(24) as threads:
+                answers = list(threads.map(ask, range(24)))
+        assert answers == [f"echo: p{i}" for i in range(24)]
+        assert upstream.total().rate_limited == 0
+        stats = manager.statistics()
+        assert stats.in_flight == 0 and stats.waiting == 0
