@@ -243,6 +243,12 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="requests in flight, >= 1 (default: from limits)",
     )
     parser.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="send from an event loop (tasks) instead of threads; --threads then counts tasks",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive_seconds,
         metavar="SECONDS",
@@ -298,6 +304,7 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
                 redo_changed=args.redo_changed,
                 status_interval=args.status_interval,
                 echo=sys.stdout if to_stdout else None,
+                use_async=args.use_async,
             )
             if to_stdout and summary.interrupted:
                 _silence_stdout()  # its reader may be gone: no second error at exit

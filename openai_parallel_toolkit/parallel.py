@@ -16,7 +16,7 @@ import itertools
 import math
 import queue
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
@@ -32,6 +32,7 @@ from .runstate import logs_above
 __all__ = [
     "BatchError",
     "InFlightTarget",
+    "acompleted",
     "amulti_process_one",
     "aparallel_map",
     "completed",
@@ -237,43 +238,64 @@ async def aparallel_map(
         raise ValueError("concurrency must be >= 1")
     results: list[Any] = [None] * len(items)
     errors: dict[int, BaseException] = {}
-    size: Callable[[], int] = concurrency if callable(concurrency) else (lambda: concurrency)
-    source = enumerate(items)
-    running: dict[asyncio.Future[R], int] = {}
-    # Finished tasks arrive on a queue: O(1) per item, where asyncio.wait would walk every
-    # running task on each call (thousands at the top rate-limit tiers).
-    finished: asyncio.Queue[asyncio.Future[R]] = asyncio.Queue()
 
-    async def run_nested(item: T) -> R:
+    async def run_indexed(pair: tuple[int, T]) -> R:
         _nested.set(True)  # the task's own context: the caller's stays as it was
-        return await function(item)
-
-    def submit(count: int) -> None:
-        for index, item in itertools.islice(source, count):
-            task = asyncio.ensure_future(run_nested(item))
-            running[task] = index
-            task.add_done_callback(finished.put_nowait)
+        return await function(pair[1])
 
     bar = _progress_bar(len(items), progress, desc)
     try:
         with logs_above(bar):
-            submit(size())
-            while running:
-                task = await finished.get()
-                index = running.pop(task)
-                exc = asyncio.CancelledError() if task.cancelled() else task.exception()
-                _record(results, errors, index, exc, None if exc else task.result(), on_error)
-                bar.update(1)
-                submit(max(0, size() - len(running)))
+            done = acompleted(run_indexed, enumerate(items), concurrency)
+            async with contextlib.aclosing(done):
+                async for (index, _), task in done:
+                    exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+                    _record(results, errors, index, exc, None if exc else task.result(), on_error)
+                    bar.update(1)
+    finally:
+        bar.close()
+    if errors and on_error == "raise":
+        raise BatchError(results, errors)
+    return results
+
+
+async def acompleted(
+    function: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    window: int | Callable[[], int],
+) -> AsyncGenerator[tuple[T, asyncio.Future[R]], None]:
+    """`completed` for coroutines: a task per item, at most `window` running; yield them as
+    they end.
+
+    Items are drawn from `items` lazily; each task runs in a copy of the caller's context.
+    Leaving the loop early (use ``contextlib.aclosing``) or cancelling it cancels the running
+    tasks and waits for them to let go of what they hold (a request's reservation goes back
+    to the pool at once).
+    """
+    source = iter(items)
+    running: dict[asyncio.Future[R], T] = {}
+    # Finished tasks arrive on a queue: O(1) per item, where asyncio.wait would walk every
+    # running task on each call (thousands at the top rate-limit tiers).
+    finished: asyncio.Queue[asyncio.Future[R]] = asyncio.Queue()
+
+    def submit(count: int) -> None:
+        for item in itertools.islice(source, count):
+            task = asyncio.ensure_future(function(item))
+            running[task] = item
+            task.add_done_callback(finished.put_nowait)
+
+    size: Callable[[], int] = window if callable(window) else (lambda: window)
+    submit(size())
+    try:
+        while running:
+            task = await finished.get()
+            yield running.pop(task), task
+            submit(max(0, size() - len(running)))
     finally:
         for task in running:
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        bar.close()
-    if errors and on_error == "raise":
-        raise BatchError(results, errors)
-    return results
 
 
 def completed(

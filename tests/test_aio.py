@@ -4,8 +4,13 @@ cancellation, and one pool serving threads and a loop at once within its limits.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -33,6 +38,7 @@ from openai_parallel_toolkit import (
     multi_process_one,
     parallel_map,
     request_openai_api,
+    run_jsonl_job,
 )
 from openai_parallel_toolkit.models import sends_async
 from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
@@ -369,3 +375,58 @@ def test_proxy_requests_wait_in_turn_within_the_limits() -> None:
         assert upstream.total().rate_limited == 0
         stats = manager.statistics()
         assert stats.in_flight == 0 and stats.waiting == 0
+
+
+# -- JSONL jobs -------------------------------------------------------------------------------
+
+
+def _write_requests(path: Path, count: int, marker: str = "[[context_length_exceeded]]") -> Path:
+    lines = [
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"question {i}"}]}
+        for i in range(count)
+    ]
+    lines.append({"model": "m", "messages": [{"role": "user", "content": marker}]})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _answers(path: Path) -> dict[object, object]:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {
+        r["id"]: r["response"]["choices"][0]["message"]["content"]
+        if "response" in r
+        else r["error"]["status_code"]
+        for r in records
+    }
+
+
+async def test_a_jsonl_job_on_tasks_matches_threads_inside_a_running_loop(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    manager = pool(server)
+    requests = _write_requests(tmp_path / "requests.jsonl", 30, "[[server_error]]")
+    threaded, tasks = tmp_path / "threaded.jsonl", tmp_path / "tasks.jsonl"
+    policy = FAST
+    one = run_jsonl_job(requests, threaded, manager=manager, progress=False, policy=policy)
+    # Called from a running loop (a notebook): the job's own loop runs in a worker thread.
+    two = run_jsonl_job(
+        requests, tasks, manager=manager, progress=False, policy=policy, use_async=True
+    )
+    assert (one.done, one.failed) == (two.done, two.failed) == (30, 1)
+    assert _answers(tasks) == _answers(threaded)
+    assert manager.statistics().in_flight == 0
+
+
+def test_run_command_async_option(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    config = tmp_path / "keys.json"
+    config.write_text(json.dumps({"api_keys": KEYS, "api_base": server.base_url}))
+    requests = _write_requests(tmp_path / "requests.jsonl", 12)
+    output = tmp_path / "results.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    command = [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
+               str(output), "--config", str(config), "--async", "--no-progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr  # the last line failed for good
+    answers = _answers(output)
+    assert [answers[i] for i in range(1, 13)] == [f"echo: question {i}" for i in range(12)]
+    assert answers[13] == 400

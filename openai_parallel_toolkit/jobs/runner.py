@@ -6,13 +6,15 @@ interrupt loses nothing finished. See the package docstring for the whole contra
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,14 @@ from tqdm.auto import tqdm
 from ..errors import RequestFailedError, redact
 from ..keys import APIKeyManager
 from ..models import RawRequest
-from ..parallel import InFlightTarget, completed
-from ..request import RetryPolicy, request_openai_api
+from ..parallel import (
+    MAX_ASYNC_CONCURRENCY,
+    MAX_CONCURRENCY,
+    InFlightTarget,
+    acompleted,
+    completed,
+)
+from ..request import RetryPolicy, arequest_openai_api, request_openai_api
 from .plan import JobPlan, plan_job
 from .results import (
     ExistingResults,
@@ -113,6 +121,12 @@ class _Sink:
                 self.done += 1
             self.bar.update(1)
 
+    def write_error(self, item: Item, exc: Exception) -> None:
+        """The error line of an item that failed for good (keys masked)."""
+        code = exc.status_code if isinstance(exc, RequestFailedError) else None
+        error = {"message": redact(str(exc)), "type": type(exc).__name__}
+        self.write(item, "error", {**error, "status_code": code})
+
 
 def _interactive(stream: IO[str]) -> bool:
     """True when `stream` shows a progress bar well: a terminal, or a Jupyter/IPython kernel."""
@@ -196,6 +210,7 @@ def run_jsonl_job(
     redo_changed: bool = False,
     status_interval: float = 10.0,
     echo: IO[str] | None = None,
+    use_async: bool = False,
 ) -> JobSummary:
     """Run every request of `input_path` not yet answered in `output_path`; see the package doc.
 
@@ -208,6 +223,10 @@ def run_jsonl_job(
     rate, 429s, failures), for logs that a bar's carriage returns would clutter.
     `echo` also gets every result line as it is written (the command line's ``-o -``); when
     its reader goes away (a closed pipe), the run stops as on Ctrl-C.
+    `use_async` sends the requests as tasks of an event loop (its own, in a worker thread when
+    this thread already runs one) instead of on threads; `threads` then counts tasks. On
+    Ctrl-C the threads finish the requests in flight, the tasks are cancelled (their items
+    stay undone for the next run).
 
     Raises `FileNotFoundError` / `IsADirectoryError` for a bad input path and
     `ResultsFileError` when the output (or the ordered copy's path) holds anything but results
@@ -232,9 +251,9 @@ def run_jsonl_job(
     policy = policy or RetryPolicy()
     window: int | InFlightTarget
     if threads:  # a fixed count, a second round queued so that no thread idles
-        window, workers = threads * 2, threads
+        window, workers = (threads, threads) if use_async else (threads * 2, threads)
     else:  # in flight: the pool's rate times its response time, as the run goes
-        in_flight = InFlightTarget(manager)
+        in_flight = InFlightTarget(manager, MAX_ASYNC_CONCURRENCY if use_async else MAX_CONCURRENCY)
         window, workers = in_flight, in_flight.cap
     baseline = manager.statistics()
     show_bar = progress and _interactive(sys.stderr)
@@ -253,6 +272,17 @@ def run_jsonl_job(
                 status_interval,
             )
 
+        last = 0.0
+
+        def one_done() -> bool:
+            """After each item: refresh the bar now and then; False to stop the run."""
+            nonlocal last
+            now = time.monotonic()
+            if now - last > 0.5:
+                last = now
+                _postfix(bar, manager, baseline, sink, now - started)
+            return not sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
+
         def send(item: Item) -> None:
             try:
                 model = RawRequest(item.endpoint, item.sendable_body())
@@ -260,27 +290,32 @@ def run_jsonl_job(
                     model, manager=manager, policy=policy, raw=True, cache=False
                 )
             except Exception as exc:
-                code = exc.status_code if isinstance(exc, RequestFailedError) else None
-                error = {"message": redact(str(exc)), "type": type(exc).__name__}
-                sink.write(item, "error", {**error, "status_code": code})
+                sink.write_error(item, exc)
             else:
                 sink.write(item, "response", response)
 
-        executor = ThreadPoolExecutor(workers, thread_name_prefix="jsonl")
-        last = 0.0
+        async def asend(item: Item) -> None:
+            try:
+                model = RawRequest(item.endpoint, item.sendable_body())
+                response = await arequest_openai_api(
+                    model, manager=manager, policy=policy, raw=True, cache=False
+                )
+            except Exception as exc:
+                sink.write_error(item, exc)
+            else:
+                sink.write(item, "response", response)
+
         try:
-            for _ in completed(executor, send, plan.items(), window):
-                if sink.echo_broken:
-                    raise KeyboardInterrupt  # nobody reads the results any more: stop as Ctrl-C
-                now = time.monotonic()
-                if now - last > 0.5:
-                    last = now
-                    _postfix(bar, manager, baseline, sink, now - started)
+            if use_async:
+                finished = _on_a_loop(_drive_tasks(asend, plan.items(), window, one_done))
+            else:
+                finished = _drive_threads(send, plan.items(), window, workers, one_done)
+            if not finished:
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             interrupted = True
             logger.warning("interrupted: finishing the requests in flight")
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
             _postfix(bar, manager, baseline, sink, time.monotonic() - started)
             bar.close()
             if status is not None:
@@ -297,6 +332,46 @@ def run_jsonl_job(
         redone=len(plan.changed),
         ordered_copy=None if copy is None else str(copy),
     )
+
+
+def _drive_threads(
+    send: Callable[[Item], None],
+    items: Iterable[Item],
+    window: int | InFlightTarget,
+    workers: int,
+    one_done: Callable[[], bool],
+) -> bool:
+    """Send every item on `workers` threads; False when `one_done` asked to stop."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="jsonl")
+    try:
+        return all(one_done() for _ in completed(executor, send, items, window))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def _drive_tasks(
+    send: Callable[[Item], Awaitable[None]],
+    items: Iterable[Item],
+    window: int | InFlightTarget,
+    one_done: Callable[[], bool],
+) -> bool:
+    """Send every item as a task of the running loop; False when `one_done` asked to stop."""
+    done = acompleted(send, items, window)
+    async with contextlib.aclosing(done):
+        async for _ in done:
+            if not one_done():
+                return False
+    return True
+
+
+def _on_a_loop(work: Coroutine[Any, Any, bool]) -> bool:
+    """Run `work` on a new event loop: here, or in a worker thread if this thread runs one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(1, thread_name_prefix="jsonl-loop") as thread:
+        return thread.submit(asyncio.run, work).result()
 
 
 def _postfix(
