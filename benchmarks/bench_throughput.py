@@ -28,6 +28,15 @@ Scenarios (groups for --only in brackets):
 - [X] llmock (skipped when not installed, see thirdparty_mock.py): 4 keys x 600 RPM per-minute
   buckets, X1 drained first, X1f starting full; X2 drained with 5% random 429s (retry-after
   only). Latency is fixed there (llmock has no jitter).
+- [A] the asyncio engine (issue 12), other methods side by side:
+  A1 a ceiling of 500 requests/s (10 keys x 3,000 RPM, configured) at 2.5 s +- 0.5 s:
+  `engine` (threads, at most 512 in flight), `aio` (`amulti_process_one`, default settings),
+  `rawaio` (the official `AsyncOpenAI` clients, keys round-robin, in a plain `asyncio.gather`
+  under a semaphore of 1,500, the client's own retries (2)).
+  A2 CPU-bound (one key, no latency, no limit): `aio` vs `rawaio` vs `raw` (the sync client in
+  a pool of 64 threads) vs `rawaiohttp` (`AsyncOpenAI` on `DefaultAioHttpClient`, when
+  ``openai[aiohttp]`` is installed) vs `aioaiohttp` (the engine on that transport), all with
+  64 in flight and no retries; the ceiling is the fastest raw client's rate in the same round.
 
 `--repeat N` runs each scenario N times and prints the WORST run per scenario and method (by
 ratio to the ceiling), with the best ratio next to it. Columns: the rate achieved (requests/s,
@@ -44,6 +53,7 @@ the item counts (1.0: runs of about 20-40 s per method) beyond the buckets' init
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -65,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import thirdparty_mock  # a sibling module, benchmarks only
 
 NAIVE_THREADS = 64
+RAW_ASYNC_IN_FLIGHT = 1500  # A1: what covers 500 requests/s at 3 s per answer
 CLIENT_TIMEOUT = 900.0  # seconds a client process may take before it is killed
 PACER_MAX_SECONDS = 900.0  # the third party's own bound
 LLMOCK_LATENCY = 0.2
@@ -91,6 +102,9 @@ class Scenario:
     naive_share: float = 1.0  # share of the items the naive pool sends
     llmock: dict[str, Any] | None = None  # run_llmock arguments: the X scenarios
     drain: bool = False  # llmock: empty the buckets before the run
+    methods: list[str] = field(default_factory=list)  # default: naive and engine (S5: raw)
+    shares: dict[str, float] = field(default_factory=dict)  # share of the items per method
+    in_flight: int | None = None  # the A scenarios: requests in flight of every method
 
 
 LATENCY = {"latency": 0.2, "jitter": 0.1}
@@ -154,6 +168,12 @@ SCENARIOS = [
              ceiling=40.0, initial=4 * 600, group="X", llmock={"rpm": 600}),
     Scenario("X2", "llmock 4x600, 5% random 429", 1000, 4, {}, {"requests_per_min": 600},
              ceiling=40.0, group="X", llmock={"rpm": 600, "random_429": 0.05}, drain=True),
+    Scenario("A1", "500 req/s at 2.5s+-0.5s, 10 keys", 10000, 10,
+             {"rpm": 3000, "latency": 2.5, "jitter": 0.5}, {"requests_per_min": 3000},
+             ceiling=500.0, group="A", methods=["engine", "aio", "rawaio"],
+             shares={"engine": 0.4}),
+    Scenario("A2", "CPU-bound, asyncio", 3000, 1, {}, ceiling=0.0, cpu=True, group="A",
+             methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp"], in_flight=64),
 ]  # fmt: skip
 
 
@@ -222,7 +242,9 @@ def _client(config: dict[str, Any]) -> None:
     failed = 0
     started_wall = time.time()
     started = time.perf_counter()
-    if method == "engine":
+    if method in ("aio", "aioaiohttp", "rawaio", "rawaiohttp"):
+        failed = asyncio.run(_async_client(config))
+    elif method == "engine":
         from openai_parallel_toolkit import APIKeyManager, ChatModel, multi_process_one
 
         APIKeyManager(
@@ -272,6 +294,74 @@ def _client(config: dict[str, Any]) -> None:
             }
         )
     )
+
+
+async def _async_client(config: dict[str, Any]) -> int:
+    """The asyncio methods: the engine, or raw `AsyncOpenAI` clients under a semaphore."""
+    import openai
+
+    texts: list[str] = config["texts"]
+    keys: list[str] = config["keys"]
+    params: dict[str, Any] = config["params"]
+    if config["method"] in ("aio", "aioaiohttp"):
+        from openai_parallel_toolkit import (
+            APIKeyManager,
+            ChatModel,
+            PoolOptions,
+            amulti_process_one,
+        )
+        from openai_parallel_toolkit._drivers.clients import default_async_client_factory
+
+        transport = "aiohttp" if config["method"] == "aioaiohttp" else "httpx"
+        factory = default_async_client_factory(120.0, transport=transport)
+        APIKeyManager(
+            api_keys=[
+                {"api_key": k, "api_base": config["base_url"], **config["entry"]} for k in keys
+            ],
+            options=PoolOptions(async_client_factory=factory),
+        )
+        results = await amulti_process_one(
+            [("", text) for text in texts],
+            ChatModel,
+            on_error="return",
+            progress=False,
+            concurrency=config.get("in_flight"),
+            **params,
+        )
+        return sum(isinstance(r, BaseException) for r in results)
+    retries = 0 if config.get("in_flight") else 2  # A2 compares clients without retries
+    clients = [
+        openai.AsyncOpenAI(
+            api_key=k,
+            base_url=config["base_url"],
+            max_retries=retries,
+            timeout=60.0,
+            http_client=openai.DefaultAioHttpClient() if config["method"] == "rawaiohttp" else None,
+        )
+        for k in keys
+    ]
+    gate = asyncio.Semaphore(config.get("in_flight") or RAW_ASYNC_IN_FLIGHT)
+
+    async def send(index: int, text: str) -> bool:
+        async with gate:
+            try:
+                await clients[index % len(clients)].chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": text}], **params
+                )
+            except openai.OpenAIError:
+                return False
+            return True
+
+    outcomes = await asyncio.gather(*(send(i, text) for i, text in enumerate(texts)))
+    return sum(not ok for ok in outcomes)
+
+
+def _aiohttp_available() -> bool:
+    try:
+        import aiohttp  # noqa: F401  (what openai's DefaultAioHttpClient needs)
+    except ImportError:
+        return False
+    return True
 
 
 def _pace(config: dict[str, Any]) -> None:
@@ -473,8 +563,9 @@ def _run_once(
 ) -> dict[str, Any]:
     """One method on a fresh server: the row of the table."""
     params = {"max_tokens": 256} if scenario.tokens else {"max_tokens": 16}
-    if method == "naive" and scenario.naive_share < 1.0:
-        texts = texts[: max(20, int(len(texts) * scenario.naive_share))]
+    share_of_items = scenario.shares.get(method, scenario.naive_share if method == "naive" else 1.0)
+    if share_of_items < 1.0:
+        texts = texts[: max(20, int(len(texts) * share_of_items))]
     server: _FakeServer | _LLMock
     server = _LLMock(scenario, keys) if scenario.llmock else _FakeServer(scenario, keys, env)
     pacer_result: dict[str, Any] | None = None
@@ -488,8 +579,9 @@ def _run_once(
                 "base_url": server.base_url,
                 "params": params,
                 "entry": scenario.entry,
-                "threads": 32 if scenario.cpu else NAIVE_THREADS,
+                "threads": scenario.in_flight or (32 if scenario.cpu else NAIVE_THREADS),
                 "engine_threads": 32 if scenario.cpu else None,  # S5: the same pool size
+                "in_flight": scenario.in_flight,
             }
             for i in range(scenario.processes)
         ]
@@ -522,6 +614,8 @@ def _run_once(
     notes = []
     if len(texts) < scenario.items:
         notes.append(f"{len(texts)} items")
+    if scenario.cpu and scenario.in_flight:
+        notes.append(f"{scenario.in_flight} in flight")
     if scenario.processes > 1:
         notes.append(f"{scenario.processes} procs, combined")
     if pacer_result is not None:
@@ -553,13 +647,16 @@ def _run_scenario(scenario: Scenario, scale: float, repeat: int) -> list[dict[st
     keys = _keys(scenario.keys)
     texts = _texts(scenario)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    methods = ["raw", "engine"] if scenario.cpu else ["naive", "engine"]
+    methods = scenario.methods or (["raw", "engine"] if scenario.cpu else ["naive", "engine"])
+    if not _aiohttp_available():
+        methods = [m for m in methods if not m.endswith("aiohttp")]
     runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     for attempt in range(repeat):
         rows = [_run_once(scenario, method, keys, texts, env) for method in methods]
-        if scenario.cpu:  # S5's ceiling is the raw client's rate in the same round
+        if scenario.cpu:  # the ceiling: the fastest raw client's rate in the same round
+            fastest = max(row["rate"] for row in rows if row["method"].startswith("raw"))
             for row in rows:
-                row["ceiling"] = row["steady"] = rows[0]["rate"]
+                row["ceiling"] = row["steady"] = fastest
         for row in rows:
             runs[row["method"]].append(row)
         ratios = " ".join(f"{r['method']} {_ratio(r):.0%}" for r in rows)
@@ -580,7 +677,7 @@ def _ratio(row: dict[str, Any]) -> float:
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'scenario':<37} {'method':<6} {'rate':>13} {'ceiling':>8} {'ratio':>6} {'best':>5} "
+        f"{'scenario':<37} {'method':<10} {'rate':>13} {'ceiling':>8} {'ratio':>6} {'best':>5} "
         f"{'r/rate':>6} {'ideal':>6} {'429s':>6} {'failed':>6} {'sent':>6} {'peak':>6} "
         f"{'time':>6}  notes"
     )
@@ -589,7 +686,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         steady = row["rate"] / row["steady"] if row["steady"] else float("nan")
         print(
-            f"{row['scenario'] + ' ' + row['title']:<37} {row['method']:<6} "
+            f"{row['scenario'] + ' ' + row['title']:<37} {row['method']:<10} "
             f"{row['rate']:>7.1f} {row['unit']:<5} {row['ceiling']:>8.1f} {_ratio(row):>6.0%} "
             f"{row['best']:>5.0%} {steady:>6.0%} {row['of_ideal']:>6.0%} "
             f"{row['share_429']:>6.1%} {row['failed']:>6} "

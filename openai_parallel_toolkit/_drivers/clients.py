@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ..config import KeyConfig
 
@@ -60,17 +60,28 @@ def default_client_factory(timeout: float) -> ClientFactory:
     return build
 
 
-def default_async_client_factory(timeout: float) -> AsyncClientFactory:
-    """A factory of `openai.AsyncOpenAI` clients, configured as `default_client_factory`'s."""
+def default_async_client_factory(
+    timeout: float, *, transport: Literal["httpx", "aiohttp"] = "httpx"
+) -> AsyncClientFactory:
+    """A factory of `openai.AsyncOpenAI` clients, configured as `default_client_factory`'s.
+
+    ``transport="aiohttp"`` sends with openai's `DefaultAioHttpClient` (the ``openai[aiohttp]``
+    extra), which costs far less CPU per request than httpx's asyncio stack (about twice the
+    requests per second on one core); keys with a SOCKS proxy, which aiohttp cannot use,
+    keep the httpx transport.
+    """
 
     def build(
         config: KeyConfig, on_response: Callable[[Any], Awaitable[None]]
     ) -> openai.AsyncOpenAI:
         import openai
 
-        http_client = openai.DefaultAsyncHttpxClient(
-            proxy=config.proxy, event_hooks={"response": [on_response]}
-        )
+        hooks = {"response": [on_response]}
+        http_client: Any
+        if transport == "aiohttp" and not (config.proxy or "").lower().startswith("socks"):
+            http_client = openai.DefaultAioHttpClient(proxy=config.proxy, event_hooks=hooks)
+        else:
+            http_client = openai.DefaultAsyncHttpxClient(proxy=config.proxy, event_hooks=hooks)
         return openai.AsyncOpenAI(**_client_options(config, timeout), http_client=http_client)
 
     return build
