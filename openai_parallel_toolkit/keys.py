@@ -302,8 +302,8 @@ class APIKeyManager:
         Returns a `Lease` to send with at once, or the seconds until a slot is expected (the
         caller waits that long, or less, and asks again). Nothing is reserved in the future,
         so every correction (a 429, a header, a settled cost) applies to the next send.
-        Raises `NoKeysAvailableError` when every key has been removed. `acquire` adds
-        waiting in turn; use this one where blocking a thread is not an option.
+        Raises `NoKeysAvailableError` when every key has been removed. `acquire` (threads)
+        and `acquire_async` (event loops) add waiting in turn with everyone else.
         """
         with self._lock:
             return self._grant(tokens)
