@@ -234,7 +234,7 @@ class APIKeyManager:
         self.clock: Clock = options.clock or SystemClock()
         self._client_factory = options.client_factory or default_client_factory(options.timeout)
         async_factory = options.async_client_factory or default_async_client_factory(
-            options.timeout
+            options.timeout, transport=options.async_transport
         )
         self._turns = Turns()  # threads and tasks waiting for a slot, in arrival order
         self._lock = self._turns.lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ._drivers.clients import AsyncClientFactory, ClientFactory
 from ._store import LimiterStore
@@ -30,6 +31,10 @@ class PoolOptions:
       that must see every HTTP response; None builds `openai.OpenAI` clients.
     - `async_client_factory`: the same for the `openai.AsyncOpenAI` clients the asyncio API
       uses (built per key and event loop, on first use); None builds the official ones.
+    - `async_transport`: what those official async clients send with: ``"httpx"`` (as
+      `openai.AsyncOpenAI` does) or ``"aiohttp"`` (openai's aiohttp transport, the ``aiohttp``
+      extra: about half the CPU per request; keys with a proxy stay on httpx). Close the
+      clients with ``await pool.aclose()`` before the loop ends, or aiohttp warns about them.
     - `store`: where limit-group budgets and key health live; None keeps them in this pool.
     """
 
@@ -39,9 +44,14 @@ class PoolOptions:
     clock: Clock | None = None
     client_factory: ClientFactory | None = None
     async_client_factory: AsyncClientFactory | None = None
+    async_transport: Literal["httpx", "aiohttp"] = "httpx"
     store: LimiterStore | None = None
 
     def __post_init__(self) -> None:
+        if self.async_transport not in ("httpx", "aiohttp"):
+            raise ValueError(
+                f"async_transport must be 'httpx' or 'aiohttp', not {self.async_transport!r}"
+            )
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
         if not self.burst_seconds > 0:

@@ -65,11 +65,12 @@ def default_async_client_factory(
 ) -> AsyncClientFactory:
     """A factory of `openai.AsyncOpenAI` clients, configured as `default_client_factory`'s.
 
-    ``transport="aiohttp"`` sends with openai's `DefaultAioHttpClient` (the ``openai[aiohttp]``
-    extra), which costs far less CPU per request than httpx's asyncio stack (about twice the
-    requests per second on one core); keys with a SOCKS proxy, which aiohttp cannot use,
-    keep the httpx transport.
+    ``transport="aiohttp"`` sends with openai's `DefaultAioHttpClient` (the ``aiohttp`` extra:
+    ``openai[aiohttp]``), which costs far less CPU per request than httpx's asyncio stack
+    (about twice the requests per second on one core). Keys with a proxy keep the httpx
+    transport, which this toolkit's proxy support (SOCKS included) is built and tested on.
     """
+    use_aiohttp = transport == "aiohttp"
 
     def build(
         config: KeyConfig, on_response: Callable[[Any], Awaitable[None]]
@@ -78,8 +79,8 @@ def default_async_client_factory(
 
         hooks = {"response": [on_response]}
         http_client: Any
-        if transport == "aiohttp" and not (config.proxy or "").lower().startswith("socks"):
-            http_client = openai.DefaultAioHttpClient(proxy=config.proxy, event_hooks=hooks)
+        if use_aiohttp and config.proxy is None:
+            http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
         else:
             http_client = openai.DefaultAsyncHttpxClient(proxy=config.proxy, event_hooks=hooks)
         return openai.AsyncOpenAI(**_client_options(config, timeout), http_client=http_client)
