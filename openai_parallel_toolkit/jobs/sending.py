@@ -1,0 +1,300 @@
+"""Sending the items of a JSONL job and writing one result line per item as each finishes.
+
+The one sending loop of both runners: `run_jsonl_job` (one process, the results file itself)
+and `run_shared_jsonl_job` (a worker among several, its own part file). Each result line is
+written and flushed by the thread that finished the item, so a crash or an interrupt loses
+nothing finished; progress goes to stderr as a bar on a terminal, else as status lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+
+from tqdm.auto import tqdm
+
+from ..errors import RequestFailedError, redact
+from ..keys import APIKeyManager
+from ..models import RawRequest
+from ..parallel import (
+    MAX_ASYNC_CONCURRENCY,
+    MAX_CONCURRENCY,
+    InFlightTarget,
+    acompleted,
+    completed,
+)
+from ..request import RetryPolicy, arequest_openai_api, request_openai_api
+from .results import result_line
+from .source import Item
+
+__all__ = ["SendOptions", "Sink", "send_items"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    """How to send: `threads` in flight (None: from the pool's limits), retries, progress,
+    and whether as tasks of an event loop (`use_async`) rather than on threads."""
+
+    threads: int | None = None
+    policy: RetryPolicy | None = None
+    progress: bool = True
+    status_interval: float = 10.0
+    use_async: bool = False
+
+
+class Sink:
+    """Appends result lines from worker threads, one whole line per write, and counts them.
+
+    With `echo`, each line also goes there; if its reader goes away (a closed pipe),
+    `echo_broken` is set and the echo stops. `written`, when given, is called after each line
+    is flushed, outside the lock, in the thread that wrote it.
+    """
+
+    def __init__(
+        self,
+        output: IO[str],
+        progress: tqdm[Any],
+        echo: IO[str] | None = None,
+        written: Callable[[Item], None] | None = None,
+    ) -> None:
+        self._output = output
+        self._echo = echo
+        self._written = written
+        self._lock = threading.Lock()
+        self.bar = progress
+        self.done = self.failed = 0
+        self.echo_broken = False
+
+    def write(self, item: Item, outcome: str, value: Any) -> None:
+        line = result_line(item.item_id, item.request_hash, item.metadata, outcome, value)
+        with self._lock:
+            self._output.write(line)
+            self._output.flush()
+            if self._echo is not None and not self.echo_broken:
+                try:
+                    self._echo.write(line)
+                    self._echo.flush()
+                except BrokenPipeError:
+                    self.echo_broken = True
+            if outcome == "error":
+                self.failed += 1
+            else:
+                self.done += 1
+            self.bar.update(1)
+        if self._written is not None:
+            self._written(item)
+
+
+def _interactive(stream: IO[str]) -> bool:
+    """True when `stream` shows a progress bar well: a terminal, or a Jupyter/IPython kernel."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+    return "ipykernel" in sys.modules
+
+
+class _StatusLines:
+    """A plain status line on stderr every `interval` seconds and one at the end.
+
+    For logs (CI, ``nohup``, a pipe), where a progress bar's carriage returns are noise. Lines
+    are written by a timer thread, so a run stalled on rate limits still reports.
+    """
+
+    def __init__(self, describe: Callable[[], str], interval: float) -> None:
+        self._describe = describe
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="jsonl-status", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._print()
+
+    def _print(self) -> None:
+        print(f"status: {self._describe()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Stop the timer and write the final status line."""
+        self._stop.set()
+        self._thread.join()
+        self._print()
+
+
+def send_items(
+    items: Iterable[Item],
+    output: IO[str],
+    *,
+    manager: APIKeyManager,
+    total: int,
+    options: SendOptions,
+    echo: IO[str] | None = None,
+    written: Callable[[Item], None] | None = None,
+    wanted: Callable[[Item], bool] | None = None,
+) -> tuple[Sink, bool]:
+    """Send `items` (drawn lazily), append a result line to `output` for each as it ends.
+
+    `total` is what the progress display counts against. `written` is called after each
+    line is flushed (see `Sink`); an item for which `wanted` says False when its turn comes
+    is left unsent, with no line. Returns the sink (its counts) and whether the run was
+    interrupted (Ctrl-C, SIGTERM, or `echo`'s reader gone); requests in flight are finished
+    and written either way.
+    """
+    started = time.monotonic()
+    policy = options.policy or RetryPolicy()
+    use_async = options.use_async
+    window: int | InFlightTarget
+    if options.threads:  # a fixed count, a second round queued so that no thread idles
+        threads = options.threads
+        window, workers = (threads, threads) if use_async else (threads * 2, threads)
+    else:  # in flight: the pool's rate times its response time, as the run goes
+        in_flight = InFlightTarget(manager, MAX_ASYNC_CONCURRENCY if use_async else MAX_CONCURRENCY)
+        window, workers = in_flight, in_flight.cap
+    baseline = manager.statistics()
+    show_bar = options.progress and _interactive(sys.stderr)
+    bar = tqdm(total=total, desc="requests", unit="req", disable=not show_bar, dynamic_ncols=True)
+    sink = Sink(output, bar, echo, written)
+    status = None
+    if options.progress and not show_bar:
+        status = _StatusLines(
+            lambda: _status_text(total, manager, baseline, sink, time.monotonic() - started),
+            options.status_interval,
+        )
+
+    def write_error(item: Item, exc: Exception) -> None:
+        code = exc.status_code if isinstance(exc, RequestFailedError) else None
+        error = {"message": redact(str(exc)), "type": type(exc).__name__}
+        sink.write(item, "error", {**error, "status_code": code})
+
+    def send(item: Item) -> None:
+        if wanted is not None and not wanted(item):
+            return
+        try:
+            model = RawRequest(item.endpoint, item.sendable_body())
+            response = request_openai_api(
+                model, manager=manager, policy=policy, raw=True, cache=False
+            )
+        except Exception as exc:
+            write_error(item, exc)
+        else:
+            sink.write(item, "response", response)
+
+    async def asend(item: Item) -> None:
+        if wanted is not None and not wanted(item):
+            return
+        try:
+            model = RawRequest(item.endpoint, item.sendable_body())
+            response = await arequest_openai_api(
+                model, manager=manager, policy=policy, raw=True, cache=False
+            )
+        except Exception as exc:
+            write_error(item, exc)
+        else:
+            sink.write(item, "response", response)
+
+    last = 0.0
+
+    def one_done() -> bool:
+        """After each item: refresh the bar now and then; False to stop the run."""
+        nonlocal last
+        now = time.monotonic()
+        if now - last > 0.5:
+            last = now
+            _postfix(bar, manager, baseline, sink, now - started)
+        return not sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
+
+    interrupted = False
+    try:
+        if use_async:
+            finished = _on_a_loop(_drive_tasks(asend, items, window, one_done))
+        else:
+            finished = _drive_threads(send, items, window, workers, one_done)
+        if not finished:
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: finishing the requests in flight")
+    finally:
+        _postfix(bar, manager, baseline, sink, time.monotonic() - started)
+        bar.close()
+        if status is not None:
+            status.close()
+    return sink, interrupted
+
+
+def _drive_threads(
+    send: Callable[[Item], None],
+    items: Iterable[Item],
+    window: int | InFlightTarget,
+    workers: int,
+    one_done: Callable[[], bool],
+) -> bool:
+    """Send every item on `workers` threads; False when `one_done` asked to stop."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="jsonl")
+    try:
+        return all(one_done() for _ in completed(executor, send, items, window))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def _drive_tasks(
+    send: Callable[[Item], Awaitable[None]],
+    items: Iterable[Item],
+    window: int | InFlightTarget,
+    one_done: Callable[[], bool],
+) -> bool:
+    """Send every item as a task of the running loop; False when `one_done` asked to stop."""
+    done = acompleted(send, items, window)
+    async with contextlib.aclosing(done):
+        async for _ in done:
+            if not one_done():
+                return False
+    return True
+
+
+def _on_a_loop(work: Coroutine[Any, Any, bool]) -> bool:
+    """Run `work` on a new event loop: here, or in a worker thread if this thread runs one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(1, thread_name_prefix="jsonl-loop") as thread:
+        return thread.submit(asyncio.run, work).result()
+
+
+def _postfix(
+    bar: tqdm[Any], manager: APIKeyManager, baseline: Any, sink: Sink, elapsed: float
+) -> None:
+    stats = manager.statistics()
+    bar.set_postfix(
+        req_s=f"{(stats.requests - baseline.requests) / max(elapsed, 1e-9):.1f}",
+        tokens=stats.tokens - baseline.tokens,
+        r429=stats.rate_limited - baseline.rate_limited,
+        failed=sink.failed,
+        refresh=False,
+    )
+
+
+def _status_text(
+    total: int, manager: APIKeyManager, baseline: Any, sink: Sink, elapsed: float
+) -> str:
+    stats = manager.statistics()
+    finished = sink.done + sink.failed
+    return (
+        f"{finished}/{total} requests finished, {sink.failed} failed, "
+        f"{finished / max(elapsed, 1e-9):.1f} req/s, "
+        f"{stats.rate_limited - baseline.rate_limited} rate-limited (429), "
+        f"{stats.tokens - baseline.tokens} tokens, {elapsed:.0f} s"
+    )
