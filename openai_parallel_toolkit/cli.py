@@ -256,6 +256,27 @@ def _run_parser(prog: str) -> CommandLineParser:
         "timeout, else 120)",
     )
     add_redis_option(parser)
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="share this job with the other workers started with the same input, output and "
+        "Redis (on any machine that sees the files at the same paths); each line is answered "
+        "once, a killed worker's lines are taken over after --lease",
+    )
+    parser.add_argument(
+        "--lease",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --worker: seconds a silent worker's lines stay its own (default: 30)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="with --worker: lines claimed at a time (default: 50)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
     parser.add_argument(
         "--status-interval",
@@ -276,6 +297,8 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
     args = parser.parse_args(argv)
     if args.ordered and args.output == "-":
         parser.error("--ordered needs an output file, not - (stdout)")
+    if args.worker and "-" in (args.input, args.output):
+        parser.error("--worker needs an input file and an output file, not - (stdin, stdout)")
     level = logging_level(args)
     if level is not None:
         configure_logging(level)
@@ -293,19 +316,22 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
             source = _spool_stdin(folder) if args.input == "-" and folder else args.input
             to_stdout = args.output == "-" and folder is not None
             target = folder / "results.jsonl" if to_stdout and folder else args.output
-            summary = run_jsonl_job(
-                source,
-                target,
-                manager=manager,
-                endpoint=args.endpoint,
-                threads=args.threads,
-                ordered=args.ordered,
-                progress=not args.no_progress,
-                redo_changed=args.redo_changed,
-                status_interval=args.status_interval,
-                echo=sys.stdout if to_stdout else None,
-                use_async=args.use_async,
-            )
+            if args.worker:
+                summary = _run_worker(args, manager)
+            else:
+                summary = run_jsonl_job(
+                    source,
+                    target,
+                    manager=manager,
+                    endpoint=args.endpoint,
+                    threads=args.threads,
+                    ordered=args.ordered,
+                    progress=not args.no_progress,
+                    redo_changed=args.redo_changed,
+                    status_interval=args.status_interval,
+                    echo=sys.stdout if to_stdout else None,
+                    use_async=args.use_async,
+                )
             if to_stdout and summary.interrupted:
                 _silence_stdout()  # its reader may be gone: no second error at exit
     except (ConfigError, ResultsFileError, OSError) as exc:
@@ -321,6 +347,32 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
     if summary.interrupted:
         return _interrupt_status(received)
     return 0 if summary.ok else 1
+
+
+def _run_worker(args: argparse.Namespace, manager: APIKeyManager) -> JobSummary:
+    """``run --worker``: this process's part in a job shared through Redis."""
+    from .jobs.distributed import run_shared_jsonl_job
+
+    url = manager.config.shared_state or os.environ.get(SHARED_STATE_VARIABLE)
+    if not url:
+        raise ConfigError(
+            "--worker needs Redis: --redis URL, shared_state in the config, or "
+            f"{SHARED_STATE_VARIABLE}"
+        )
+    return run_shared_jsonl_job(
+        args.input,
+        args.output,
+        manager=manager,
+        redis_url=url,
+        endpoint=args.endpoint,
+        threads=args.threads,
+        ordered=args.ordered,
+        progress=not args.no_progress,
+        redo_changed=args.redo_changed,
+        status_interval=args.status_interval,
+        lease_seconds=args.lease,
+        chunk_size=args.chunk_size,
+    )
 
 
 def _print_summary(name: str, summary: JobSummary) -> None:

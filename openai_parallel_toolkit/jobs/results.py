@@ -5,7 +5,8 @@ file is read whole and checked: a file with any complete line that is not such a
 input itself, some other file, results of an older format) or that is not UTF-8 is refused and
 left exactly as it is. Only a file that passed is ever changed, and only in these ways: a torn
 last line left by a crash is cut, lines of items about to be sent again are dropped (through a
-temporary file and an atomic rename), and new lines are appended.
+temporary file and an atomic rename), new lines are appended, and the part files of shared
+workers are merged in (`parts`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ __all__ = [
     "ResultsFileError",
     "check_ordered_target",
     "read_results",
+    "replacement",
     "result_line",
+    "scan_results",
     "write_ordered",
 ]
 
@@ -83,21 +86,20 @@ def _refuse(path: Path, why: str) -> ResultsFileError:
     return ResultsFileError(f"{path}: {why}; it was left unchanged (choose another output file)")
 
 
-def read_results(path: Path) -> ExistingResults:
-    """Read and check an existing results file (absent: empty). Raises `ResultsFileError`."""
-    results = ExistingResults(path)
-    if not path.exists():
-        return results
-    if not path.is_file():
-        raise _refuse(path, "is not a regular file")
+def scan_results(path: Path) -> Iterator[tuple[int, bytes, tuple[ItemId, str, bool] | None]]:
+    """(byte offset, raw line, (id, request hash, answered)) for each line of a results file.
+
+    A torn last line (a crash mid-write) comes last, with None; any other line that is not a
+    result line, or not UTF-8, raises `ResultsFileError`.
+    """
     with open(path, "rb") as file:
         offset = 0
         for number, raw in enumerate(file, start=1):
             start, offset = offset, offset + len(raw)
             if not raw.endswith(b"\n"):
                 if raw.decode("utf-8", "replace").startswith(_RECORD_PREFIX[: len(raw)]):
-                    results.torn_at = start  # a crash mid-write: the line is cut on resume
-                    break
+                    yield start, raw, None  # a crash mid-write: the line is cut on resume
+                    return
                 raise _refuse(path, f"line {number} is not a result line of this tool")
             try:
                 record = json.loads(raw.decode("utf-8"))
@@ -108,18 +110,32 @@ def read_results(path: Path) -> ExistingResults:
             parsed = _result_id(record)
             if parsed is None:
                 raise _refuse(path, f"line {number} is not a result line of this tool")
-            item_id, digest, answered = parsed
-            results.hashes[item_id] = digest
-            if answered:
-                results.failed.discard(item_id)
-            else:
-                results.failed.add(item_id)
-            results.lines += 1
+            yield start, raw, parsed
+
+
+def read_results(path: Path) -> ExistingResults:
+    """Read and check an existing results file (absent: empty). Raises `ResultsFileError`."""
+    results = ExistingResults(path)
+    if not path.exists():
+        return results
+    if not path.is_file():
+        raise _refuse(path, "is not a regular file")
+    for start, _, parsed in scan_results(path):
+        if parsed is None:
+            results.torn_at = start
+            break
+        item_id, digest, answered = parsed
+        results.hashes[item_id] = digest
+        if answered:
+            results.failed.discard(item_id)
+        else:
+            results.failed.add(item_id)
+        results.lines += 1
     return results
 
 
 @contextlib.contextmanager
-def _replacement(path: Path, mode: str) -> Iterator[IO[Any]]:
+def replacement(path: Path, mode: str) -> Iterator[IO[Any]]:
     """A temporary file beside `path` that replaces it atomically when the block ends."""
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -137,7 +153,7 @@ def _replacement(path: Path, mode: str) -> Iterator[IO[Any]]:
 
 
 def _rewrite_without(path: Path, drop: set[ItemId]) -> None:
-    with open(path, "rb") as source, _replacement(path, "wb") as out:
+    with open(path, "rb") as source, replacement(path, "wb") as out:
         for raw in source:
             if not raw.endswith(b"\n"):
                 break  # the torn last line
@@ -163,7 +179,7 @@ def write_ordered(path: Path, ordered: Path) -> Path:
             index.append((_sort_key(json.loads(line)["id"]), offset))
             offset += len(line)
     index.sort()
-    with open(path, "rb") as source, _replacement(ordered, "wb") as out:
+    with open(path, "rb") as source, replacement(ordered, "wb") as out:
         for _, position in index:
             source.seek(position)
             out.write(source.readline())

@@ -18,7 +18,15 @@ from typing import Any
 
 from ..models import RawRequest
 
-__all__ = ["BadLine", "Item", "infer_endpoint", "read_item", "read_lines", "request_hash"]
+__all__ = [
+    "BadLine",
+    "Item",
+    "infer_endpoint",
+    "input_identity",
+    "read_item",
+    "read_lines",
+    "request_hash",
+]
 
 ItemId = int | str
 _BOM = b"\xef\xbb\xbf"
@@ -126,3 +134,12 @@ def read_item(number: int, raw: bytes, endpoint: str | None) -> Item | BadLine:
         return BadLine(number, f"unknown endpoint {chosen!r}")
     item_id: ItemId = custom_id if custom_id is not None else number
     return Item(number, item_id, metadata, chosen, body, request_hash(chosen, body))
+
+
+def input_identity(path: Path) -> str:
+    """A hash of the request file's bytes: the same on every machine that reads the file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,199 @@
+"""Several workers on one job through a real Redis server (issue 14): JSONL jobs and files.
+
+Workers are subprocesses (``run --worker``) so that one can be killed with SIGKILL; the fake
+OpenAI server's request log tells how often each line was sent.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openai_parallel_toolkit import APIKeyManager
+from openai_parallel_toolkit.jobs import ResultsFileError, request_hash
+from openai_parallel_toolkit.jobs.distributed import run_shared_jsonl_job
+from openai_parallel_toolkit.jobs.parts import parts_folder
+from openai_parallel_toolkit.testing import FakeOpenAIServer
+from openai_parallel_toolkit.testing.redis_server import RedisServer
+
+KEY = "sk-jobs-" + "w" * 24
+THREADS = 3  # per worker: at most this many of a killed worker's requests are in flight
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def _write_input(path: Path, count: int, tag: str = "item") -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        for n in range(1, count + 1):
+            body: dict[str, object] = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"{tag} {n}"}],
+            }
+            if n % 10 == 0:
+                body["custom_id"] = f"{tag}-{n}"
+            file.write(json.dumps(body) + "\n")
+
+
+def _config(tmp_path: Path, server: FakeOpenAIServer) -> Path:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"api_keys": [KEY], "api_base": server.base_url}))
+    return path
+
+
+def _worker(
+    config: Path, source: Path, target: Path, redis_url: str, lease: float = 2.0
+) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    command = [sys.executable, "-m", "openai_parallel_toolkit", "run", str(source)]
+    command += ["-o", str(target), "--config", str(config), "--redis", redis_url, "--worker"]
+    command += ["--threads", str(THREADS), "--lease", str(lease), "--chunk-size", "5"]
+    command += ["--no-progress"]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> None:
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+
+
+def _first_to_write(
+    folder: Path, processes: list[subprocess.Popen[str]], count: int
+) -> subprocess.Popen[str]:
+    """The worker whose part file first holds `count` lines (part files are named by pid)."""
+    deadline = time.monotonic() + 30
+    while True:
+        for process in processes:
+            parts = list(folder.glob(f"*-{process.pid}-*.jsonl"))
+            if parts and parts[0].read_bytes().count(b"\n") >= count:
+                return process
+            assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no worker wrote anything"
+        time.sleep(0.02)
+
+
+def _expected_ids(count: int, tag: str = "item") -> dict[object, str]:
+    """id -> the content of its request."""
+    return {(f"{tag}-{n}" if n % 10 == 0 else n): f"{tag} {n}" for n in range(1, count + 1)}
+
+
+def _check_output(target: Path, count: int, tag: str = "item") -> None:
+    records = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    ids = [record["id"] for record in records]
+    expected = _expected_ids(count, tag)
+    assert sorted(map(str, ids)) == sorted(map(str, expected)), "every id exactly once"
+    for record in records:
+        content = expected[record["id"]]
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+        assert record["request_hash"] == request_hash("chat", body)
+        answer = record["response"]["choices"][0]["message"]["content"]
+        assert content in answer  # the fake server echoes the prompt: never another line's
+
+
+def _sends(server: FakeOpenAIServer) -> collections.Counter[str]:
+    return collections.Counter(
+        entry["body"]["messages"][-1]["content"]
+        for entry in server.request_log()
+        # A body cut short by the kill was never a request (the server logs it as None).
+        if entry["path"].endswith("/chat/completions") and entry["body"] is not None
+    )
+
+
+def test_a_killed_worker_loses_nothing_and_every_id_is_answered_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    count = 60
+    source, target = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    _write_input(source, count)
+    with FakeOpenAIServer(latency=0.1) as server:
+        config = _config(tmp_path, server)
+        workers = [_worker(config, source, target, redis_server.url) for _ in range(2)]
+        # The first worker to write is killed with chunks claimed and requests in flight.
+        victim = _first_to_write(parts_folder(target), workers, 2)
+        victim.send_signal(signal.SIGKILL)
+        others = [process for process in workers if process is not victim]
+        victim.wait(timeout=10)
+        for process in others:
+            _finish(process)
+        _check_output(target, count)
+        assert not parts_folder(target).exists()
+        sends = _sends(server)
+        assert set(sends) == set(_expected_ids(count).values())
+        again = [content for content, times in sends.items() if times > 1]
+        # Only what the killed worker had in flight is sent again, and only once more.
+        assert len(again) <= THREADS and all(sends[content] == 2 for content in again)
+
+        before = server.total().requests
+        finished = target.read_bytes()
+        with _pool(server) as pool:
+            summary = run_shared_jsonl_job(
+                source, target, manager=pool, redis_url=redis_server.url, progress=False
+            )
+        assert server.total().requests == before, "a re-run after the end sends nothing"
+        assert (summary.done, summary.skipped) == (0, count)
+        assert target.read_bytes() == finished
+
+
+def _pool(server: FakeOpenAIServer) -> APIKeyManager:
+    return APIKeyManager(api_keys=[KEY], api_base=server.base_url, make_default=False)
+
+
+def test_two_jobs_on_one_redis_never_mix(redis_server: RedisServer, tmp_path: Path) -> None:
+    jobs = []
+    for tag in ("one", "two"):
+        source, target = tmp_path / f"{tag}.jsonl", tmp_path / f"{tag}.out.jsonl"
+        _write_input(source, 12, tag)
+        jobs.append((source, target))
+    with FakeOpenAIServer() as server, _pool(server) as pool:
+
+        def work(source: Path, target: Path) -> None:
+            run_shared_jsonl_job(
+                source,
+                target,
+                manager=pool,
+                redis_url=redis_server.url,
+                threads=2,
+                chunk_size=3,
+                progress=False,
+            )
+
+        threads = [
+            threading.Thread(target=work, args=job) for job in jobs for _ in range(2)
+        ]  # two workers on each job
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert server.total().requests == 24
+    for (_, target), tag in zip(jobs, ("one", "two"), strict=True):
+        _check_output(target, 12, tag)
+
+
+def test_an_output_of_something_else_is_refused_and_left_alone(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    source, target = tmp_path / "requests.jsonl", tmp_path / "notes.txt"
+    _write_input(source, 5)
+    target.write_text("my notes\n")
+    with FakeOpenAIServer() as server, _pool(server) as pool:
+        with pytest.raises(ResultsFileError):
+            run_shared_jsonl_job(
+                source, target, manager=pool, redis_url=redis_server.url, progress=False
+            )
+        assert server.total().requests == 0
+    assert target.read_text() == "my notes\n"
