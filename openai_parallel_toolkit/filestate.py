@@ -19,14 +19,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: staging folders are then kept, never shared
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Journal", "JournalEntry", "StagingArea"]
+__all__ = ["Journal", "JournalEntry", "Ledger", "StagingArea"]
 
 _GRACE_SECONDS = 60.0
 _PUBLISHING = "publishing"
@@ -40,6 +40,14 @@ class JournalEntry:
 
     outputs: tuple[str, ...]
     done: bool
+
+
+class Ledger(Protocol):
+    """Where a worker thread records an input's outputs: `Journal`, or a shared run's record."""
+
+    def publishing(self, relative: str, outputs: list[str]) -> None: ...
+
+    def done(self, relative: str, outputs: list[str]) -> None: ...
 
 
 class Journal:

@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -36,11 +37,13 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 
 from .cache import RequestCache, use_cache
+from .config import SHARED_STATE_VARIABLE
 from .filelisting import ExistingOutputs, InputFile, list_inputs
-from .filestate import Journal, StagingArea
+from .filestate import Journal, Ledger, StagingArea
 from .keys import APIKeyManager, resolve_manager, use_manager
 from .parallel import _nested, _shared_executor, completed, default_concurrency
 from .runstate import FileFailure, RunState, RunSummary, logs_above
+from .sharedfiles import SharedInputs
 
 __all__ = ["FileFailure", "ParallelToolkit", "RunSummary"]
 
@@ -88,6 +91,7 @@ class ParallelToolkit:
         cache: bool | RequestCache | str | os.PathLike[str] = True,
         progress: bool = True,
         adopt_existing_outputs: bool = False,
+        shared_state: str | None = None,
     ) -> None:
         if input_path is None or output_path is None:
             raise TypeError("ParallelToolkit needs input_path and output_path")
@@ -105,6 +109,12 @@ class ParallelToolkit:
         self._cache_option = cache
         self.manager = manager if manager is not None else resolve_manager(config_path=config_path)
         self.num_threads = num_threads or default_concurrency(self.manager)
+        self.shared_state = (
+            shared_state
+            or self.manager.config.shared_state
+            or os.environ.get(SHARED_STATE_VARIABLE)
+            or None
+        )
 
     # -- the hooks ------------------------------------------------------------------------------
 
@@ -139,13 +149,18 @@ class ParallelToolkit:
         total = sum(1 for _ in self._inputs())
         state = self.output_path / STATE_DIR
         state.mkdir(parents=True, exist_ok=True)
-        journal = Journal(state / "done.sqlite")
-        closers: list[Callable[[], None]] = [journal.close]
+        closers: list[Callable[[], None]] = []
         try:
-            adopt = self._adopting(journal)
+            shared = journal = None
+            if self.shared_state:
+                shared = SharedInputs(self.shared_state, self.input_path, self.output_path, state)
+                closers.append(shared.close)
+            else:  # shared: opened only by the worker that plans, and the one that finishes
+                journal = Journal(state / "done.sqlite")
+                closers.append(journal.close)
             staging = StagingArea(state / "staging")
             closers.append(staging.close)
-            cache, own_cache = self._open_cache(state)
+            cache, own_cache = self._open_cache(state, shared is not None)
         except BaseException:
             _close_all(closers)
             raise
@@ -163,13 +178,21 @@ class ParallelToolkit:
             with logs_above(bar), use_manager(self.manager), use_cache(cache):
                 try:
                     with _quiet_inner_bars(inner):
-                        tasks = self._pending(journal, adopt=adopt, run=run, bar=bar)
-                        work = functools.partial(self._work, journal, staging, run)
+                        tasks: Iterator[InputFile]
+                        work: Callable[[InputFile], None]
+                        if journal is not None:
+                            adopt = self._adopting(journal)
+                            tasks = self._pending(journal, adopt=adopt, run=run, bar=bar)
+                            work = functools.partial(self._work, journal, staging, run)
+                        elif shared is not None:
+                            tasks, work = self._shared_work(shared, staging, run, bar)
                         for task, future in completed(executor, work, tasks, self.num_threads * 2):
                             failure = future.exception()
                             if failure is not None:  # SystemExit and the like escaped the hooks
                                 run.fail(task.relative, failure)
                             run.show(bar, self.manager)
+                        if shared is not None:
+                            shared.finish()
                 except KeyboardInterrupt:
                     interrupted = True
                     self._drain(executor, run)
@@ -196,7 +219,23 @@ class ParallelToolkit:
             )
             raise
 
-    def _work(self, journal: Journal, staging: StagingArea, run: RunState, task: InputFile) -> None:
+    def _shared_work(
+        self, shared: SharedInputs, staging: StagingArea, run: RunState, bar: tqdm[Any]
+    ) -> tuple[Iterator[InputFile], Callable[[InputFile], None]]:
+        """The inputs this worker claims, and the work on each (see `sharedfiles`)."""
+
+        def pending(journal: Journal) -> Iterator[InputFile]:
+            return self._pending(journal, adopt=self._adopting(journal), run=run, bar=bar)
+
+        def work(task: InputFile) -> None:
+            try:
+                self._work(shared, staging, run, task)
+            finally:
+                shared.settle(task)
+
+        return shared.tasks(pending), work
+
+    def _work(self, journal: Ledger, staging: StagingArea, run: RunState, task: InputFile) -> None:
         """One input, in a worker thread: hooks, then publish and record (or a failure)."""
         folder = staging.new_folder()
         try:
@@ -223,12 +262,14 @@ class ParallelToolkit:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _open_cache(self, state: Path) -> tuple[RequestCache | None, bool]:
+    def _open_cache(self, state: Path, shared: bool) -> tuple[RequestCache | None, bool]:
         option = self._cache_option
         if option is False:
             return None, False
         if option is True:
-            return RequestCache(state / "cache.sqlite"), True
+            # Shared: one file per machine, as SQLite cannot be shared over a network file system.
+            name = f"cache-{socket.gethostname()}.sqlite" if shared else "cache.sqlite"
+            return RequestCache(state / name), True
         if isinstance(option, RequestCache):
             return option, False
         return RequestCache(option), True

@@ -197,3 +197,56 @@ def test_an_output_of_something_else_is_refused_and_left_alone(
             )
         assert server.total().requests == 0
     assert target.read_text() == "my notes\n"
+
+
+TOOLKIT_JOB = Path(__file__).with_name("toolkit_job.py")
+FILES, ITEMS = 16, 2
+
+
+def test_two_workers_on_toolkit_files_process_each_file_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from toolkit_job import Job
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for f in range(FILES):
+        items = [f"file {f} item {i}" for i in range(ITEMS)]
+        (inputs / f"f{f:02d}.json").write_text(json.dumps({"items": items}))
+    with FakeOpenAIServer(latency=0.05) as server:
+        config = tmp_path / "config.json"
+        config.write_text(
+            json.dumps(
+                {"api_keys": [KEY], "api_base": server.base_url, "shared_state": redis_server.url}
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        command = [sys.executable, str(TOOLKIT_JOB), str(config), str(inputs), str(out), "2"]
+        workers = [
+            subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            for _ in range(2)
+        ]
+        processed = 0
+        for process in workers:
+            stdout, stderr = process.communicate(timeout=60)
+            assert process.returncode == 0, stderr
+            summary = dict(part.split("=") for part in stdout.split()[1:])
+            assert summary["failed"] == "0"
+            processed += int(summary["processed"])
+        assert processed == FILES
+        sends = _sends(server)
+        expected = {f"file {f} item {i}" for f in range(FILES) for i in range(ITEMS)}
+        assert set(sends) == expected and set(sends.values()) == {1}, "each file once"
+        for f in range(FILES):
+            data = json.loads((out / f"f{f:02d}.json").read_text())
+            assert data == {"results": [f"echo: file {f} item {i}" for i in range(ITEMS)]}
+
+        with _pool(server) as pool:  # the shared_state argument, where the config has none
+            rerun = Job(
+                None, inputs, out, manager=pool, progress=False, shared_state=redis_server.url
+            )
+            again = rerun.run()
+        assert (again.processed, again.skipped) == (0, FILES)
+        assert len(server.request_log()) == len(expected), "the re-run sends nothing"
