@@ -250,3 +250,33 @@ def test_two_workers_on_toolkit_files_process_each_file_once(
             again = rerun.run()
         assert (again.processed, again.skipped) == (0, FILES)
         assert len(server.request_log()) == len(expected), "the re-run sends nothing"
+
+
+def test_the_merge_keeps_one_line_per_id_preferring_an_answer(tmp_path: Path) -> None:
+    from openai_parallel_toolkit.jobs.parts import merge_parts
+    from openai_parallel_toolkit.jobs.results import result_line
+
+    target = tmp_path / "results.jsonl"
+    target.write_text(result_line(1, "h1", None, "response", {"n": 1}), encoding="utf-8")
+    folder = parts_folder(target)
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(
+        result_line(1, "h1", None, "response", {"n": "again"})  # merged before: kept once
+        + result_line(2, "h2", None, "error", {"message": "timeout"})
+        + result_line(3, "h3", None, "response", {"n": 3}),
+        encoding="utf-8",
+    )
+    (folder / "b.jsonl").write_text(
+        result_line(2, "h2", None, "response", {"n": 2})  # the answer wins over the error
+        + result_line(3, "h3", None, "response", {"n": "twice"})  # the first answer stays
+        + '{"id": 4, "request',  # torn by a kill
+        encoding="utf-8",
+    )
+    assert merge_parts(target, folder) == 2
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    assert sorted((r["id"], r.get("response")) for r in records) == [
+        (1, {"n": 1}),
+        (2, {"n": 2}),
+        (3, {"n": 3}),
+    ]
+    assert not folder.exists()

@@ -23,8 +23,12 @@ Resuming is safe, not just fast:
 
 The input is read as a stream: memory holds the ids and the byte offsets of the lines to send,
 never the bodies of the whole file.
+
+`run_shared_jsonl_job` (``run --worker``) shares one job among several workers through Redis;
+see `distributed`.
 """
 
+from .distributed import run_shared_jsonl_job
 from .results import ResultsFileError, read_results
 from .runner import JobSummary, run_jsonl_job
 from .source import infer_endpoint, request_hash
@@ -36,4 +40,5 @@ __all__ = [
     "read_results",
     "request_hash",
     "run_jsonl_job",
+    "run_shared_jsonl_job",
 ]
