@@ -63,7 +63,7 @@ def merge_done_parts(journal: Journal, folder: Path) -> None:
     for relative, outputs in _records(folder):
         journal.done(relative, outputs)
     for part in _done_parts(folder):
-        part.unlink()
+        part.unlink(missing_ok=True)
 
 
 class SharedInputs:

@@ -21,7 +21,6 @@ after a complete run, nothing is sent.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -192,7 +191,7 @@ class _Worker:
         try:
             sink, self.interrupted = send_items(
                 self._items(joined, info.get("endpoint") or None, chunks),
-                part.file,
+                part,
                 manager=self.manager,
                 total=int(info.get("items", 0)),
                 options=self.settings.send,
@@ -203,10 +202,6 @@ class _Worker:
             part.close()
         self.done += sink.done
         self.failed += sink.failed
-        if not sink.done + sink.failed:  # nothing written: leave no empty file behind
-            with contextlib.suppress(OSError):
-                part.path.unlink()
-                self.folder.rmdir()
 
     def _items(self, joined: int, endpoint: str | None, chunks: _Chunks) -> Iterator[Item]:
         """The items of each chunk this worker claims, until the round has no more to claim."""

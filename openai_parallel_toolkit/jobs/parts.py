@@ -47,20 +47,38 @@ def _parts(folder: Path) -> list[Path]:
 
 
 class PartWriter:
-    """The part file of one worker (named by `worker`), open for appending."""
+    """The part file of one worker (named by `worker`), created with its first line.
+
+    Created only when there is something to write: a worker that claimed nothing leaves no
+    file that the merging worker might be reading while it is removed.
+    """
 
     def __init__(self, folder: Path, worker: str) -> None:
-        folder.mkdir(exist_ok=True)
+        self._folder = folder
         self.path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', worker)}.jsonl"
-        self.file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file: IO[str] | None = None
+
+    def write(self, text: str) -> int:
+        """Append `text` (the caller writes whole lines, from one thread at a time)."""
+        if self._file is None:
+            self._folder.mkdir(exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - see close()
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        """Hand what was written to the operating system."""
+        if self._file is not None:
+            self._file.flush()
 
     def sync(self) -> None:
         """Put every line flushed so far on disk (on the server, for NFS)."""
-        os.fsync(self.file.fileno())
+        if self._file is not None:
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Close the file (its lines stay for the merge)."""
-        self.file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def answered(folder: Path) -> set[ItemId]:
@@ -110,7 +128,7 @@ def merge_parts(target: Path, folder: Path) -> int:
                 files[index].seek(offset)
                 out.write(files[index].readline())
     for part in parts:
-        part.unlink()
+        part.unlink(missing_ok=True)  # a second merger (the first one's lease ran out) was first
     with contextlib.suppress(OSError):
         folder.rmdir()
     return len(picks)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -35,7 +35,7 @@ from ..request import RetryPolicy, arequest_openai_api, request_openai_api
 from .results import result_line
 from .source import Item
 
-__all__ = ["SendOptions", "Sink", "send_items"]
+__all__ = ["Output", "SendOptions", "Sink", "send_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ class SendOptions:
     use_async: bool = False
 
 
+class Output(Protocol):
+    """Where result lines go: a text file, or a worker's part file."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class Sink:
     """Appends result lines from worker threads, one whole line per write, and counts them.
 
@@ -62,7 +70,7 @@ class Sink:
 
     def __init__(
         self,
-        output: IO[str],
+        output: Output,
         progress: tqdm[Any],
         echo: IO[str] | None = None,
         written: Callable[[Item], None] | None = None,
@@ -135,7 +143,7 @@ class _StatusLines:
 
 def send_items(
     items: Iterable[Item],
-    output: IO[str],
+    output: Output,
     *,
     manager: APIKeyManager,
     total: int,
