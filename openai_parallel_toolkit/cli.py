@@ -299,6 +299,8 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         parser.error("--ordered needs an output file, not - (stdout)")
     if args.worker and "-" in (args.input, args.output):
         parser.error("--worker needs an input file and an output file, not - (stdin, stdout)")
+    if args.worker and args.use_async:
+        parser.error("--worker sends on threads; leave out --async")
     level = logging_level(args)
     if level is not None:
         configure_logging(level)
