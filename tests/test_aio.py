@@ -217,6 +217,35 @@ def test_the_async_api_under_asyncio_run_twice(server: FakeOpenAIServer) -> None
     assert request_openai_api(ChatModel(content="sync"), manager=manager) == "echo: sync"
 
 
+async def test_the_aiohttp_transport_sends_reads_headers_and_closes() -> None:
+    """`PoolOptions(async_transport="aiohttp")`: the same answers, the limiter still sees every
+    response's headers, and `aclose` closes the clients (aiohttp would warn otherwise)."""
+    with FakeOpenAIServer(rpm=600) as server:
+        await _aiohttp_round(server)
+    with pytest.raises(ValueError, match="async_transport"):
+        PoolOptions(async_transport="curl")  # type: ignore[arg-type]
+
+
+async def _aiohttp_round(server: FakeOpenAIServer) -> None:
+    manager = APIKeyManager(
+        api_keys=[{"api_key": KEYS[0], "api_base": server.base_url}],
+        make_default=False,
+        options=PoolOptions(async_transport="aiohttp"),
+    )
+    lease = await manager.acquire_async()
+    client = lease.async_client
+    lease.cancel()
+    assert "Aio" in type(client._client).__name__  # openai's aiohttp transport, not httpx
+    results = await amulti_process_one(
+        [("", f"a{i}") for i in range(8)], ChatModel, manager=manager
+    )
+    assert results == [f"echo: a{i}" for i in range(8)]
+    (key,) = manager.statistics().keys
+    assert key.requests_per_min == 600  # learned from the headers the aiohttp client saw
+    await manager.aclose()
+    assert client.is_closed()
+
+
 # -- cancellation --------------------------------------------------------------------------------
 
 
