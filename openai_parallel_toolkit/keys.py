@@ -414,6 +414,7 @@ class APIKeyManager:
             stats = self._pool.key_stats(now)
             in_flight = self._pool.in_flight()
             latency = self._pool.latency
+            oldest = self._pool.oldest_in_flight(now)
             waiting = len(self._turns)
         return PoolStats(
             keys=tuple(stats),
@@ -425,6 +426,7 @@ class APIKeyManager:
             active_keys=sum(s.state is not KeyState.REMOVED for s in stats),
             in_flight=in_flight,
             latency=latency,
+            oldest_in_flight=oldest,
             waiting=waiting,
         )
 

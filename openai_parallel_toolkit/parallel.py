@@ -49,7 +49,7 @@ OnError = Literal["raise", "none", "return"]
 # In-flight requests wanted per second of rate limit: covers a typical response time.
 EXPECTED_LATENCY_SECONDS = 2.0
 MIN_CONCURRENCY = 8
-MAX_CONCURRENCY = 512
+MAX_CONCURRENCY = 1024
 # Tasks cost a few kilobytes where threads cost stacks and switches: the asyncio engine may keep
 # far more requests in flight (30,000 RPM at 3 s per answer is 1,500).
 MAX_ASYNC_CONCURRENCY = 4096
@@ -86,12 +86,20 @@ def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -
     """Requests to keep in flight: the pool's rate times its response time, within bounds.
 
     With known limits that is ``requests per second x seconds per answer`` (the pool's observed
-    response time plus a quarter, 2 s until one is known) plus what servers say they hold
+    response time plus a quarter, or the age of the oldest request in flight up to twice that
+    time; before any answer 2 s, or that age when longer) plus what servers say they hold
     beyond that pace (`KeyStats.surplus_requests`); keys with unknown limits count 8 each.
     Clamped to 8..`cap`: threads mostly wait on the network and on the limiter.
     """
     stats = manager.statistics()
-    seconds = EXPECTED_LATENCY_SECONDS if stats.latency is None else stats.latency * 1.25
+    oldest = stats.oldest_in_flight or 0.0
+    if stats.latency is None:
+        # No answer yet: they take at least as long as the oldest request has waited.
+        seconds = max(EXPECTED_LATENCY_SECONDS, oldest)
+    else:
+        # The average hides the slow answers of a jittery server, which hold threads longest;
+        # the oldest request still waiting shows them (bounded: one hung request is no trend).
+        seconds = max(stats.latency * 1.25, min(oldest, stats.latency * 2.0))
     wanted = 0.0
     seen: set[str] = set()
     for key in stats.keys:

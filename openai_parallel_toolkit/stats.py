@@ -63,6 +63,7 @@ class PoolStats:
     active_keys: int
     in_flight: int
     latency: float | None = None  # seconds from a slot's grant to the answer (moving average)
+    oldest_in_flight: float | None = None  # seconds since the oldest unsettled grant
     waiting: int = 0  # threads waiting for a slot now
 
 

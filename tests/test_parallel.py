@@ -128,7 +128,7 @@ def test_default_concurrency_follows_the_pools_limits() -> None:
     fast = pool([{"api_key": k, "requests_per_min": 1200} for k in KEYS])
     assert default_concurrency(fast) == 160  # 4 x 20 req/s x 2 s
     many = pool([{"api_key": f"{k}-{i}", "requests_per_min": 6000} for k in KEYS for i in range(2)])
-    assert default_concurrency(many) == 512  # 8 x 100 req/s x 2 s = 1,600, capped
+    assert default_concurrency(many) == 1024  # 8 x 100 req/s x 2 s = 1,600, capped
     shared = pool([{"api_key": k, "requests_per_min": 300, "limit_group": "p"} for k in KEYS])
     assert default_concurrency(shared) == 10  # one group: 5 req/s x 2 s
     slow = pool([{"api_key": KEYS[0], "requests_per_min": 30}])
@@ -147,14 +147,26 @@ def test_requests_in_flight_follow_the_observed_response_time() -> None:
         options=PoolOptions(clock=clock, client_factory=lambda config, hook: None),
     )
     assert default_concurrency(manager) == 200  # 100 requests/s x 2 s before any answer
+    first = manager.acquire()
+    clock.advance(4.0)  # no answer for 4 s: answers take at least that long
+    assert manager.statistics().oldest_in_flight == pytest.approx(4.0)
+    assert default_concurrency(manager) == 400
+    first.cancel()
     for _ in range(100):  # answers that take 5 s
         lease = manager.acquire()
         clock.advance(5.0)
         lease.succeed()
     assert manager.statistics().latency == pytest.approx(5.0)
-    assert default_concurrency(manager) == 512  # 100/s x 6.25 s, at most 512
+    assert default_concurrency(manager) == 625  # 100/s x 6.25 s
     assert default_concurrency(manager, cap=300) == 300
-    assert InFlightTarget(manager, cap=1000)() == 625
+    assert InFlightTarget(manager, cap=500)() == 500
+    # A slow answer still out (jitter) widens the window, up to twice the average time.
+    slow = manager.acquire()
+    clock.advance(9.0)
+    assert default_concurrency(manager) == 900  # 100/s x 9 s
+    clock.advance(60.0)  # a hung request is no trend: 100/s x 2 x 5 s at most
+    assert default_concurrency(manager) == 1000
+    slow.succeed()
 
 
 def test_a_warning_during_a_run_goes_above_the_progress_bar() -> None:

@@ -106,6 +106,8 @@ class KeyPool:
         self.prompt_scale = 1.0
         self._prompt_samples = 0
         self.latency: float | None = None
+        # Grant times of the sends not yet settled (by grant id), for `oldest_in_flight`.
+        self._outstanding: dict[int, float] = {}
 
     def add(self, configs: Iterable[KeyConfig], now: float) -> list[PoolKey]:
         """Add keys (with the knobs' default limits filled in); returns them."""
@@ -172,7 +174,9 @@ class KeyPool:
         self._rotation = (best_index + 1) % count
         sent = best.group.reserve(tokens, now)
         best.requests += 1
-        return Grant(best, best.group, tokens, now, sent)
+        grant = Grant(best, best.group, tokens, now, sent)
+        self._outstanding[id(grant)] = now
+        return grant
 
     def valid(self, grant: Grant) -> bool:
         """False once the grant's key was removed or its group started cooling down after it."""
@@ -186,6 +190,7 @@ class KeyPool:
     ) -> None:
         """Settle a successful send (see `Lease.succeed` for `tokens_used` and `charged`)."""
         key = grant.key
+        self._outstanding.pop(id(grant), None)
         self._observe_latency(grant, now)
         key.successes += 1
         key.group.note_response()
@@ -203,6 +208,7 @@ class KeyPool:
 
     def cancelled(self, grant: Grant, now: float) -> None:
         """Give back everything a send that never went out had reserved."""
+        self._outstanding.pop(id(grant), None)
         grant.key.requests -= 1
         grant.key.group.release(now, refund_request=True, tokens=grant.tokens, number=grant.sent[1])
 
@@ -210,6 +216,7 @@ class KeyPool:
         """Act on a failed send's verdict (the error table): cool, slow, remove or count."""
         key = grant.key
         group = key.group
+        self._outstanding.pop(id(grant), None)
         verdict = verdict.redacted([key.config.api_key])
         if verdict.status_code is not None:
             group.note_response()
@@ -306,6 +313,12 @@ class KeyPool:
     def key_stats(self, now: float) -> Sequence[KeyStats]:
         """A snapshot of every key, in pool order."""
         return tuple(_key_stats(key, now) for key in self.keys)
+
+    def oldest_in_flight(self, now: float) -> float | None:
+        """Seconds since the oldest send still unsettled was granted; None with none."""
+        if not self._outstanding:
+            return None
+        return now - min(self._outstanding.values())
 
     def in_flight(self) -> int:
         """Requests granted and not yet settled, over all groups."""
