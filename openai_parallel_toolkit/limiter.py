@@ -225,9 +225,10 @@ class LimitGroup:
             setattr(self, attr, _Bucket(limit, self.burst_seconds, now))
         self._apply_factor()
 
-    def pace_share(self) -> float:
-        """The share of its limits this group paces at now: the factor, less others' use."""
-        share = self.factor
+    def pace_share(self, now: float | None = None) -> float:
+        """The share of its limits this group paces at: the factor, less others' use; with
+        `now`, as of that time (the factor recovers while the group is idle too)."""
+        share = self.factor if now is None else self._factor_at(now)
         for others, limit in (
             (self._others_requests, self.limit_requests_per_min),
             (self._others_tokens, self.limit_tokens_per_min),
@@ -255,19 +256,22 @@ class LimitGroup:
             ):
                 bucket.set_limit(limit * share, self.burst_seconds)
 
+    def _factor_at(self, now: float) -> float:
+        """The factor as time raises it back toward 1 by `now` (doubling in slow start)."""
+        elapsed = max(0.0, now - self._adapted_at)
+        if self.factor >= 1.0:
+            return 1.0
+        if self._slow_start:
+            return min(1.0, self.factor * 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS))
+        gap = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
+        return 1.0 if gap < 0.001 else 1.0 - gap
+
     def _adapt(self, now: float) -> None:
         """Raise the pace back toward the full limit as time passes; let stale evidence fade."""
-        elapsed = now - self._adapted_at
-        if elapsed < 0.05:
+        if now - self._adapted_at < 0.05:
             return
+        self.factor = self._factor_at(now)
         self._adapted_at = now
-        if self.factor < 1.0:
-            if self._slow_start:
-                self.factor *= 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS)
-            else:
-                gap = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
-                self.factor = 1.0 if gap < 0.001 else 1.0 - gap
-            self.factor = min(1.0, self.factor)
         self._read_others(now)
         self._apply_factor()
 

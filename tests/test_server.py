@@ -253,4 +253,12 @@ def test_a_few_upstream_429s_cost_the_proxy_no_lasting_capacity() -> None:
             stats = setup.manager.statistics().keys
             assert sum(key.rate_limited for key in stats) == 20
             assert len({key.group for key in stats}) == 4  # never merged
-            assert all(key.pace_share > 0.5 and key.state.value == "active" for key in stats)
+            # The pace comes back to (nearly) the whole limit: nothing is lost for good. How
+            # far it fell depends on how the 429s spread over time, so it is not asserted.
+            deadline = time.monotonic() + 60.0
+            while not all(
+                key.pace_share > 0.9 and key.state.value == "active"
+                for key in setup.manager.statistics().keys
+            ):
+                assert time.monotonic() < deadline, "the pace did not recover"
+                time.sleep(0.05)

@@ -353,7 +353,7 @@ def _key_stats(key: PoolKey, now: float) -> KeyStats:
         in_flight=group.in_flight,
         requests_per_min=group.requests_per_min,
         tokens_per_min=group.tokens_per_min,
-        pace_share=group.pace_share(),
+        pace_share=group.pace_share(now),
         others_per_min=group.shared_requests.rate(now) * 60.0,
         others_tokens_per_min=group.shared_tokens.rate(now) * 60.0,
         surplus_requests=group.surplus.requests if group.surplus.allowed else 0.0,
