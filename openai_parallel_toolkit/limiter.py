@@ -262,8 +262,9 @@ class LimitGroup:
         if self.factor >= 1.0:
             return 1.0
         if self._slow_start:
-            return min(1.0, self.factor * 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS))
-        gap = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
+            doubled: float = self.factor * 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS)
+            return min(1.0, doubled)
+        gap: float = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
         return 1.0 if gap < 0.001 else 1.0 - gap
 
     def _adapt(self, now: float) -> None:
