@@ -5,20 +5,32 @@ tiktoken: before anything runs, `TIKTOKEN_CACHE_DIR` points at ``<repo>/.tiktoke
 tokens with the real encodings and never downloads. Seeding failure stops the run: token tests
 are never skipped. Every test starts without a default key pool.
 
+In-process commands: the `run_cli` fixture runs ``openai-parallel-toolkit ARGS`` through its
+entry point `openai_parallel_toolkit.__main__.main` in the test's own process, as a fresh process
+would run it (no OPENAI_* variable, a root logger without handlers, its own stdin, stdout and
+stderr), and restores what the command changed. Tests that need a real process (signals, a
+terminal, import-time behaviour, the examples as a user runs them) start one themselves.
+
 SIGINT: a run started in the background by a shell (``pytest &``, nohup) inherits SIGINT as
 ignored, and so would the subprocesses the Ctrl-C tests interrupt; the run takes SIGINT back.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import runpy
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from openai_parallel_toolkit import reset_default_manager
+from openai_parallel_toolkit.__main__ import main
 from openai_parallel_toolkit.tiktoken_cache import seed_cache
 
 TIKTOKEN_CACHE_DIR = Path(__file__).resolve().parent.parent / ".tiktoken-cache"
@@ -46,3 +58,103 @@ def _fresh_default_pool() -> Iterator[None]:
     reset_default_manager()
     yield
     reset_default_manager()
+
+
+@dataclass(frozen=True, slots=True)
+class CliResult:
+    """What a command run by `run_cli` left: its exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True, slots=True)
+class _LoggingState:
+    handlers: list[logging.Handler]
+    levels: dict[str, int]
+
+    @classmethod
+    def save(cls, names: tuple[str, ...]) -> _LoggingState:
+        root = logging.getLogger()
+        return cls(list(root.handlers), {name: logging.getLogger(name).level for name in names})
+
+    def restore(self) -> None:
+        root = logging.getLogger()
+        for handler in root.handlers:
+            if handler not in self.handlers:
+                handler.close()
+        root.handlers[:] = self.handlers
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class InProcessCli:
+    """``openai-parallel-toolkit ARGS`` run by `main(ARGS)` in this process (see the module)."""
+
+    # The loggers the command line configures (root: "", the package's own).
+    LOGGERS = ("", "openai_parallel_toolkit")
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self._capsys = capsys
+        self._monkeypatch = monkeypatch
+
+    def __call__(self, *args: str, stdin: str | None = None, cwd: Path | None = None) -> CliResult:
+        """Run the command with `stdin` as its standard input, in folder `cwd` if given."""
+        return self._run(lambda patch: main(list(args)), stdin=stdin, cwd=cwd)
+
+    def script(self, path: Path, *args: str, cwd: Path | None = None) -> CliResult:
+        """Run the script at `path` as ``python PATH ARGS`` would, in folder `cwd` if given."""
+
+        def run(patch: pytest.MonkeyPatch) -> int:
+            patch.setattr(sys, "argv", [str(path), *args])
+            patch.syspath_prepend(str(path.parent))  # as python does for a script
+            runpy.run_path(str(path), run_name="__main__")
+            return 0
+
+        return self._run(run, stdin=None, cwd=cwd)
+
+    def _run(
+        self, command: Callable[[pytest.MonkeyPatch], int], stdin: str | None, cwd: Path | None
+    ) -> CliResult:
+        with self._monkeypatch.context() as patch:
+            for name in list(os.environ):
+                if name.startswith("OPENAI_"):
+                    patch.delenv(name)
+            if cwd is not None:
+                patch.chdir(cwd)
+            if stdin is not None:
+                stream = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+                patch.setattr(sys, "stdin", stream)
+            before = self._capsys.readouterr()  # printed earlier: not the command's output
+            logs = _LoggingState.save(self.LOGGERS)
+            logging.getLogger().handlers.clear()  # as in a fresh process: no handler yet
+            try:
+                returncode = _exit_status(lambda: command(patch))
+            finally:
+                logs.restore()
+            printed = self._capsys.readouterr()
+        # Printed again, so that a failing test's report shows everything, in order.
+        sys.stdout.write(before.out + printed.out)
+        sys.stderr.write(before.err + printed.err)
+        return CliResult(returncode, printed.out, printed.err)
+
+
+def _exit_status(command: Callable[[], int]) -> int:
+    """What a process running `command` would exit with (as ``sys.exit(command())``)."""
+    try:
+        return command()
+    except SystemExit as exc:  # argparse (usage errors, --help, --version), sys.exit
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)
+        return 1
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> InProcessCli:
+    """Run ``openai-parallel-toolkit ARGS`` in this process: ``run_cli("run", ...)``; a script
+    with ``run_cli.script(path, ...)``."""
+    return InProcessCli(capsys, monkeypatch)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import InProcessCli
 
 from openai_parallel_toolkit import (
     APIKeyManager,
@@ -446,15 +444,15 @@ async def test_a_jsonl_job_on_tasks_matches_threads_inside_a_running_loop(
     assert manager.statistics().in_flight == 0
 
 
-def test_run_command_async_option(server: FakeOpenAIServer, tmp_path: Path) -> None:
+def test_run_command_async_option(
+    run_cli: InProcessCli, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
     config = tmp_path / "keys.json"
     config.write_text(json.dumps({"api_keys": KEYS, "api_base": server.base_url}))
     requests = _write_requests(tmp_path / "requests.jsonl", 12)
     output = tmp_path / "results.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    command = [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
-               str(output), "--config", str(config), "--async", "--no-progress"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    done = run_cli("run", str(requests), "-o", str(output), "--config", str(config), "--async",
+                   "--no-progress")  # fmt: skip
     assert done.returncode == 1, done.stderr  # the last line failed for good
     answers = _answers(output)
     assert [answers[i] for i in range(1, 13)] == [f"echo: question {i}" for i in range(12)]

@@ -1,6 +1,7 @@
 """The command line itself: usage, logging, stdin/stdout, status output, timeouts, keys check.
 
-Commands run in subprocesses against the fake server on 127.0.0.1; nothing waits for time.
+Commands run in-process through the command's entry point (the `run_cli` fixture) against the
+fake server on 127.0.0.1; the progress bar test runs a real process on a terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import InProcessCli
 
 import openai_parallel_toolkit
 from openai_parallel_toolkit import APIKeyManager, PoolOptions
@@ -38,21 +40,6 @@ BAD_LINE = "{not json"
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-
-
-def cli(
-    *args: str, stdin: str | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "openai_parallel_toolkit", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -82,14 +69,14 @@ def request_lines(count: int, bad: bool = False) -> str:
 # --- usage -------------------------------------------------------------------------------------
 
 
-def test_version() -> None:
-    result = cli("--version")
+def test_version(run_cli: InProcessCli) -> None:
+    result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"openai-parallel-toolkit {openai_parallel_toolkit.__version__}"
 
 
-def test_no_arguments_prints_usage_to_stderr() -> None:
-    result = cli()
+def test_no_arguments_prints_usage_to_stderr(run_cli: InProcessCli) -> None:
+    result = run_cli()
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("usage: openai-parallel-toolkit")
     assert "keys check" in result.stderr and "tiktoken-cache" in result.stderr
@@ -98,23 +85,25 @@ def test_no_arguments_prints_usage_to_stderr() -> None:
 @pytest.mark.parametrize(
     "args", [["--help"], ["run", "--help"], ["keys", "--help"], ["keys", "check", "--help"]]
 )
-def test_help_is_plain_text(args: list[str]) -> None:
-    result = cli(*args)
+def test_help_is_plain_text(run_cli: InProcessCli, args: list[str]) -> None:
+    result = run_cli(*args)
     assert result.returncode == 0 and "usage:" in result.stdout
     assert "`" not in result.stdout and ":func:" not in result.stdout
 
 
-def test_unknown_command_is_one_line() -> None:
-    result = cli("frobnicate")
+def test_unknown_command_is_one_line(run_cli: InProcessCli) -> None:
+    result = run_cli("frobnicate")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "unknown command 'frobnicate'" in result.stderr
 
 
 @pytest.mark.parametrize("threads", ["-1", "0", "many"])
-def test_threads_below_one_is_a_one_line_usage_error(threads: str, tmp_path: Path) -> None:
+def test_threads_below_one_is_a_one_line_usage_error(
+    run_cli: InProcessCli, threads: str, tmp_path: Path
+) -> None:
     requests = tmp_path / "r.jsonl"
     requests.write_text(request_lines(1))
-    result = cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--threads", threads)
+    result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--threads", threads)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "--threads" in result.stderr and ">= 1" in result.stderr
@@ -123,14 +112,16 @@ def test_threads_below_one_is_a_one_line_usage_error(threads: str, tmp_path: Pat
 
 @pytest.mark.parametrize("option", ["--timeout", "--status-interval"])
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "inf"])
-def test_seconds_must_be_positive(option: str, value: str, tmp_path: Path) -> None:
-    result = cli("run", "in.jsonl", "-o", str(tmp_path / "o.jsonl"), option, value)
+def test_seconds_must_be_positive(
+    run_cli: InProcessCli, option: str, value: str, tmp_path: Path
+) -> None:
+    result = run_cli("run", "in.jsonl", "-o", str(tmp_path / "o.jsonl"), option, value)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert option in result.stderr
 
 
-def test_directory_as_input_says_so(config: Path, tmp_path: Path) -> None:
-    result = cli("run", str(tmp_path), "-o", str(tmp_path / "o.jsonl"), "--config", str(config))
+def test_directory_as_input_says_so(run_cli: InProcessCli, config: Path, tmp_path: Path) -> None:
+    result = run_cli("run", str(tmp_path), "-o", str(tmp_path / "o.jsonl"), "--config", str(config))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "is a directory" in result.stderr
 
@@ -140,11 +131,11 @@ def test_directory_as_input_says_so(config: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flags", [[], ["-q"], ["-v"], ["--log-level", "info"], ["-vv"]])
 def test_each_bad_line_is_reported_once_at_every_log_level(
-    flags: list[str], config: Path, tmp_path: Path
+    run_cli: InProcessCli, flags: list[str], config: Path, tmp_path: Path
 ) -> None:
     requests = tmp_path / "r.jsonl"
     requests.write_text(request_lines(2, bad=True))
-    result = cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(config),
+    result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(config),
                  "--no-progress", *flags)  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("line 3: not valid JSON") == 1, result.stderr
@@ -152,10 +143,12 @@ def test_each_bad_line_is_reported_once_at_every_log_level(
     assert ("INFO: key pool from" in result.stderr) is verbose
 
 
-def test_logging_options_before_the_command(config: Path, tmp_path: Path) -> None:
+def test_logging_options_before_the_command(
+    run_cli: InProcessCli, config: Path, tmp_path: Path
+) -> None:
     requests = tmp_path / "r.jsonl"
     requests.write_text(request_lines(1))
-    result = cli("-v", "run", str(requests), "-o", str(tmp_path / "o.jsonl"),
+    result = run_cli("-v", "run", str(requests), "-o", str(tmp_path / "o.jsonl"),
                  "--config", str(config), "--no-progress")  # fmt: skip
     assert result.returncode == 0 and "INFO: key pool from" in result.stderr
 
@@ -174,8 +167,8 @@ def test_the_library_never_configures_logging(config: Path, tmp_path: Path) -> N
 # --- stdin and stdout --------------------------------------------------------------------------
 
 
-def test_stdin_to_stdout(config: Path, tmp_path: Path) -> None:
-    result = cli("run", "-", "-o", "-", "--config", str(config),
+def test_stdin_to_stdout(run_cli: InProcessCli, config: Path, tmp_path: Path) -> None:
+    result = run_cli("run", "-", "-o", "-", "--config", str(config),
                  stdin=request_lines(3, bad=True), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1, result.stderr  # the bad line
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -186,12 +179,14 @@ def test_stdin_to_stdout(config: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [config]  # nothing written beside
 
 
-def test_stdin_to_a_file_resumes(server: FakeOpenAIServer, config: Path, tmp_path: Path) -> None:
+def test_stdin_to_a_file_resumes(
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
+) -> None:
     output = tmp_path / "o.jsonl"
-    first = cli("run", "-", "-o", str(output), "--config", str(config), stdin=request_lines(3))
+    first = run_cli("run", "-", "-o", str(output), "--config", str(config), stdin=request_lines(3))
     assert first.returncode == 0, first.stderr
     server.reset_counters()
-    again = cli("run", "-", "-o", str(output), "--config", str(config), stdin=request_lines(4))
+    again = run_cli("run", "-", "-o", str(output), "--config", str(config), stdin=request_lines(4))
     assert again.returncode == 0, again.stderr
     assert "skipped 3" in again.stderr and server.total().requests == 1
     assert sorted(json.loads(line)["id"] for line in output.read_text().splitlines()) == [
@@ -202,18 +197,20 @@ def test_stdin_to_a_file_resumes(server: FakeOpenAIServer, config: Path, tmp_pat
     ]
 
 
-def test_stdin_errors_name_stdin_not_a_temporary_file(config: Path, tmp_path: Path) -> None:
+def test_stdin_errors_name_stdin_not_a_temporary_file(
+    run_cli: InProcessCli, config: Path, tmp_path: Path
+) -> None:
     output = tmp_path / "o.jsonl"
-    assert cli("run", "-", "-o", str(output), "--config", str(config),
+    assert run_cli("run", "-", "-o", str(output), "--config", str(config),
                stdin=request_lines(2)).returncode == 0  # fmt: skip
     other = "\n".join(json.dumps({"model": "m", "prompt": f"other {i}"}) for i in range(2))
-    result = cli("run", "-", "-o", str(output), "--config", str(config), stdin=other + "\n")
+    result = run_cli("run", "-", "-o", str(output), "--config", str(config), stdin=other + "\n")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "of stdin" in result.stderr and "opt-run-" not in result.stderr
 
 
-def test_ordered_copy_needs_an_output_file(config: Path) -> None:
-    result = cli("run", "-", "-o", "-", "--ordered", "--config", str(config), stdin="")
+def test_ordered_copy_needs_an_output_file(run_cli: InProcessCli, config: Path) -> None:
+    result = run_cli("run", "-", "-o", "-", "--ordered", "--config", str(config), stdin="")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--ordered" in result.stderr
 
@@ -221,14 +218,14 @@ def test_ordered_copy_needs_an_output_file(config: Path) -> None:
 # --- progress and status -----------------------------------------------------------------------
 
 
-def test_status_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+def test_status_lines_when_stderr_is_not_a_terminal(run_cli: InProcessCli, tmp_path: Path) -> None:
     # Each reply takes 0.2 s and one request is in flight at a time, so the run lasts at
     # least 0.4 s: a status line every 0.01 s gives periodic lines before the final one.
     with FakeOpenAIServer(keys=KEYS, latency=0.2) as slow:
         config = write_config(tmp_path / "keys.json", slow)
         requests = tmp_path / "r.jsonl"
         requests.write_text(request_lines(2))
-        result = cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"),
+        result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"),
                      "--config", str(config), "--threads", "1",
                      "--status-interval", "0.01")  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -239,10 +236,12 @@ def test_status_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     assert "req/s" in status[-1] and "rate-limited (429)" in status[-1]
 
 
-def test_no_progress_means_no_status_lines(config: Path, tmp_path: Path) -> None:
+def test_no_progress_means_no_status_lines(
+    run_cli: InProcessCli, config: Path, tmp_path: Path
+) -> None:
     requests = tmp_path / "r.jsonl"
     requests.write_text(request_lines(2))
-    result = cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"),
+    result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"),
                  "--config", str(config), "--no-progress")  # fmt: skip
     assert result.returncode == 0 and "status:" not in result.stderr
 
@@ -278,25 +277,27 @@ def test_progress_bar_on_a_terminal(config: Path, tmp_path: Path) -> None:
 
 
 def test_timeout_option_retries_a_slow_request(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     server.slow_seconds = 10.0
     server.set_fault("*", "slow", times=1)  # the first request hangs; the retry is answered
     requests = tmp_path / "r.jsonl"
     requests.write_text(request_lines(1))
-    result = cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(config),
+    result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(config),
                  "--timeout", "0.5", "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert server.total().requests == 2 and server.total().successes == 1
 
 
-def test_config_timeout_is_used_by_the_pool(server: FakeOpenAIServer, tmp_path: Path) -> None:
+def test_config_timeout_is_used_by_the_pool(
+    run_cli: InProcessCli, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
     config = write_config(tmp_path / "keys.yaml", server, timeout=0.5)
     server.slow_seconds = 10.0
     server.set_fault("*", "slow", times=1)
     requests = tmp_path / "r.jsonl"
     requests.write_text(request_lines(1))
-    result = cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(config),
+    result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(config),
                  "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert server.total().requests == 2 and server.total().successes == 1
@@ -389,7 +390,9 @@ def test_keys_check_with_latency_takes_about_one_latency(tmp_path: Path) -> None
     assert elapsed < 3.0
 
 
-def test_keys_check_timeout_option_and_per_key_timeout(tmp_path: Path) -> None:
+def test_keys_check_timeout_option_and_per_key_timeout(
+    run_cli: InProcessCli, tmp_path: Path
+) -> None:
     keys = [f"sk-check-aaaaaaaaaaaaaa000{i}" for i in range(1, 3)]
     with FakeOpenAIServer(keys=keys) as fake:
         fake.slow_seconds = 10.0
@@ -399,8 +402,8 @@ def test_keys_check_timeout_option_and_per_key_timeout(tmp_path: Path) -> None:
             f"api_base: {fake.base_url}\ntimeout: 0.3\n"
             f"api_keys:\n  - {keys[0]}\n  - api_key: {keys[1]}\n    timeout: 0.2\n"
         )
-        from_config = cli("keys", "check", "--config", str(path))
-        from_option = cli("keys", "check", "--config", str(path), "--timeout", "0.25")
+        from_config = run_cli("keys", "check", "--config", str(path))
+        from_option = run_cli("keys", "check", "--config", str(path), "--timeout", "0.25")
     for result in (from_config, from_option):
         assert result.returncode == 1
         lines = [line for line in result.stdout.splitlines() if line.startswith("sk-")]

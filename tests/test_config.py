@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+from conftest import InProcessCli
 
 from openai_parallel_toolkit import APIKeyManager
 from openai_parallel_toolkit.config import (
@@ -1005,15 +1006,12 @@ def test_unsendable_organization_or_project() -> None:
     assert KeyConfig(api_key=K1, project="proj 1").project == "proj 1"
 
 
-def test_keys_check_refuses_an_unsendable_key_in_one_line(tmp_path: Path) -> None:
+def test_keys_check_refuses_an_unsendable_key_in_one_line(
+    run_cli: InProcessCli, tmp_path: Path
+) -> None:
     bad = UNSENDABLE_KEYS[0][1]
     path = _write(tmp_path, "keys.json", {"api_keys": [K1, bad]})
-    result = subprocess.run(
-        [sys.executable, "-m", "openai_parallel_toolkit", "keys", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("keys", "check", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert f"{path}, field 'api_keys[1]'" in result.stderr

@@ -1,4 +1,9 @@
-"""The README's entry points run end to end: the quick-start job and the command line."""
+"""The README's entry points run end to end: the quick-start job and the command line.
+
+Every example runs at least once as a user runs it, ``python examples/NAME.py`` in a process of
+its own; further runs of an example (other arguments, the resumed run) and the commands go
+through the same entry points in this process (the `run_cli` fixture).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import sys
 from pathlib import Path
 
 import openai
+from conftest import CliResult, InProcessCli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,31 +65,32 @@ def test_fake_server_command_line() -> None:
         process.wait(timeout=10)
 
 
-def test_unknown_command_exits_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "openai_parallel_toolkit", "no-such-command"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def test_unknown_command_exits_2(run_cli: InProcessCli) -> None:
+    result = run_cli("no-such-command")
     assert result.returncode == 2
     assert "unknown command" in result.stderr
 
 
 def _run_example(
-    name: str, *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/<name>`` without any OPENAI_* variable: it runs on the fake server."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *args],
-        env=_env_without_keys(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    name: str, *args: str, cwd: Path | None = None, here: InProcessCli | None = None
+) -> subprocess.CompletedProcess[str] | CliResult:
+    """Run ``examples/<name>`` without any OPENAI_* variable: it runs on the fake server.
+
+    In a process of its own, ``python examples/<name>``; in this one with `here`.
+    """
+    result: subprocess.CompletedProcess[str] | CliResult
+    if here is not None:
+        result = here.script(ROOT / "examples" / name, *args, cwd=cwd)
+    else:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / name), *args],
+            env=_env_without_keys(),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "using the bundled fake server" in result.stdout
     assert "sk-fake-" not in result.stdout + result.stderr  # keys shown masked
@@ -99,7 +106,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def test_file_processing_runs_then_resumes(tmp_path: Path) -> None:
+def test_file_processing_runs_then_resumes(run_cli: InProcessCli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     articles = ROOT / "examples" / "data" / "articles"
     inputs = sorted(str(p.relative_to(articles)) for p in articles.rglob("*.json"))
@@ -118,7 +125,7 @@ def test_file_processing_runs_then_resumes(tmp_path: Path) -> None:
     assert sorted(before) == inputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written elsewhere
 
-    second = _run_example("file_processing.py", "--output", str(out), cwd=tmp_path)
+    second = _run_example("file_processing.py", "--output", str(out), cwd=tmp_path, here=run_cli)
     assert f"processed 0, skipped {len(inputs)} (already done), failed 0" in second.stdout
     assert f"Resume: all {len(inputs)} files were already done" in second.stdout
     assert _snapshot(out) == before
@@ -164,18 +171,22 @@ def _split_report(stdout: str) -> tuple[int, int, list[int], int]:
     return int(head.group(2)), int(head.group(1)), tokens, int(results.group(1))
 
 
-def test_split_long_text_default() -> None:
-    result = _run_example("split_long_text.py")
+def test_split_long_text_default(run_cli: InProcessCli) -> None:
+    result = _run_example("split_long_text.py", here=run_cli)
     limit, pieces, tokens, results = _split_report(result.stdout)
     assert pieces == len(tokens) == results >= 5
     assert max(tokens) <= limit == 400
     assert "It starts:\necho: " in result.stdout
 
 
-def test_split_long_text_keeps_the_order_of_the_pieces(tmp_path: Path) -> None:
+def test_split_long_text_keeps_the_order_of_the_pieces(
+    run_cli: InProcessCli, tmp_path: Path
+) -> None:
     text_file = tmp_path / "text.txt"
     text_file.write_text("".join(f"Sentence {i} is here. " for i in range(200)), encoding="utf-8")
-    result = _run_example("split_long_text.py", "--text", str(text_file), "--tokens", "20")
+    result = _run_example(
+        "split_long_text.py", "--text", str(text_file), "--tokens", "20", here=run_cli
+    )
     limit, pieces, tokens, results = _split_report(result.stdout)
     assert pieces == len(tokens) == results > 20
     assert max(tokens) <= limit == 20
@@ -207,7 +218,7 @@ def test_split_long_text_runs_without_any_tiktoken_variable(tmp_path: Path) -> N
     assert "tiktoken" not in result.stderr and "urllib3" not in result.stderr
 
 
-def test_readme_config_for_the_fake_server_works(tmp_path: Path) -> None:
+def test_readme_config_for_the_fake_server_works(run_cli: InProcessCli, tmp_path: Path) -> None:
     """The README shows a config.json pointing at `openai-parallel-toolkit fake-server`."""
     from openai_parallel_toolkit.testing import FakeOpenAIServer
 
@@ -226,21 +237,6 @@ def test_readme_config_for_the_fake_server_works(tmp_path: Path) -> None:
         config["api_base"] = server.base_url  # the same file, on a free port
         path = tmp_path / "config.json"
         path.write_text(json.dumps(config), encoding="utf-8")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "openai_parallel_toolkit",
-                "keys",
-                "check",
-                "--config",
-                str(path),
-            ],
-            env=_env_without_keys(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_cli("keys", "check", "--config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("works") == len(keys)

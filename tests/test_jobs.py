@@ -1,4 +1,5 @@
-"""The command line end to end, in subprocesses, against the fake server."""
+"""The command line end to end against the fake server: SIGKILL and Ctrl-C hit real processes,
+the other runs go through the entry point in-process (the `run_cli` fixture)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import InProcessCli
 
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
 KEYS = ["sk-jobs-aaaaaaaaaaaaaaaa0001", "sk-jobs-aaaaaaaaaaaaaaaa0002"]
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.run(
-        [sys.executable, "-m", "openai_parallel_toolkit", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -90,7 +80,7 @@ def start_job_and_wait(
 
 
 def test_a_killed_job_resumes_each_id_once_without_resending(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 200)
     output = tmp_path / "results.jsonl"
@@ -103,7 +93,7 @@ def test_a_killed_job_resumes_each_id_once_without_resending(
     server.reset_counters()
     quick(server)
 
-    again = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    again = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 0, again.stderr
     records = results(output)
     counts = Counter(r["id"] for r in records)
@@ -127,21 +117,21 @@ def results_tolerant(path: Path) -> list[dict[str, object]]:
     return out
 
 
-def test_torn_last_line_is_repaired(config: Path, tmp_path: Path) -> None:
+def test_torn_last_line_is_repaired(run_cli: InProcessCli, config: Path, tmp_path: Path) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 5)
     output = tmp_path / "results.jsonl"
-    assert cli("run", str(requests), "-o", str(output), "--config", str(config)).returncode == 0
+    assert run_cli("run", str(requests), "-o", str(output), "--config", str(config)).returncode == 0
     lines = output.read_text().splitlines()
     torn = "\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2]  # a crash mid-write
     output.write_text(torn)
-    result = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    result = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "repaired a torn last line" in result.stderr
     assert sorted(r["id"] for r in results(output)) == [1, 2, 3, 4, 5]
 
 
 def test_malformed_lines_failures_and_ordered_copy(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     bad_request = json.dumps(
         {
@@ -161,7 +151,7 @@ def test_malformed_lines_failures_and_ordered_copy(
         ],
     )
     output = tmp_path / "results.jsonl"
-    result = cli("run", str(requests), "-o", str(output), "--config", str(config), "--ordered")
+    result = run_cli("run", str(requests), "-o", str(output), "--config", str(config), "--ordered")
     assert result.returncode == 1  # an item failed: run again to retry it
     assert "line 5:" in result.stderr and "line 6: not a JSON object" in result.stderr
     records = {r["id"]: r for r in results(output)}
@@ -174,13 +164,15 @@ def test_malformed_lines_failures_and_ordered_copy(
     assert ordered == [1, 2, 3, 4, "c", "too-long"]
     # The failed item is tried again; its old error line does not stay beside the new one.
     server.reset_counters()
-    again = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    again = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 1 and server.total().requests == 1
     assert Counter(r["id"] for r in results(output))["too-long"] == 1
 
 
-def test_exit_statuses_for_missing_files(config: Path, tmp_path: Path) -> None:
-    missing = cli(
+def test_exit_statuses_for_missing_files(
+    run_cli: InProcessCli, config: Path, tmp_path: Path
+) -> None:
+    missing = run_cli(
         "run",
         str(tmp_path / "nope.jsonl"),
         "-o",
@@ -191,16 +183,18 @@ def test_exit_statuses_for_missing_files(config: Path, tmp_path: Path) -> None:
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "nope.jsonl" in missing.stderr
     requests = write_requests(tmp_path / "r.jsonl", 1)
-    no_config = cli(
+    no_config = run_cli(
         "run", str(requests), "-o", str(tmp_path / "o.jsonl"), "--config", str(tmp_path / "k.yaml")
     )
     assert no_config.returncode == 2 and "k.yaml" in no_config.stderr
     assert no_config.stderr.count("\n") == 1
-    assert cli("run", "--help").returncode == 0 and "example:" in cli("run", "--help").stdout
-    assert "example:" in cli("keys", "--help").stdout
+    assert (
+        run_cli("run", "--help").returncode == 0 and "example:" in run_cli("run", "--help").stdout
+    )
+    assert "example:" in run_cli("keys", "--help").stdout
 
 
-def test_keys_check(server: FakeOpenAIServer, tmp_path: Path) -> None:
+def test_keys_check(run_cli: InProcessCli, server: FakeOpenAIServer, tmp_path: Path) -> None:
     keys = [
         "sk-check-aaaaaaaaaaaaaa0001",
         "sk-check-aaaaaaaaaaaaaa0002",
@@ -214,7 +208,7 @@ def test_keys_check(server: FakeOpenAIServer, tmp_path: Path) -> None:
             "".join(f"auth_{i}:\n  api_key: {k}\n" for i, k in enumerate(keys))
             + f"api_base: {upstream.base_url}\n"
         )
-        result = cli("keys", "check", "--config", str(path))
+        result = run_cli("keys", "check", "--config", str(path))
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     good = next(line for line in lines if line.startswith("sk-...0001"))
@@ -225,7 +219,7 @@ def test_keys_check(server: FakeOpenAIServer, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_finished_results_and_the_next_run_continues(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_requests(tmp_path / "requests.jsonl", 300)
     output = tmp_path / "results.jsonl"
@@ -238,6 +232,6 @@ def test_ctrl_c_keeps_finished_results_and_the_next_run_continues(
     first = results(output)  # every line complete: in-flight requests were finished and written
     assert 0 < len(first) < 300
     quick(server)
-    again = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    again = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 0
     assert sorted(r["id"] for r in results(output)) == list(range(1, 301))

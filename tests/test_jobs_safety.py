@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import InProcessCli
 
 from openai_parallel_toolkit import APIKeyManager
 from openai_parallel_toolkit.jobs import JobSummary, ResultsFileError, request_hash, run_jsonl_job
@@ -61,14 +59,6 @@ def run(
     return run_jsonl_job(source, target, manager=manager, progress=False, redo_changed=redo_changed)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.run(
-        [sys.executable, "-m", "openai_parallel_toolkit", *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def config(server: FakeOpenAIServer, tmp_path: Path) -> Path:
     path = tmp_path / "keys.json"
@@ -77,36 +67,36 @@ def config(server: FakeOpenAIServer, tmp_path: Path) -> Path:
 
 
 def test_output_equal_to_input_is_refused_and_untouched(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_lines(tmp_path / "same.jsonl", [chat(f"q{i}") for i in range(5)])
     before = requests.read_bytes()
-    result = cli("run", str(requests), "-o", str(requests), "--config", str(config))
+    result = run_cli("run", str(requests), "-o", str(requests), "--config", str(config))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "output is the input" in result.stderr
     assert requests.read_bytes() == before and server.total().requests == 0
 
 
 def test_an_unrelated_file_with_a_torn_last_line_is_refused_and_untouched(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_lines(tmp_path / "requests.jsonl", [chat("a"), chat("b")])
     other = tmp_path / "other.jsonl"
     other.write_bytes(b"".join((chat(f"x{i}") + "\n").encode() for i in range(3)) + b'{"mod')
     before = other.read_bytes()
-    result = cli("run", str(requests), "-o", str(other), "--config", str(config))
+    result = run_cli("run", str(requests), "-o", str(other), "--config", str(config))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "line 1 is not a result line" in result.stderr and "unchanged" in result.stderr
     assert other.read_bytes() == before and server.total().requests == 0
 
 
 def test_a_non_utf8_output_file_is_refused_and_untouched(
-    server: FakeOpenAIServer, config: Path, tmp_path: Path
+    run_cli: InProcessCli, server: FakeOpenAIServer, config: Path, tmp_path: Path
 ) -> None:
     requests = write_lines(tmp_path / "requests.jsonl", [chat("a")])
     output = tmp_path / "results.jsonl"
     output.write_bytes(b"\xff\xfe binary\n")
-    result = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    result = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert result.returncode == 2 and "not valid UTF-8" in result.stderr
     assert "Traceback" not in result.stderr and output.read_bytes() == b"\xff\xfe binary\n"
 
@@ -169,7 +159,7 @@ def test_ids_are_unambiguous(
 
 
 def test_invalid_utf8_and_a_bom_are_reported_by_line_and_the_rest_runs(
-    config: Path, tmp_path: Path
+    run_cli: InProcessCli, config: Path, tmp_path: Path
 ) -> None:
     raw = [(chat(f"q{i}") + "\n").encode() for i in range(600)]
     raw[0] = b"\xef\xbb\xbf" + raw[0]
@@ -177,14 +167,16 @@ def test_invalid_utf8_and_a_bom_are_reported_by_line_and_the_rest_runs(
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(b"".join(raw))
     output = tmp_path / "results.jsonl"
-    result = cli("run", str(requests), "-o", str(output), "--config", str(config), "--no-progress")
+    result = run_cli(
+        "run", str(requests), "-o", str(output), "--config", str(config), "--no-progress"
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "line 500: not valid UTF-8 (byte 0xff" in result.stderr
     assert result.stderr.count("line 500") == 1  # reported once
     ids = sorted(int(str(r["id"])) for r in results(output))
     assert ids == [i for i in range(1, 601) if i != 500]
-    again = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    again = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 1 and "done 0, skipped 599" in again.stderr
 
 
@@ -205,7 +197,7 @@ def test_a_stream_request_is_answered_with_a_whole_response(
 
 
 def test_sigterm_finishes_in_flight_requests_and_prints_the_summary(
-    config: Path, tmp_path: Path
+    run_cli: InProcessCli, config: Path, tmp_path: Path
 ) -> None:
     from test_jobs import results_tolerant, start_job_and_wait, write_requests
 
@@ -218,6 +210,6 @@ def test_sigterm_finishes_in_flight_requests_and_prints_the_summary(
     assert "interrupted: run again to continue" in stderr
     first = results_tolerant(output)
     assert len(first) == len(output.read_text().splitlines())  # no torn line
-    again = cli("run", str(requests), "-o", str(output), "--config", str(config))
+    again = run_cli("run", str(requests), "-o", str(output), "--config", str(config))
     assert again.returncode == 0, again.stderr
     assert sorted(int(str(r["id"])) for r in results(output)) == list(range(1, 301))
