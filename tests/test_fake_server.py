@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx2
 import openai
@@ -367,42 +367,62 @@ def test_bare_rate_limit_fault_has_no_limit_headers_and_is_not_charged() -> None
 def test_drop_fault_cuts_the_connection() -> None:
     with FakeOpenAIServer() as server:
         server.set_fault("*", "drop")
-        started = time.monotonic()
         with pytest.raises(openai.APIConnectionError) as info:
             client(server).chat.completions.create(model="m", messages=USER_HI)
-        assert time.monotonic() - started < 2
+        # Cut mid-reply by the server, not a client giving up on a reply that never came.
+        assert not isinstance(info.value, openai.APITimeoutError)
         assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
+        assert server.in_flight() == 0
         server.clear_faults()
         client(server).chat.completions.create(model="m", messages=USER_HI)
         assert server.total().errors == 1 and server.total().successes == 1
 
 
-def test_slow_fault_and_quick_stop() -> None:
-    server = FakeOpenAIServer().start()
-    server.slow_seconds = 0.3
-    server.set_fault(KEY, "slow", times=1)
-    started = time.monotonic()
-    client(server).chat.completions.create(model="m", messages=USER_HI)
-    assert time.monotonic() - started >= 0.3
-    # A request still in flight when stopping gets a closed connection, not a hang.
-    server.slow_seconds = 30
-    server.set_fault(KEY, "slow")
-    outcome: list[BaseException] = []
+def _wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Return once `condition()` holds; fail after `seconds` (a bound, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.005)
+
+
+def _call_in_background(
+    server: FakeOpenAIServer, key: str = KEY
+) -> tuple[threading.Thread, list[object]]:
+    """A chat request sent from a thread; the list gets its reply or its APIError."""
+    outcome: list[object] = []
 
     def call() -> None:
         try:
-            client(server, timeout=10).chat.completions.create(model="m", messages=USER_HI)
+            api = client(server, key, timeout=60)
+            outcome.append(api.chat.completions.create(model="m", messages=USER_HI))
         except openai.APIError as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.1)
-    started = time.monotonic()
+    return thread, outcome
+
+
+def test_slow_fault_and_quick_stop() -> None:
+    server = FakeOpenAIServer().start()
+    server.slow_seconds = 30
+    server.set_fault(KEY, "slow", times=1)
+    held, outcome = _call_in_background(server)
+    _wait_until(lambda: server.in_flight(KEY) == 1)
+    # The fault holds that request: one sent after it, the fault used up, overtakes it.
+    reply = client(server).chat.completions.create(model="m", messages=USER_HI)
+    assert reply.choices[0].message.content == "echo: hi"
+    assert server.in_flight(KEY) == 1 and held.is_alive() and outcome == []
+    assert server.total().successes == 1 and server.peak_in_flight(KEY) == 2
+    # A request still in flight when stopping gets a closed connection, not a hang: stopping
+    # does not wait out the 30 s, nor the client its 60 s timeout.
     server.stop()
-    thread.join(timeout=5)
-    assert time.monotonic() - started < 1
+    held.join(timeout=10)
+    assert not held.is_alive()
     assert isinstance(outcome[0], openai.APIConnectionError)
+    assert not isinstance(outcome[0], openai.APITimeoutError)
+    assert server.total().successes == 1
     server.stop()  # idempotent
 
 
@@ -425,15 +445,37 @@ def test_fault_probability_and_wildcard() -> None:
 
 def test_latency_and_jitter_change_while_serving() -> None:
     with FakeOpenAIServer(latency=30.0, jitter=1.0) as server:
+        held, outcome = _call_in_background(server)
+        _wait_until(lambda: server.in_flight() == 1)
         server.latency, server.jitter = 0.0, 0.0
         # Still 30 s of latency, the client would time out.
         reply = client(server, timeout=5).chat.completions.create(model="m", messages=USER_HI)
         assert reply.choices[0].message.content == "echo: hi"
         assert (server.latency, server.jitter) == (0.0, 0.0)
+        # The first request, sent under 30 s of latency, is still held: overtaken by the second.
+        assert server.in_flight() == 1 and held.is_alive() and outcome == []
+        assert server.total().requests == 2 and server.total().successes == 1
         with pytest.raises(ValueError):
             server.latency = -1.0
         with pytest.raises(ValueError):
             server.jitter = -0.1
+    held.join(timeout=10)
+    assert isinstance(outcome[0], openai.APIConnectionError)  # cut by the stop
+
+
+def test_peak_in_flight_counts_requests_held_at_once() -> None:
+    with FakeOpenAIServer(keys=[KEY, OTHER], latency=30.0) as server:
+        calls = [_call_in_background(server, key) for key in (KEY, KEY, OTHER)]
+        _wait_until(lambda: server.in_flight() == 3)
+        assert (server.in_flight(KEY), server.in_flight(OTHER)) == (2, 1)
+        assert server.peak_in_flight() == 3 and server.peak_in_flight(KEY) == 2
+        assert server.total().successes == 0
+        server.reset_counters()  # the peaks start again from the requests still held
+        assert server.peak_in_flight() == 3 and server.peak_in_flight(OTHER) == 1
+        assert server.peak_in_flight("sk-never-seen") == 0
+    for thread, outcome in calls:
+        thread.join(timeout=10)
+        assert isinstance(outcome[0], openai.APIConnectionError)  # cut by the stop
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -442,11 +484,12 @@ def test_latency_and_jitter_change_while_serving() -> None:
 def test_counters_log_latency_and_reset() -> None:
     with FakeOpenAIServer(keys=[KEY], latency=0.05) as server:
         api = client(server)
-        started = time.monotonic()
         api.chat.completions.create(model="m", messages=[{"role": "user", "content": "12345678"}])
-        assert time.monotonic() - started >= 0.05
         with pytest.raises(openai.AuthenticationError):
             client(server, "sk-intruder-0000").chat.completions.create(model="m", messages=USER_HI)
+        # One after another: never two at once, and none left in flight once answered.
+        assert server.in_flight() == 0 and server.peak_in_flight() == 1
+        assert server.peak_in_flight(KEY) == server.peak_in_flight("sk-intruder-0000") == 1
         counters = server.counters()
         assert counters[KEY] == KeyCounters(
             requests=1, successes=1, prompt_tokens=3, completion_tokens=4, charged_tokens=3 + 16
@@ -460,6 +503,7 @@ def test_counters_log_latency_and_reset() -> None:
         server.reset_counters()
         assert server.counters() == {} and server.request_log() == []
         assert server.total() == KeyCounters()
+        assert server.peak_in_flight() == 0
 
 
 def test_format_duration() -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from starlette.routing import Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..asgi import BackgroundServer
 from ..clock import Clock, SystemClock
@@ -494,7 +494,8 @@ class FakeOpenAIServer:
     `latency`/`jitter` delay admitted requests only; auth errors, faults and 429s reply at once.
     `clock` is the time source of the limits (default: the system clock); with a `FakeClock`
     the buckets refill only as the test moves that clock, while delays (`latency`, `jitter`,
-    the ``slow`` fault) remain real waits.
+    the ``slow`` fault) remain real waits: tests can observe them without the clock through
+    `in_flight` and `peak_in_flight` (how many requests are held at once).
     Requests without a bearer key are recorded under the key ``""``. `app` is the ASGI
     application itself (a Starlette router), for serving it some other way.
     """
@@ -555,6 +556,9 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._counts: dict[str, _Counts] = {}
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=_LOG_SIZE)
+        # Requests being handled now, and the most at once; per key and in total (key None).
+        self._in_flight: collections.Counter[str | None] = collections.Counter()
+        self._peak_in_flight: collections.Counter[str | None] = collections.Counter()
         self._faults: dict[str, _Fault] = {}
         # Loop-thread state: no lock needed, the event loop is single-threaded.
         self._buckets: dict[tuple[str, str], _Bucket] = {}
@@ -707,10 +711,40 @@ class FakeOpenAIServer:
         )
 
     def reset_counters(self) -> None:
-        """Zero every counter and empty the request log (limits and faults are kept)."""
+        """Zero every counter and empty the request log (limits and faults are kept).
+
+        The peaks of `peak_in_flight` start again from the requests in flight now.
+        """
         with self._lock:
             self._counts.clear()
             self._log.clear()
+            self._peak_in_flight = self._in_flight.copy()
+
+    def in_flight(self, key: str | None = None) -> int:
+        """Requests of `key` (None: of every key) being handled right now.
+
+        A request counts from its arrival until its reply is complete (or its connection cut);
+        it no longer counts when its client has the whole reply.
+        """
+        with self._lock:
+            return self._in_flight[key]
+
+    def peak_in_flight(self, key: str | None = None) -> int:
+        """The most requests of `key` (None: of any keys) handled at the same time, since the
+        start or `reset_counters`: how concurrently clients sent, whatever the delays."""
+        with self._lock:
+            return self._peak_in_flight[key]
+
+    def _enter(self, key: str) -> None:
+        with self._lock:
+            for name in (key, None):
+                self._in_flight[name] += 1
+                self._peak_in_flight[name] = max(self._peak_in_flight[name], self._in_flight[name])
+
+    def _leave(self, key: str) -> None:
+        with self._lock:
+            for name in (key, None):
+                self._in_flight[name] -= 1
 
     def request_log(self) -> list[dict[str, Any]]:
         """The last 10,000 requests, oldest first: dicts of ``key``, ``method``, ``path``, ``body``.
@@ -765,13 +799,30 @@ class FakeOpenAIServer:
     # ------------------------------------------------------------------ request handling
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        key = _bearer(scope) or ""
+        self._enter(key)
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                self._leave(key)
+
+        async def send_tracked(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                leave()  # before the reply's end: a client never sees its request in flight
+            await send(message)
+
         try:
-            await self._handle_request(scope, receive, send, kind)
+            await self._handle_request(scope, receive, send_tracked, kind)
         except asyncio.CancelledError:
             if self._stopping:
                 # uvicorn logs whatever the app raises; this one is filtered out of the log.
                 raise _ConnectionDropped("server stopped") from None
             raise
+        finally:
+            leave()
 
     async def _handle_request(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         request_id = f"req_{self._id_prefix}{next(self._ids):022x}"
