@@ -211,22 +211,24 @@ def test_knobs_change_behaviour(
     server.set_fault("*", "server_error", times=1)
     assert ChatCompletion.create(model="m", messages=[conversation("x")], no_tqdm=True)
 
-    # One request in flight at a time (README's name for the global limit).
+    # One request in flight at a time (README's name for the global limit). Each reply is
+    # held 0.1 s, so requests sent at the same time would be on the server at the same time.
     reset_default_manager()
     env.setenv("GLOBAL_NUM_REQUEST_LIMIT", "1")
     with FakeOpenAIServer(keys=KEYS, latency=0.1) as slow:
         env.setenv("OPENAI_BASE_URL", slow.base_url)
-        started = time.monotonic()
         ChatCompletion.create(model="m", messages=[conversation(str(i)) for i in range(5)])
-        assert time.monotonic() - started >= 0.5
+        assert slow.total().successes == 5 and slow.peak_in_flight() == 1
 
-        # Per-key concurrency (code's name), three keys: three at a time.
+        # Per-key concurrency (code's name), three keys: three at a time, one per key.
         reset_default_manager()
+        slow.reset_counters()
         env.delenv("GLOBAL_NUM_REQUEST_LIMIT")
         env.setenv("COROTINE_PER_AUTH", "1")
-        started = time.monotonic()
         ChatCompletion.create(model="m", messages=[conversation(str(i)) for i in range(6)])
-        assert time.monotonic() - started >= 0.2  # not all six at once (that takes 0.1 s)
+        assert slow.total().successes == 6
+        assert slow.peak_in_flight() <= 3  # not all six at once
+        assert all(slow.peak_in_flight(key) <= 1 for key in KEYS)
 
     # Default limits per key; a config file's own limits win.
     reset_default_manager()
