@@ -1,4 +1,7 @@
-"""A ParallelToolkit job in a subprocess, killed (SIGKILL) or interrupted (Ctrl-C) partway."""
+"""A ParallelToolkit job in a subprocess, killed (SIGKILL) or interrupted (Ctrl-C) partway.
+
+The run after it, to resume, needs no signal: it runs the same script in this process.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import InProcessCli
 
 from openai_parallel_toolkit import RequestCache
 from openai_parallel_toolkit.testing import FakeOpenAIServer
@@ -77,7 +81,7 @@ def _assert_complete(out: Path, names: list[Path] | None = None) -> None:
 
 
 def test_killed_job_resumes_without_resending_finished_requests(
-    tmp_path: Path, server: FakeOpenAIServer
+    run_cli: InProcessCli, tmp_path: Path, server: FakeOpenAIServer
 ) -> None:
     config, inputs, out = _setup(tmp_path, server)
     process = _start(config, inputs, out)
@@ -93,8 +97,8 @@ def test_killed_job_resumes_without_resending_finished_requests(
     server.reset_counters()
     _quick(server)
 
-    rerun = _start(config, inputs, out)
-    stdout, stderr = rerun.communicate(timeout=120)
+    rerun = run_cli.script(JOB, str(config), str(inputs), str(out), "3")
+    stdout, stderr = rerun.stdout, rerun.stderr
     assert rerun.returncode == 0, stderr
     assert f"skipped={len(survivors)}" in stdout and "failed=0" in stdout
     assert [p.name for p in _outputs(out)] == [f"f{f:02d}.json" for f in range(FILES)]
@@ -106,7 +110,7 @@ def test_killed_job_resumes_without_resending_finished_requests(
 
 
 def test_ctrl_c_finishes_files_in_progress_and_reports(
-    tmp_path: Path, server: FakeOpenAIServer
+    run_cli: InProcessCli, tmp_path: Path, server: FakeOpenAIServer
 ) -> None:
     config, inputs, out = _setup(tmp_path, server)
     process = _start(config, inputs, out)
@@ -120,8 +124,8 @@ def test_ctrl_c_finishes_files_in_progress_and_reports(
     assert 5 <= len(done) < FILES
     _assert_complete(out, done)
     _quick(server)
-    rerun = _start(config, inputs, out)
-    stdout, stderr = rerun.communicate(timeout=120)
+    rerun = run_cli.script(JOB, str(config), str(inputs), str(out), "3")
+    stdout, stderr = rerun.stdout, rerun.stderr
     assert rerun.returncode == 0, stderr
     assert f"skipped={len(done)}" in stdout and "interrupted=False" in stdout
     assert len(_outputs(out)) == FILES
@@ -139,7 +143,7 @@ def _read_stderr_until(process: subprocess.Popen[str], marker: str) -> str:
 
 
 def test_second_ctrl_c_abandons_cleanly_and_a_rerun_does_each_file_once(
-    tmp_path: Path, server: FakeOpenAIServer
+    run_cli: InProcessCli, tmp_path: Path, server: FakeOpenAIServer
 ) -> None:
     config, inputs, out = _setup(tmp_path, server)
     process = _start(config, inputs, out)
@@ -180,8 +184,8 @@ def test_second_ctrl_c_abandons_cleanly_and_a_rerun_does_each_file_once(
     server.reset_counters()
     _quick(server)
 
-    rerun = _start(config, inputs, out)
-    stdout, stderr = rerun.communicate(timeout=120)
+    rerun = run_cli.script(JOB, str(config), str(inputs), str(out), "3")
+    stdout, stderr = rerun.stdout, rerun.stderr
     assert rerun.returncode == 0, stderr
     assert f"processed={FILES - len(done)} skipped={len(done)} failed=0 interrupted=False" in stdout
     assert [p.name for p in _outputs(out)] == [f"f{f:02d}.json" for f in range(FILES)]
