@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from openai_parallel_toolkit import (
     RetryPolicy,
     request_openai_api,
 )
-from openai_parallel_toolkit.testing import FakeOpenAIServer
+from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
 
 KEYS = [f"sk-proj-{name}{'x' * 40}{i:04d}" for i, name in enumerate(["alpha", "bravo", "charl"])]
 FAST = RetryPolicy(max_retries=3, backoff_base=0.01, backoff_max=0.05)
@@ -87,13 +86,14 @@ def test_dead_keys_are_removed_and_the_run_finishes(server: FakeOpenAIServer) ->
 
 
 def test_rate_limit_cools_the_group_and_reroutes(server: FakeOpenAIServer) -> None:
-    manager = pool(server, keys=KEYS[:2])
+    clock = FakeClock()
+    manager = pool(server, keys=KEYS[:2], options=PoolOptions(clock=clock))
     server.set_fault(KEYS[0], "rate_limit", times=1)  # answers 429 with retry-after-ms: 1000
-    started = time.monotonic()
     results = [request_openai_api(ChatModel(content=str(i)), manager=manager) for i in range(6)]
     assert results == [f"echo: {i}" for i in range(6)]
-    # Re-routed at once to the other key instead of waiting out the cool-down.
-    assert time.monotonic() - started < 0.9
+    # Re-routed at once to the other key instead of waiting out the cool-down: the pool never
+    # waited, and its clock never moved past the cool-down (the key still cools down).
+    assert clock.sleeps == []
     stats = {s.key: s for s in manager.statistics().keys}
     limited = stats[manager.config.keys[0].masked_key]
     assert limited.rate_limited == 1
@@ -123,10 +123,13 @@ def test_dropped_connection_is_retried(server: FakeOpenAIServer) -> None:
 
 def test_timeout_is_retried_on_time(server: FakeOpenAIServer) -> None:
     manager = pool(server, keys=KEYS[:1], options=PoolOptions(timeout=0.3))
+    server.slow_seconds = 30.0
     server.set_fault(KEYS[0], "slow", times=1)
-    started = time.monotonic()
     assert request_openai_api(ChatModel(content="x"), manager=manager, policy=FAST) == "echo: x"
-    assert time.monotonic() - started < 3
+    # Retried on time: answered while the first attempt is still held by the server (30 s).
+    assert server.in_flight(KEYS[0]) == 1
+    assert server.counters()[KEYS[0]].requests == 2
+    assert server.counters()[KEYS[0]].successes == 1
 
 
 def test_bad_request_fails_fast(server: FakeOpenAIServer) -> None:
@@ -144,11 +147,12 @@ def test_all_keys_dead_raises_quickly_with_reasons(
     caplog.set_level(logging.DEBUG)
     for key in KEYS:
         server.set_fault(key, "invalid_api_key")
-    manager = pool(server)
-    started = time.monotonic()
+    clock = FakeClock()
+    manager = pool(server, options=PoolOptions(clock=clock))
     with pytest.raises(NoKeysAvailableError) as info:
         request_openai_api(ChatModel(content="x"), manager=manager)
-    assert time.monotonic() - started < 5
+    # Quickly: one request per key, each removed at its first 401, and no waiting at all.
+    assert server.total().requests == 3 and clock.sleeps == []
     message = str(info.value)
     for key in manager.config.keys:
         assert key.masked_key in message
