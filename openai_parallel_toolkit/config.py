@@ -368,11 +368,20 @@ class ToolkitConfig:
             check_shared_state(self.shared_state, self.source, "shared_state")
 
 
+def _scheme_of(url: str) -> str:
+    """What a URL starts with, for messages (the rest may hold a password)."""
+    scheme, sep, _ = url.partition("://")
+    return f"one starting with {scheme + sep!r}" if sep and len(scheme) < 16 else "no scheme"
+
+
 def check_shared_state(value: object, source: str, field: str) -> str:
     """A shared-state URL (``redis://``, ``rediss://`` or ``unix://``), or a ConfigError."""
-    if not isinstance(value, str) or not value.startswith(_SHARED_STATE_SCHEMES):
+    if not isinstance(value, str):
+        _fail(f"must be a Redis URL like redis://host:6379/0, got {_kind(value)}", source, field)
+    if not value.startswith(_SHARED_STATE_SCHEMES):
         _fail(
-            f"must be a Redis URL like redis://host:6379/0, got {_kind(value)}",
+            "must be a Redis URL starting with redis://, rediss:// or unix:// (like "
+            f"redis://host:6379/0), got {_scheme_of(value)}",
             source,
             field,
         )

@@ -469,7 +469,10 @@ def _store_for(config: ToolkitConfig, options: PoolOptions) -> tuple[LimiterStor
         config.source if config.shared_state else "environment",
         "shared_state" if config.shared_state else SHARED_STATE_VARIABLE,
     )
-    return RedisStore(url), True
+    store = RedisStore(url)
+    store.check()  # a wrong URL or password is a configuration error, not an outage
+    logger.info("limits shared through Redis at %s", store.url)
+    return store, True
 
 
 def _async_hook(hook: Callable[[Any], None]) -> Callable[[Any], Coroutine[Any, Any, None]]:

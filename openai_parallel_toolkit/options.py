@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
 from ._drivers.clients import AsyncClientFactory, ClientFactory
 from ._store import LimiterStore
 from .clock import Clock
+from .errors import ConfigError
 from .knobs import Knobs
 
 __all__ = ["DEFAULT_BURST_SECONDS", "PoolOptions"]
@@ -51,6 +53,11 @@ class PoolOptions:
         if self.async_transport not in ("httpx", "aiohttp"):
             raise ValueError(
                 f"async_transport must be 'httpx' or 'aiohttp', not {self.async_transport!r}"
+            )
+        if self.async_transport == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+            raise ConfigError(
+                'async_transport="aiohttp" needs the aiohttp extra: pip install -e ".[aiohttp]" '
+                "in the project folder"
             )
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")

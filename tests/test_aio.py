@@ -21,6 +21,7 @@ from openai_parallel_toolkit import (
     ChatModel,
     Completion,
     CompletionModel,
+    ConfigError,
     Embedding,
     EmbeddingModel,
     Gpt35Turbo,
@@ -457,3 +458,18 @@ def test_run_command_async_option(
     answers = _answers(output)
     assert [answers[i] for i in range(1, 13)] == [f"echo: question {i}" for i in range(12)]
     assert answers[13] == 400
+
+
+def test_the_aiohttp_transport_without_aiohttp_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "aiohttp" else real(name, *args),
+    )
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[aiohttp\]"'):
+        PoolOptions(async_transport="aiohttp")

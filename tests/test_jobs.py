@@ -162,6 +162,12 @@ def test_malformed_lines_failures_and_ordered_copy(
         for line in (tmp_path / "results.ordered.jsonl").read_text().splitlines()
     ]
     assert ordered == [1, 2, 3, 4, "c", "too-long"]
+    # A file the tool creates through a rename gets the mode `open` would give it, readable
+    # by whom the umask allows (not the private mode of a temporary file).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    mode = (tmp_path / "results.ordered.jsonl").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask == output.stat().st_mode & 0o777
     # The failed item is tried again; its old error line does not stay beside the new one.
     server.reset_counters()
     again = run_cli("run", str(requests), "-o", str(output), "--config", str(config))

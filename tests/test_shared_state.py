@@ -189,7 +189,7 @@ def test_redis_lost_and_back_mid_run(caplog: pytest.LogCaptureFixture, tmp_path:
             worker.join(timeout=60)
         assert done.is_set() and len(results) == 80
         assert server.total().rate_limited == 0
-        lost = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        lost = [r for r in caplog.records if "does not answer" in r.getMessage()]
         back = [r for r in caplog.records if "sharing the limits again" in r.getMessage()]
         assert len(lost) == 1 and len(back) == 1
         assert store.statistics().disconnects == 1
@@ -245,3 +245,19 @@ def test_a_password_in_the_redis_url_is_never_shown() -> None:
     assert "hunter2" not in repr(store) and "hunter2" not in repr(config)
     assert "127.0.0.1:1" in repr(store)
     store.close()
+
+
+def test_a_redis_that_does_not_answer_at_start_is_a_one_line_config_error(
+    redis_server: RedisServer,
+) -> None:
+    for url, reason in (
+        (redis_server.url.rsplit("/", 1)[0] + "/99", "DB index"),  # no such database
+        ("redis://:wrong-SECRET@127.0.0.1:1/0", "Error"),  # nothing listens there
+    ):
+        config = load_config_from({"api_keys": [KEYS[0]], "shared_state": url})
+        with pytest.raises(ConfigError, match="does not answer") as info:
+            APIKeyManager(config=config, make_default=False)
+        message = str(info.value)
+        assert reason in message and "\n" not in message and "SECRET" not in message
+    with pytest.raises(ConfigError, match="starting with 'http://'"):
+        load_config_from({"api_keys": [KEYS[0]], "shared_state": "http://127.0.0.1:6379"})

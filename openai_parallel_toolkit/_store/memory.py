@@ -18,6 +18,7 @@ class MemoryStore:
         self._health: dict[str, KeyHealth] = {}
 
     def group(self, spec: GroupSpec, now: float) -> LimitGroup:
+        """The group `spec.name` (made from `spec` on first request)."""
         group = self._groups.get(spec.name)
         if group is None:
             group = self._groups[spec.name] = LimitGroup(
@@ -30,9 +31,11 @@ class MemoryStore:
         return group
 
     def health(self, key_id: str) -> KeyHealth:
+        """The health record of the key `key_id`."""
         return self._health.setdefault(key_id, KeyHealth())
 
     def groups(self) -> list[LimitGroup]:
+        """Every group handed out so far."""
         return list(self._groups.values())
 
     def subscribe(self, wake: Callable[[], None]) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import masked_url
+from ..errors import ConfigError
 from ..limiter import LimitGroup
 from .base import GroupSpec, KeyHealth
 
@@ -273,14 +274,13 @@ class RedisStore:
         try:
             import redis as redis_module
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ImportError(
-                'shared state through Redis needs the redis extra: pip install ".[redis]"'
+            raise ConfigError(
+                'shared state through Redis needs the redis extra: pip install -e ".[redis]" '
+                "in the project folder"
             ) from exc
-        self._errors: tuple[type[BaseException], ...] = (
-            redis_module.ConnectionError,
-            redis_module.TimeoutError,
-            OSError,
-        )
+        # Whatever Redis answers instead of doing its part (a lost connection, a wrong
+        # password or database, a script error) leaves this process on its own, never stuck.
+        self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
         self.url = masked_url(url) or url
         self._redis = client or redis_module.Redis.from_url(
             url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
@@ -302,9 +302,21 @@ class RedisStore:
         self._commands = self._takes = self._disconnects = 0
         self._thread: threading.Thread | None = None
 
+    def check(self) -> None:
+        """Ask Redis once, now: a ConfigError naming the URL (password masked) and what went
+        wrong when it does not answer (unreachable, wrong password or database)."""
+        try:
+            self._redis.ping()
+        except self._errors as exc:
+            self._redis.close()
+            raise ConfigError(
+                f"shared state at {self.url} does not answer: {type(exc).__name__}: {exc}"
+            ) from None
+
     # -- LimiterStore ------------------------------------------------------------------------
 
     def group(self, spec: GroupSpec, now: float) -> LimitGroup:
+        """The group `spec.name`, its budget shared through Redis (made on first request)."""
         with self._lock:
             group = self._groups.get(spec.name)
             if group is None:
@@ -325,6 +337,7 @@ class RedisStore:
             return group
 
     def health(self, key_id: str) -> KeyHealth:
+        """The key's health; a removal is passed on to every worker."""
         with self._lock:
             health = self._health.get(key_id)
             if health is None:
@@ -332,10 +345,12 @@ class RedisStore:
             return health
 
     def groups(self) -> list[LimitGroup]:
+        """Every group handed out so far."""
         with self._lock:
             return list(self._groups.values())
 
     def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call `wake` from the background thread when budget arrives."""
         with self._lock:
             self._wakers.append(wake)
 
@@ -382,6 +397,8 @@ class RedisStore:
         self._event.set()
 
     def publish_removal(self, key_id: str, reason: str) -> None:
+        """Tell the other workers that the key `key_id` was removed, and why (soon, from the
+        background thread)."""
         with self._lock:
             self._removals.append((key_id, reason))
         self._event.set()
@@ -424,6 +441,11 @@ class RedisStore:
                     health_due = now + HEALTH_SECONDS
             except self._errors as exc:
                 self._lost(exc, now)
+                self._closed.wait(RECONNECT_SECONDS)
+                continue
+            except Exception:  # a defect here must not leave every sender waiting for budget
+                logger.exception("shared state: unexpected error; going on alone")
+                self._lost(RuntimeError("unexpected error"), now)
                 self._closed.wait(RECONNECT_SECONDS)
                 continue
             if woke:
@@ -482,8 +504,8 @@ class RedisStore:
             for budget in self._budget_list():
                 budget.went_offline(now)
             logger.warning(
-                "shared state at %s unreachable (%s): going on alone at 1/%d of each limit "
-                "until it answers again",
+                "shared state at %s does not answer (%s): going on alone at 1/%d of each "
+                "limit until it does again",
                 self.url,
                 type(exc).__name__,
                 max((b.workers for b in self._budget_list()), default=1),

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from ..config import masked_url
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     import redis
 
@@ -90,14 +93,21 @@ class SharedWork:
         try:
             import redis as redis_module
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ImportError(
-                'shared jobs through Redis need the redis extra: pip install ".[redis]"'
+            raise ConfigError(
+                'shared jobs through Redis need the redis extra: pip install -e ".[redis]" '
+                "in the project folder"
             ) from exc
         self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
         self._response_error: type[Exception] = redis_module.ResponseError
         self._redis = client or redis_module.Redis.from_url(
             url, socket_timeout=10.0, socket_connect_timeout=5.0, decode_responses=True
         )
+        try:
+            self._redis.ping()  # a wrong URL, password or database: say so now, in one line
+        except self._errors as exc:
+            raise ConfigError(
+                f"shared state at {masked_url(url)} does not answer: {type(exc).__name__}: {exc}"
+            ) from None
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.lease_ms = max(1, int(lease_seconds * 1000))
         base = f"{namespace}:job:{{{job}}}"  # one hash tag: a cluster keeps a job on one node

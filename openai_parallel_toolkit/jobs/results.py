@@ -145,11 +145,20 @@ def replacement(path: Path, mode: str) -> Iterator[IO[Any]]:
             os.fsync(out.fileno())
         if path.exists():
             shutil.copymode(path, name)
+        else:  # as `open` would have made it (mkstemp's files are private to their owner)
+            os.chmod(name, 0o666 & ~_umask())
         os.replace(name, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(name)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _rewrite_without(path: Path, drop: set[ItemId]) -> None:

@@ -233,7 +233,10 @@ def send_items(
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
-        logger.warning("interrupted: finishing the requests in flight")
+        if use_async:
+            logger.warning("interrupted: cancelling the requests in flight (sent again next run)")
+        else:
+            logger.warning("interrupted: finishing the requests in flight")
     finally:
         _postfix(bar, manager, baseline, sink, time.monotonic() - started)
         bar.close()
