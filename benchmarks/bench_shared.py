@@ -205,7 +205,9 @@ def _model(workers: int = 100, keys: int = 1000, rpm: float = 600.0, seconds: fl
                 if granted < want:
                     needed = max(1.0, float(int(min(want - granted, cap) / 2)))
                     due[k] = t + max(0.0, needed - level[k]) / rate
-                    due[k] += rng.uniform(0.0, (workers - 1) * slice_size / rate)
+                    if not granted:  # spread as the store does (see _SharedBudget.took)
+                        spread = (workers - 1) * slice_size / rate
+                        due[k] += rng.uniform(0.0, min(spread, workers * cap / rate / 4))
             calls += asked
             budget = demand
             start = rng.randrange(keys)

@@ -13,9 +13,13 @@ __all__ = ["Clock", "SystemClock"]
 class Clock(Protocol):
     """What the toolkit needs of time: a monotonic reading in seconds, and a way to wait."""
 
-    def monotonic(self) -> float: ...
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start, never going back."""
+        ...
 
-    def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (nothing for 0 or less)."""
+        ...
 
     def wait(self, condition: threading.Condition, seconds: float) -> None:
         """Wait on `condition` (whose lock is held) for at most `seconds`."""
@@ -26,13 +30,16 @@ class SystemClock:
     """The real clock: `time.monotonic` and `time.sleep`."""
 
     def monotonic(self) -> float:
+        """`time.monotonic()`."""
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
+        """`time.sleep(seconds)` for a positive `seconds`."""
         if seconds > 0:
             time.sleep(seconds)
 
     def wait(self, condition: threading.Condition, seconds: float) -> None:
+        """`condition.wait(seconds)`: woken early by a notify."""
         condition.wait(seconds)
 
     def __repr__(self) -> str:

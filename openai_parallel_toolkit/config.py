@@ -409,6 +409,8 @@ def _unknown_field(name: object, valid: Iterable[str], source: str, where: str) 
     text = str(name)
     close = difflib.get_close_matches(text, list(valid), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if text == "shared_state" and where:
+        hint = " (shared_state goes at the top level of the file, beside api_keys)"
     _fail(f"unknown field {text!r}{hint}", source, f"{where}.{text}" if where else text)
 
 

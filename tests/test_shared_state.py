@@ -261,3 +261,6 @@ def test_a_redis_that_does_not_answer_at_start_is_a_one_line_config_error(
         assert reason in message and "\n" not in message and "SECRET" not in message
     with pytest.raises(ConfigError, match="starting with 'http://'"):
         load_config_from({"api_keys": [KEYS[0]], "shared_state": "http://127.0.0.1:6379"})
+    entry = {"api_key": KEYS[0], "shared_state": redis_server.url}
+    with pytest.raises(ConfigError, match="goes at the top level"):
+        load_config_from({"api_keys": [entry]})

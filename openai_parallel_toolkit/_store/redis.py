@@ -194,16 +194,21 @@ class _SharedBudget:
         """Apply this group's part of a `take` answer; True if it brought budget a waiting
         sender may use."""
         granted_r, granted_t, wait_ms, cool_ms, rpm, tpm = (float(x) for x in answer)
+        burst_seconds = self.group.burst_seconds if self.group is not None else 1.0
         with self._lock:
             self.requests += granted_r
             self.tokens += granted_t
             self.next_at = now + wait_ms / 1000.0
-            if wait_ms > 0 and workers > 1 and rpm > 0:
-                # Short of budget with others wanting it too: they would all come back at the
-                # same moment for the same refill, and all but one would leave empty-handed.
-                # Spread the returns over the time the bucket takes to serve the others.
+            if wait_ms > 0 and workers > 1 and rpm > 0 and not (granted_r or granted_t):
+                # Left empty-handed with others wanting the budget too: they would all come back
+                # at the same moment for the same refill, and all but one would leave so again.
+                # Spread the returns over the time the bucket takes to serve the others; but the
+                # first of them should come back well before the bucket is full again (a full
+                # bucket wastes its refill): spread over at most a quarter of the time it
+                # takes to fill, per worker.
                 spread = (workers - 1) * self._slice(rpm) / (rpm / 60.0)
-                self.next_at += random.uniform(0.0, spread)
+                filled = max(1.0, rpm / 60.0 * burst_seconds) / (rpm / 60.0)
+                self.next_at += random.uniform(0.0, min(spread, workers * filled / 4))
             if cool_ms > 0:
                 self.cooldown_until = max(self.cooldown_until, now + cool_ms / 1000.0)
             self.workers = max(1, int(workers))

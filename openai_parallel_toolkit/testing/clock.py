@@ -19,10 +19,12 @@ class FakeClock:
         self.sleeps: list[float] = []
 
     def monotonic(self) -> float:
+        """The clock's time: moved only by `sleep`, `wait` and `advance`."""
         with self._lock:
             return self._now
 
     def sleep(self, seconds: float) -> None:
+        """Record `seconds` in `sleeps` and move the time on by it, at once."""
         with self._lock:
             self.sleeps.append(seconds)
             if seconds > 0:
