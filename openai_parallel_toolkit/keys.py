@@ -470,7 +470,6 @@ def _store_for(config: ToolkitConfig, options: PoolOptions) -> tuple[LimiterStor
         "shared_state" if config.shared_state else SHARED_STATE_VARIABLE,
     )
     store = RedisStore(url)
-    store.check()  # a wrong URL or password is a configuration error, not an outage
     logger.info("limits shared through Redis at %s", store.url)
     return store, True
 

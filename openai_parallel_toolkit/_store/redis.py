@@ -17,25 +17,18 @@ Redis keys name groups and keys by hashes, never by the API key.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import logging
-import os
 import random
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import masked_url
-from ..errors import ConfigError
 from ..limiter import LimitGroup
 from .base import GroupSpec, KeyHealth
-
-if TYPE_CHECKING:
-    import redis
+from .connection import connect, lua_script, worker_name
 
 __all__ = ["RedisStore", "RedisStoreStats"]
 
@@ -265,7 +258,8 @@ class RedisStore:
     `namespace` shares, per limit group: the request and token budget, the limits learned from
     headers, cool-downs after 429s; and per key: its removal, with the reason.
     `lease_seconds` is how long a worker that stopped answering (killed) still counts as live.
-    Needs the ``redis`` extra (``pip install ".[redis]"``).
+    Needs the ``redis`` extra (``pip install -e ".[redis]"``); Redis is asked once when the
+    store is made, and a ConfigError says so in one line when it does not answer.
     """
 
     def __init__(
@@ -274,27 +268,17 @@ class RedisStore:
         *,
         namespace: str = "openai-parallel-toolkit",
         lease_seconds: float = 10.0,
-        client: redis.Redis | None = None,
     ) -> None:
-        try:
-            import redis as redis_module
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ConfigError(
-                'shared state through Redis needs the redis extra: pip install -e ".[redis]" '
-                "in the project folder"
-            ) from exc
         # Whatever Redis answers instead of doing its part (a lost connection, a wrong
         # password or database, a script error) leaves this process on its own, never stuck.
-        self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
-        self.url = masked_url(url) or url
-        self._redis = client or redis_module.Redis.from_url(
+        self._redis, self._errors = connect(
             url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
         )
-        script = importlib.resources.files(__package__).joinpath("lua/take.lua").read_text()
-        self._take = self._redis.register_script(script)
+        self.url = masked_url(url) or url
+        self._take = self._redis.register_script(lua_script("take"))
         self._prefix = f"{namespace}:"
         self._lease_ms = int(lease_seconds * 1000)
-        self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._worker = worker_name()
         self._lock = threading.Lock()
         self._groups: dict[str, LimitGroup] = {}
         self._budgets: dict[str, _SharedBudget] = {}
@@ -306,17 +290,6 @@ class RedisStore:
         self.online = True
         self._commands = self._takes = self._disconnects = 0
         self._thread: threading.Thread | None = None
-
-    def check(self) -> None:
-        """Ask Redis once, now: a ConfigError naming the URL (password masked) and what went
-        wrong when it does not answer (unreachable, wrong password or database)."""
-        try:
-            self._redis.ping()
-        except self._errors as exc:
-            self._redis.close()
-            raise ConfigError(
-                f"shared state at {self.url} does not answer: {type(exc).__name__}: {exc}"
-            ) from None
 
     # -- LimiterStore ------------------------------------------------------------------------
 

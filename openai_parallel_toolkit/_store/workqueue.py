@@ -22,23 +22,15 @@ Redis keys are named by the job's id (a hash the caller computes), never by path
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import logging
-import os
-import secrets
-import socket
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
-from ..config import masked_url
-from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    import redis
+from .connection import connect, lua_script, worker_name
 
 __all__ = ["Chunk", "SharedWork", "Step"]
 
@@ -67,10 +59,6 @@ class Chunk:
     taken_over: bool
 
 
-def _script(name: str) -> str:
-    return importlib.resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
-
-
 class SharedWork:
     """A worker's handle on the shared job `job` (an id without secrets) in Redis at `url`.
 
@@ -86,35 +74,22 @@ class SharedWork:
         *,
         lease_seconds: float = 30.0,
         namespace: str = "openai-parallel-toolkit",
-        client: redis.Redis | None = None,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
-        try:
-            import redis as redis_module
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ConfigError(
-                'shared jobs through Redis need the redis extra: pip install -e ".[redis]" '
-                "in the project folder"
-            ) from exc
-        self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
-        self._response_error: type[Exception] = redis_module.ResponseError
-        self._redis = client or redis_module.Redis.from_url(
+        self._redis, self._errors = connect(
             url, socket_timeout=10.0, socket_connect_timeout=5.0, decode_responses=True
         )
-        try:
-            self._redis.ping()  # a wrong URL, password or database: say so now, in one line
-        except self._errors as exc:
-            raise ConfigError(
-                f"shared state at {masked_url(url)} does not answer: {type(exc).__name__}: {exc}"
-            ) from None
-        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        import redis as redis_module  # present: `connect` checked it
+
+        self._response_error: type[Exception] = redis_module.ResponseError
+        self.consumer = worker_name()
         self.lease_ms = max(1, int(lease_seconds * 1000))
         base = f"{namespace}:job:{{{job}}}"  # one hash tag: a cluster keeps a job on one node
         self._state, self._stream = f"{base}:state", f"{base}:stream"
         self._staging = f"{base}:staging:{self.consumer}"
         self._join, self._publish, self._ack, self._renew, self._settle = (
-            self._redis.register_script(_script(name))
+            self._redis.register_script(lua_script(name))
             for name in ("work_join", "work_publish", "work_ack", "work_renew", "work_settle")
         )
         self._lock = threading.Lock()
