@@ -102,6 +102,12 @@ class Sink:
         if self._written is not None:
             self._written(item)
 
+    def write_error(self, item: Item, exc: Exception) -> None:
+        """The error line of an item that failed for good (keys masked)."""
+        code = exc.status_code if isinstance(exc, RequestFailedError) else None
+        error = {"message": redact(str(exc)), "type": type(exc).__name__}
+        self.write(item, "error", {**error, "status_code": code})
+
 
 def _interactive(stream: IO[str]) -> bool:
     """True when `stream` shows a progress bar well: a terminal, or a Jupyter/IPython kernel."""
@@ -160,7 +166,6 @@ def send_items(
     interrupted (Ctrl-C, SIGTERM, or `echo`'s reader gone); requests in flight are finished
     and written either way.
     """
-    started = time.monotonic()
     policy = options.policy or RetryPolicy()
     use_async = options.use_async
     window: int | InFlightTarget
@@ -170,65 +175,50 @@ def send_items(
     else:  # in flight: the pool's rate times its response time, as the run goes
         in_flight = InFlightTarget(manager, MAX_ASYNC_CONCURRENCY if use_async else MAX_CONCURRENCY)
         window, workers = in_flight, in_flight.cap
-    baseline = manager.statistics()
-    show_bar = options.progress and _interactive(sys.stderr)
-    bar = tqdm(total=total, desc="requests", unit="req", disable=not show_bar, dynamic_ncols=True)
-    sink = Sink(output, bar, echo, written)
-    status = None
-    if options.progress and not show_bar:
-        status = _StatusLines(
-            lambda: _status_text(total, manager, baseline, sink, time.monotonic() - started),
-            options.status_interval,
+    progress = _Progress(manager, total, options)
+    sink = Sink(output, progress.bar, echo, written)
+    progress.start(sink)
+
+    def request(item: Item) -> RawRequest | None:
+        """The item's request, or None when `wanted` says to leave it unsent."""
+        return (
+            RawRequest(item.endpoint, item.sendable_body())
+            if wanted is None or wanted(item)
+            else None
         )
 
-    def write_error(item: Item, exc: Exception) -> None:
-        code = exc.status_code if isinstance(exc, RequestFailedError) else None
-        error = {"message": redact(str(exc)), "type": type(exc).__name__}
-        sink.write(item, "error", {**error, "status_code": code})
-
     def send(item: Item) -> None:
-        if wanted is not None and not wanted(item):
+        model = request(item)
+        if model is None:
             return
         try:
-            model = RawRequest(item.endpoint, item.sendable_body())
             response = request_openai_api(
                 model, manager=manager, policy=policy, raw=True, cache=False
             )
         except Exception as exc:
-            write_error(item, exc)
+            sink.write_error(item, exc)
         else:
             sink.write(item, "response", response)
 
     async def asend(item: Item) -> None:
-        if wanted is not None and not wanted(item):
+        model = request(item)
+        if model is None:
             return
         try:
-            model = RawRequest(item.endpoint, item.sendable_body())
             response = await arequest_openai_api(
                 model, manager=manager, policy=policy, raw=True, cache=False
             )
         except Exception as exc:
-            write_error(item, exc)
+            sink.write_error(item, exc)
         else:
             sink.write(item, "response", response)
-
-    last = 0.0
-
-    def one_done() -> bool:
-        """After each item: refresh the bar now and then; False to stop the run."""
-        nonlocal last
-        now = time.monotonic()
-        if now - last > 0.5:
-            last = now
-            _postfix(bar, manager, baseline, sink, now - started)
-        return not sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
 
     interrupted = False
     try:
         if use_async:
-            finished = _on_a_loop(_drive_tasks(asend, items, window, one_done))
+            finished = _on_a_loop(_drive_tasks(asend, items, window, progress.one_done))
         else:
-            finished = _drive_threads(send, items, window, workers, one_done)
+            finished = _drive_threads(send, items, window, workers, progress.one_done)
         if not finished:
             raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -238,11 +228,57 @@ def send_items(
         else:
             logger.warning("interrupted: finishing the requests in flight")
     finally:
-        _postfix(bar, manager, baseline, sink, time.monotonic() - started)
-        bar.close()
-        if status is not None:
-            status.close()
+        progress.close()
     return sink, interrupted
+
+
+class _Progress:
+    """How a run shows itself on stderr: a bar on a terminal, else status lines."""
+
+    def __init__(self, manager: APIKeyManager, total: int, options: SendOptions) -> None:
+        self._manager = manager
+        self._total = total
+        self._options = options
+        self._started = self._last = time.monotonic()
+        self._baseline = manager.statistics()
+        self._show_bar = options.progress and _interactive(sys.stderr)
+        self.bar = tqdm(
+            total=total, desc="requests", unit="req", disable=not self._show_bar,
+            dynamic_ncols=True,
+        )  # fmt: skip
+        self._sink: Sink | None = None
+        self._status: _StatusLines | None = None
+
+    def start(self, sink: Sink) -> None:
+        """Count `sink`'s lines; off a terminal, start the status lines."""
+        self._sink = sink
+        if self._options.progress and not self._show_bar:
+            self._status = _StatusLines(
+                lambda: _status_text(
+                    self._total, self._manager, self._baseline, sink, self._elapsed()
+                ),
+                self._options.status_interval,
+            )
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def one_done(self) -> bool:
+        """After each item: refresh the bar now and then; False to stop the run."""
+        assert self._sink is not None
+        now = time.monotonic()
+        if now - self._last > 0.5:
+            self._last = now
+            _postfix(self.bar, self._manager, self._baseline, self._sink, now - self._started)
+        return not self._sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
+
+    def close(self) -> None:
+        """The bar's last figures, then the final status line."""
+        if self._sink is not None:
+            _postfix(self.bar, self._manager, self._baseline, self._sink, self._elapsed())
+        self.bar.close()
+        if self._status is not None:
+            self._status.close()
 
 
 def _drive_threads(
