@@ -139,6 +139,11 @@ class _SharedBudget:
             self.requests += requests
             self.tokens += tokens
 
+    def idle(self) -> None:
+        """Count as idle from now: the next sync gives the allowance back."""
+        with self._lock:
+            self.last_spend = -1e9
+
     def cooled(self, seconds: float) -> None:
         with self._lock:
             self.cool_ms = max(self.cool_ms, seconds * 1000.0)
@@ -344,7 +349,7 @@ class RedisStore:
             try:
                 budgets = self._budget_list()
                 for budget in budgets:
-                    budget.last_spend = -1e9  # idle now: its allowance goes back
+                    budget.idle()
                 self._sync(budgets, time.monotonic())
                 self._redis.zrem(self._workers_key, self._worker)
             except self._errors:
