@@ -14,7 +14,12 @@ The pace is the limit, lowered by two things:
   raises again (halfway back every few seconds); learned limits start at a quarter and double
   each second. A 429 that shows no exhausted limit (no rate-limit headers from a server that
   sends them, or capacity reported left) is an overload or a gateway's, not ours: it is
-  retried elsewhere without slowing the group.
+  retried elsewhere without slowing the group. A 429 cuts the pace in force, whichever of
+  the two holds it down.
+
+A 429 showing exhaustion also cools the group for the server's hint; a cool-down that ends in
+another refusal, with no success between, lasts twice as long, so that senders the pool cannot
+tell apart do not keep a limit that charges refused requests in debt.
 
 Above the pace: where the server reports more ``remaining`` than a few seconds of refill (a
 per-minute window that starts full), that surplus is sent first (`Surplus`), until a 429 shows
@@ -135,6 +140,11 @@ MIN_FACTOR = 0.02
 DECREASE_HOLDOFF_SECONDS = 1.0
 # Sends whose token charges are kept for reading remaining counts (intervals are ~1 s long).
 CHARGES_KEPT = 4096
+# A server's wait hint assumes no one else retries when it ends. Senders it cannot tell apart
+# (undeclared keys of one project, other processes) that all retry on the hint can hold a
+# limit that charges refused requests in debt for good: each cool-down in a row that ends in
+# another refusal, with no success between, lasts twice as long (up to the caller's cap).
+REFUSED_AGAIN_FACTOR = 2.0
 # Whatever others seem to spend, a group keeps this share of its limit (evidence can be wrong).
 MIN_SHARE = 0.05
 # A server's reported surplus is used only when it exceeds this many seconds of the limit: a
@@ -181,6 +191,7 @@ class LimitGroup:
             _Bucket(tokens_per_min, burst_seconds, now) if tokens_per_min else None
         )
         self.cooldown_until = 0.0
+        self._refusals = 0  # cool-downs since the last success
         self.in_flight = 0
         self.responses_seen = 0
         self.headers_seen = False  # the server reports x-ratelimit-* headers
@@ -282,7 +293,9 @@ class LimitGroup:
             return
         self._adapt(now)
         decrease = DECREASE_IN_SLOW_START if self._slow_start else DECREASE
-        self.factor = max(MIN_FACTOR, self.factor * decrease)
+        # Cut the pace in force: where others' use holds the pace below the factor, cutting
+        # the factor alone would change nothing.
+        self.factor = max(MIN_FACTOR, min(self.factor, self.pace_share()) * decrease)
         self._slow_start = False
         self._decreased_at = self._adapted_at = now
         self._apply_factor()
@@ -442,9 +455,28 @@ class LimitGroup:
         if number is not None and number in self._charges:
             self._charges[number] -= tokens
 
-    def note_response(self) -> None:
-        """A response (success or error) came back: the group is no longer probing."""
+    def note_response(self, *, success: bool = False) -> None:
+        """A response came back: the group is no longer probing; a success ends a run of
+        refusals (see `refused`)."""
         self.responses_seen += 1
+        if success:
+            self._refusals = 0
+
+    def refused(self, wait: float, sent_at: float, now: float, cap: float) -> float:
+        """A 429 showing an exhausted limit came back for a request sent at `sent_at`: cool
+        the group down and return for how many seconds.
+
+        `wait` is the server's hint. A request sent after the last cool-down ended, with no
+        success since, shows the hint was not enough: each such round doubles the wait, up to
+        `cap`. Requests sent before (the same overshoot) only cool for the hint.
+        """
+        if sent_at >= self.cooldown_until and self._refusals > 0:
+            wait *= REFUSED_AGAIN_FACTOR ** min(self._refusals, 16)
+        if sent_at >= self.cooldown_until:
+            self._refusals += 1
+        wait = min(wait, cap)
+        self.cool_down(now + wait, now)
+        return wait
 
     def cool_down(self, until: float, now: float | None = None) -> None:
         """Send nothing on this group before `until` (monotonic seconds); with `now`, the

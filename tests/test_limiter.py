@@ -179,6 +179,42 @@ def test_cooldown_delays_the_group() -> None:
     assert group.ready_at(0, clock.monotonic()) == pytest.approx(clock.monotonic() + 2.5)
 
 
+def test_a_cooldown_refused_again_without_a_success_doubles() -> None:
+    clock = FakeClock()
+    group = LimitGroup("g", requests_per_min=6000, now=clock.monotonic())
+    sent = clock.monotonic()
+    assert group.refused(0.5, sent, clock.monotonic(), 60.0) == 0.5  # the server's hint
+    assert group.refused(0.5, sent, clock.monotonic(), 60.0) == 0.5  # the same overshoot
+    waits = []
+    for _ in range(5):  # each request sent once the cool-down ended is refused again
+        clock.advance(group.cooldown_until - clock.monotonic())
+        waits.append(group.refused(0.5, clock.monotonic(), clock.monotonic(), 4.0))
+    assert waits == [1.0, 2.0, 4.0, 4.0, 4.0]  # doubled each round, up to the cap
+    assert group.ready_at(0, clock.monotonic()) == pytest.approx(clock.monotonic() + 4.0)
+    clock.advance(4.0)
+    group.note_response(success=True)  # a success ends the run
+    assert group.refused(0.5, clock.monotonic(), clock.monotonic(), 60.0) == 0.5
+
+
+def test_a_429_cuts_the_pace_in_force_when_others_use_holds_it_down() -> None:
+    clock = FakeClock()
+    group = LimitGroup("g", requests_per_min=600, now=clock.monotonic())  # 10/s
+    # The server's count falls 6/s faster than our own 4/s of sends: others spend 6/s.
+    for i in range(40):
+        group.observe(
+            RateLimitHeaders(limit_requests=600, remaining_requests=3),
+            clock.monotonic(),
+            sent=(clock.monotonic(), 2 * i + 1, 0.0, 0.0),
+        )
+        group.reserve(0, clock.monotonic())
+        group.reserve(0, clock.monotonic())
+        clock.advance(0.5)
+    share = group.pace_share(clock.monotonic())
+    assert share < 0.5 < group.factor  # others' use binds, not the factor
+    group.on_rate_limited(clock.monotonic())
+    assert group.pace_share(clock.monotonic()) == pytest.approx(share * 0.8, rel=0.02)
+
+
 def _manager(keys: list[object], clock: FakeClock) -> APIKeyManager:
     return APIKeyManager(
         api_keys=keys,  # type: ignore[arg-type]

@@ -163,3 +163,19 @@ def test_headerless_429s_are_not_taken_for_a_shorter_window() -> None:
     assert server.chaos > 0
     assert sum(server.admitted.values()) >= 0.8 * 4 * (600 + 10.0 * 60.0)
     assert all(key.surplus_allowed for key in manager.statistics().keys)
+
+
+def test_a_deep_overshoot_on_undeclared_keys_of_one_project_does_not_become_a_storm() -> None:
+    # Refused requests are charged, so four keys that each retry on the server's hint can hold
+    # the project's count in debt for good; the pool must pull out of it.
+    clock = FakeClock()
+    keys = KEYS[:4]
+    manager = pool(clock, keys)
+    server = SimulatedServer({"p": Project(3000)}, dict.fromkeys(keys, "p"))
+    fast = {"latency": lambda rng: rng.uniform(0.01, 0.03)}
+    simulate(clock, server, [(manager, 32)], 10.0, **fast)
+    server.projects["p"].requests.level = -40.0  # a burst of retries left this much debt
+    admitted = server.admitted["p"]
+    (stats,) = simulate(clock, server, [(manager, 32)], 20.0, **fast)
+    assert server.admitted["p"] - admitted >= 0.8 * 50.0 * 20.0
+    assert stats.rate_limited <= 0.15 * (stats.successes + stats.rate_limited)

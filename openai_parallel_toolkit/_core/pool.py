@@ -193,7 +193,7 @@ class KeyPool:
         self._outstanding.pop(id(grant), None)
         self._observe_latency(grant, now)
         key.successes += 1
-        key.group.note_response()
+        key.group.note_response(success=True)
         if tokens_used is not None:
             key.tokens += tokens_used
         if not self.knobs.ratelimit_after_submission:
@@ -243,8 +243,8 @@ class KeyPool:
         if not verdict.exhausted:
             return Failure(verdict)
         retry_after = verdict.retry_after
-        wait = min(DEFAULT_COOLDOWN if retry_after is None else retry_after, MAX_COOLDOWN)
-        group.cool_down(now + wait, now)
+        hint = DEFAULT_COOLDOWN if retry_after is None else retry_after
+        wait = group.refused(hint, grant.sent[0], now, MAX_COOLDOWN)
         # Only request counts are exact on both sides: a token 429 may just mean the prompt
         # estimate was low, which settling and the learned scale correct.
         if verdict.limit != "tokens":
