@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
+from ._drivers.clients import tls_context
 from .config import (
     SHARED_STATE_VARIABLE,
     KeyConfig,
@@ -430,7 +431,7 @@ def _check_key(config: KeyConfig, model: str, timeout: float) -> KeyCheck:
         project=config.project,
         max_retries=0,
         timeout=config.timeout if config.timeout is not None else timeout,
-        http_client=openai.DefaultHttpxClient(proxy=config.proxy),
+        http_client=openai.DefaultHttpxClient(proxy=config.proxy, verify=tls_context()),
     )
     started = time.perf_counter()
     try:

@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 from openai_parallel_toolkit import reset_default_manager
 from openai_parallel_toolkit.__main__ import main
+from openai_parallel_toolkit._drivers.clients import tls_context
 from openai_parallel_toolkit.tiktoken_cache import seed_cache
 
 TIKTOKEN_CACHE_DIR = Path(__file__).resolve().parent.parent / ".tiktoken-cache"
@@ -158,3 +160,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
     """Run ``openai-parallel-toolkit ARGS`` in this process: ``run_cli("run", ...)``; a script
     with ``run_cli.script(path, ...)``."""
     return InProcessCli(capsys, monkeypatch)
+
+
+def openai_client(**options: object) -> openai.OpenAI:
+    """A plain `openai.OpenAI` client for the local servers, no retries: with the one TLS
+    context the package shares, since building one per client costs ~25 ms of CPU."""
+    options.setdefault("max_retries", 0)
+    return openai.OpenAI(
+        http_client=openai.DefaultHttpxClient(verify=tls_context()),
+        **options,  # type: ignore[arg-type]
+    )

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx2
 import openai
 import pytest
+from conftest import openai_client
 
 from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
 from openai_parallel_toolkit.testing.fake_server import (
@@ -28,7 +29,7 @@ USER_HI = [{"role": "user", "content": "hi"}]
 
 
 def client(server: FakeOpenAIServer, key: str = KEY, timeout: float = 5.0) -> openai.OpenAI:
-    return openai.OpenAI(api_key=key, base_url=server.base_url, max_retries=0, timeout=timeout)
+    return openai_client(api_key=key, base_url=server.base_url, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from conftest import openai_client
 
 from openai_parallel_toolkit import APIKeyManager, PoolOptions, RetryPolicy, server
 from openai_parallel_toolkit.asgi import BackgroundServer
@@ -41,7 +42,7 @@ class Proxy:
     port: int
 
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(api_key=CLIENT_KEY, base_url=self.url + "/v1", max_retries=0)
+        return openai_client(api_key=CLIENT_KEY, base_url=self.url + "/v1")
 
 
 def _manager(api_base: str) -> APIKeyManager:

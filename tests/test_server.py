@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx2
 import openai
 import pytest
+from conftest import openai_client
 
 from openai_parallel_toolkit import APIKeyManager, PoolOptions, RetryPolicy
 from openai_parallel_toolkit.asgi import BackgroundServer
@@ -30,7 +31,7 @@ class Setup:
     base_url: str
 
     def client(self, api_key: str = CLIENT_KEY, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, **kwargs)
+        return openai_client(api_key=api_key, base_url=self.base_url, **kwargs)
 
 
 def _settled(manager: APIKeyManager) -> bool:

@@ -7,6 +7,8 @@ Each key has one `openai.OpenAI` client for threads and, built on first use, one
 from __future__ import annotations
 
 import asyncio
+import functools
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from ..config import KeyConfig
 
 if TYPE_CHECKING:
+    import ssl
+
     import openai
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "ClientFactory",
     "default_async_client_factory",
     "default_client_factory",
+    "tls_context",
 ]
 
 # Builds the client of one key; the callable it is given must see every HTTP response.
@@ -44,6 +49,23 @@ def _client_options(config: KeyConfig, timeout: float) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext | bool:
+    """One TLS context for the httpx clients of every key, as httpx builds its default.
+
+    Building one (loading the CA bundle) takes about 25 ms of CPU, which a pool of 32 keys
+    would otherwise pay 32 times, twice with the async clients; a context is safe to share.
+    """
+    import openai
+
+    for base in openai.DefaultHttpxClient.__mro__:
+        if base.__name__ == "Client":  # httpx.Client, or httpx2.Client for newer openai
+            create = sys.modules[base.__module__.partition(".")[0]].create_ssl_context
+            context: ssl.SSLContext = create()
+            return context
+    return True  # the client's own default
+
+
 def default_client_factory(timeout: float) -> ClientFactory:
     """A factory of `openai.OpenAI` clients: `timeout` for keys whose config sets none."""
 
@@ -53,7 +75,7 @@ def default_client_factory(timeout: float) -> ClientFactory:
         # Our own HTTP client per key: it carries the key's proxy, and its response hook feeds
         # the x-ratelimit-* headers of every response (errors included) to the limiter.
         http_client = openai.DefaultHttpxClient(
-            proxy=config.proxy, event_hooks={"response": [on_response]}
+            proxy=config.proxy, event_hooks={"response": [on_response]}, verify=tls_context()
         )
         return openai.OpenAI(**_client_options(config, timeout), http_client=http_client)
 
@@ -82,7 +104,9 @@ def default_async_client_factory(
         if use_aiohttp and config.proxy is None:
             http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
         else:
-            http_client = openai.DefaultAsyncHttpxClient(proxy=config.proxy, event_hooks=hooks)
+            http_client = openai.DefaultAsyncHttpxClient(
+                proxy=config.proxy, event_hooks=hooks, verify=tls_context()
+            )
         return openai.AsyncOpenAI(**_client_options(config, timeout), http_client=http_client)
 
     return build
