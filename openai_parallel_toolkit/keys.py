@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ._core.pool import Grant, KeyPool, PoolKey
 from ._drivers.aio import wait_turn
@@ -39,7 +39,7 @@ from .config import (
 from .errors import ConfigError, Verdict, protect_logs, scrub_exception
 from .headers import RateLimitHeaders
 from .knobs import Knobs
-from .options import PoolOptions
+from .options import PoolOptions, moved_to_options
 from .stats import KeyState, KeyStats, PoolCapacity, PoolStats
 
 if TYPE_CHECKING:
@@ -198,7 +198,9 @@ class APIKeyManager:
     gets its base URL, and the global ``openai`` module is never modified.
 
     `options` (a `PoolOptions`) sets the request timeout, burst, environment knobs, clock,
-    client factory and state store; its defaults suit production.
+    client factory and state store; its defaults suit production. Those settings were
+    once keywords of this class (``timeout=``, ``clock=``, ...): passing one raises a
+    `TypeError` that names its `PoolOptions` replacement.
     """
 
     def __init__(
@@ -213,8 +215,13 @@ class APIKeyManager:
         api_base: str | None = None,
         proxy: str | None = None,
         options: PoolOptions | None = None,
+        # The settings that moved into PoolOptions: accepted here only to name the
+        # replacement in the error; NoReturn keeps type checkers refusing them.
+        **moved: NoReturn,
     ) -> None:
         del set_api_base  # compatibility only, see the docstring
+        if moved:
+            raise moved_to_options(type(self).__name__, moved)
         if api_keys is not None:
             config = config_from_keys(api_keys, api_base=api_base, proxy=proxy)
         elif api_base is not None or proxy is not None:

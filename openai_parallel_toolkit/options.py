@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from ._drivers.clients import AsyncClientFactory, ClientFactory
@@ -12,7 +13,7 @@ from .clock import Clock
 from .errors import ConfigError
 from .knobs import Knobs
 
-__all__ = ["DEFAULT_BURST_SECONDS", "PoolOptions"]
+__all__ = ["DEFAULT_BURST_SECONDS", "PoolOptions", "moved_to_options"]
 
 # Burst the pool allows itself, in seconds of refill. Kept below the one second servers are
 # seen to allow, so that a request that arrives a little late (and so finds the server's bucket
@@ -63,3 +64,24 @@ class PoolOptions:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
         if not self.burst_seconds > 0:
             raise ValueError(f"burst_seconds must be > 0, not {self.burst_seconds!r}")
+
+
+def moved_to_options(owner: str, given: Mapping[str, object]) -> TypeError:
+    """The error for keywords `given` to `owner` that are no longer its own.
+
+    The pool's settings were once keywords of `APIKeyManager` (``timeout=``, ``clock=``, ...);
+    they now live in `PoolOptions`. Python's own "unexpected keyword argument" would leave a
+    caller of the old form guessing, so the error names the replacement. A keyword that never
+    was a setting gets Python's usual wording.
+    """
+    settings = {field.name for field in fields(PoolOptions)}
+    unknown = sorted(name for name in given if name not in settings)
+    if unknown:
+        return TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
+    names = sorted(given)
+    replacement = ", ".join(f"{name}=..." for name in names)
+    return TypeError(
+        f"{owner}({replacement}) is no longer accepted: "
+        f"pass options=PoolOptions({replacement}) "
+        "(from openai_parallel_toolkit import PoolOptions)"
+    )

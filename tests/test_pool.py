@@ -275,3 +275,32 @@ def test_batched_calls_from_a_worker_thread() -> None:
             results = [f.result(timeout=30) for f in futures]
         texts = [[r["choices"][0]["message"]["content"] for r in batch] for batch in results]
         assert texts == [[f"echo: {w}-{i}" for i in range(5)] for w in range(2)]
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"timeout": 30},
+        {"burst_seconds": 1.0},
+        {"clock": FakeClock()},
+        {"client_factory": lambda config, hook: None},
+        {"knobs": None, "store": MemoryStore()},
+    ],
+)
+def test_settings_that_moved_into_pool_options_name_their_replacement(
+    moved: dict[str, Any],
+) -> None:
+    with pytest.raises(TypeError) as caught:
+        APIKeyManager(api_keys=KEYS, make_default=False, **moved)
+    message = str(caught.value)
+    assert "options=PoolOptions(" in message
+    for name in moved:
+        assert f"{name}=..." in message
+    # The replacement it names works.
+    with APIKeyManager(api_keys=KEYS, make_default=False, options=PoolOptions(timeout=30)) as pool:
+        assert pool.options.timeout == 30
+
+
+def test_a_keyword_that_never_was_a_setting_gets_the_usual_error() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'timeout_s'"):
+        APIKeyManager(api_keys=KEYS, make_default=False, timeout_s=30)  # type: ignore[arg-type]
