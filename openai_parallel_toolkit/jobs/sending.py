@@ -157,14 +157,17 @@ def send_items(
     echo: IO[str] | None = None,
     written: Callable[[Item], None] | None = None,
     wanted: Callable[[Item], bool] | None = None,
+    refused: Callable[[Item], Exception | None] | None = None,
 ) -> tuple[Sink, bool]:
     """Send `items` (drawn lazily), append a result line to `output` for each as it ends.
 
     `total` is what the progress display counts against. `written` is called after each
     line is flushed (see `Sink`); an item for which `wanted` says False when its turn comes
-    is left unsent, with no line. Returns the sink (its counts) and whether the run was
+    is left unsent, with no line; one for which `refused` gives an exception is left unsent
+    with that error as its line. Returns the sink (its counts) and whether the run was
     interrupted (Ctrl-C, SIGTERM, or `echo`'s reader gone); requests in flight are finished
-    and written either way.
+    and written either way. An error outside the requests (writing a line) ends the run: it
+    is raised once the requests in flight are finished.
     """
     policy = options.policy or RetryPolicy()
     use_async = options.use_async
@@ -180,12 +183,14 @@ def send_items(
     progress.start(sink)
 
     def request(item: Item) -> RawRequest | None:
-        """The item's request, or None when `wanted` says to leave it unsent."""
-        return (
-            RawRequest(item.endpoint, item.sendable_body())
-            if wanted is None or wanted(item)
-            else None
-        )
+        """The item's request, or None when it is not to be sent (`wanted`, `refused`)."""
+        if wanted is not None and not wanted(item):
+            return None
+        refusal = refused(item) if refused is not None else None
+        if refusal is not None:
+            sink.write_error(item, refusal)
+            return None
+        return RawRequest(item.endpoint, item.sendable_body())
 
     def send(item: Item) -> None:
         model = request(item)
@@ -291,7 +296,11 @@ def _drive_threads(
     """Send every item on `workers` threads; False when `one_done` asked to stop."""
     executor = ThreadPoolExecutor(workers, thread_name_prefix="jsonl")
     try:
-        return all(one_done() for _ in completed(executor, send, items, window))
+        for _, future in completed(executor, send, items, window):
+            future.result()  # `send` catches the request's errors: any other one ends the run
+            if not one_done():
+                return False
+        return True
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -305,7 +314,8 @@ async def _drive_tasks(
     """Send every item as a task of the running loop; False when `one_done` asked to stop."""
     done = acompleted(send, items, window)
     async with contextlib.aclosing(done):
-        async for _ in done:
+        async for _, task in done:
+            task.result()  # `send` catches the request's errors: any other one ends the run
             if not one_done():
                 return False
     return True
