@@ -130,6 +130,14 @@ class SharedInputs:
         if chunk.taken_over and any(done == relative for done, _ in _records(self._folder)):
             self.work.ack(chunk)  # its worker finished it and died before saying so
             return None
+        if chunk.exhausted:  # not recorded as done: the next run tries it again
+            logger.error(
+                "%s was handed to %d workers that each died or failed on it: left for the next run",
+                relative,
+                chunk.deliveries - 1,
+            )
+            self.work.ack(chunk)
+            return None
         with self._lock:
             self._chunks[relative] = chunk
         if self._input.is_file():

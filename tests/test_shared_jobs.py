@@ -21,7 +21,7 @@ import pytest
 
 from openai_parallel_toolkit import APIKeyManager
 from openai_parallel_toolkit.jobs import ResultsFileError, request_hash
-from openai_parallel_toolkit.jobs.distributed import run_shared_jsonl_job
+from openai_parallel_toolkit.jobs.distributed import MAX_DELIVERIES, run_shared_jsonl_job
 from openai_parallel_toolkit.jobs.parts import parts_folder
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 from openai_parallel_toolkit.testing.redis_server import RedisServer
@@ -54,6 +54,12 @@ def _config(tmp_path: Path, server: FakeOpenAIServer) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C raises KeyboardInterrupt even where the tests' own process was
+    started with SIGINT ignored (a background job), which a child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _worker(
     config: Path, source: Path, target: Path, redis_url: str, lease: float = 2.0
 ) -> subprocess.Popen[str]:
@@ -63,7 +69,12 @@ def _worker(
     command += ["--threads", str(THREADS), "--lease", str(lease), "--chunk-size", "5"]
     command += ["--no-progress"]
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_default_sigint,
     )
 
 
@@ -147,6 +158,90 @@ def test_a_killed_worker_loses_nothing_and_every_id_is_answered_once(
         assert server.total().requests == before, "a re-run after the end sends nothing"
         assert (summary.done, summary.skipped) == (0, count)
         assert target.read_bytes() == finished
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_worker_hands_back_its_chunks_at_once(
+    redis_server: RedisServer, tmp_path: Path, stop: signal.Signals, status: int
+) -> None:
+    count = 60
+    source, target = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    _write_input(source, count)
+    lease = 60.0  # far longer than the job takes: only a hand-back lets the next worker in
+    with FakeOpenAIServer(latency=0.1) as server:
+        config = _config(tmp_path, server)
+        first = _worker(config, source, target, redis_server.url, lease)
+        _first_to_write(parts_folder(target), [first], 2)
+        first.send_signal(stop)
+        _, err = first.communicate(timeout=30)
+        assert first.returncode == status, err
+        assert "interrupted" in err
+        stopped_at = server.total().requests
+        assert stopped_at < count, "stopped with work left"
+
+        second = _worker(config, source, target, redis_server.url, lease)
+        _, err = second.communicate(timeout=lease / 2)  # never waits out the first's lease
+        assert second.returncode == 0, err
+        _check_output(target, count)
+        assert not parts_folder(target).exists()
+        # What the first worker had in flight was answered and written before it stopped:
+        # nothing is sent twice.
+        sends = _sends(server)
+        assert set(sends) == set(_expected_ids(count).values())
+        assert set(sends.values()) == {1}
+
+
+@pytest.mark.parametrize("mode", ["kill", "raise"])
+def test_a_chunk_no_worker_gets_through_ends_with_error_lines(
+    redis_server: RedisServer, tmp_path: Path, mode: str
+) -> None:
+    """A line that kills its worker (SIGKILL) or makes it raise, every time: its chunk is
+    handed out MAX_DELIVERIES times, then its lines not answered get error lines."""
+    count, poison = 12, 6  # chunks of 4: lines 5-8 share the poison's chunk
+    source, target = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    prompts = {n: f"item {n}" + (" POISON" if n == poison else "") for n in range(1, count + 1)}
+    with open(source, "w", encoding="utf-8") as file:
+        for n in range(1, count + 1):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompts[n]}]}
+            file.write(json.dumps(body) + "\n")
+    # A killed worker's chunk waits out its lease; a failed one is handed back at once.
+    lease = "1" if mode == "kill" else "60"
+    with FakeOpenAIServer() as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        command = [sys.executable, str(POISON_WORKER), server.base_url, redis_server.url]
+        command += [str(source), str(target), lease, mode]
+        stopped = 0
+        for _ in range(MAX_DELIVERIES + 2):
+            run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+            if run.returncode == 0:
+                break
+            expected = -signal.SIGKILL if mode == "kill" else 1
+            assert run.returncode == expected, run.stderr
+            stopped += 1
+        assert run.returncode == 0, run.stderr
+        assert stopped == MAX_DELIVERIES
+        records = {
+            record["id"]: record
+            for record in map(json.loads, target.read_text(encoding="utf-8").splitlines())
+        }
+        assert len(target.read_text(encoding="utf-8").splitlines()) == count, "each id once"
+        assert set(records) == set(prompts)
+        failed = {n for n, record in records.items() if "error" in record}
+        assert poison in failed and failed <= {5, 6, 7, 8}, "only the poison's chunk"
+        message = records[poison]["error"]["message"]
+        assert f"handed to {MAX_DELIVERIES} workers" in message
+        assert records[poison]["error"]["type"] == "RequestFailedError"
+        sends = _sends(server)
+        for n, record in records.items():
+            if n in failed:
+                assert prompts[n] not in sends, "an error line is never an answer sent"
+            else:
+                assert sends[prompts[n]] == 1, "answered once"
+                assert prompts[n] in record["response"]["choices"][0]["message"]["content"]
+        assert not parts_folder(target).exists()
+
+
+POISON_WORKER = Path(__file__).with_name("poison_worker.py")
 
 
 def _pool(server: FakeOpenAIServer) -> APIKeyManager:

@@ -5,11 +5,16 @@ round is a stream of chunks (XADD, published at once by a RENAME); workers claim
 (XREADGROUP), acknowledge each once its results are safely written (XACK), and take over the
 chunks of a worker that stopped renewing them (XAUTOCLAIM with the lease as minimum idle
 time). A chunk's lease is its idle time in the group's pending list; a live worker resets it
-every third of the lease (XCLAIM by its owner). The only state of our own is a small hash
-per job: which round, which phase (planning, running, finishing, done, refused), who leads a
-planning or finishing phase and until when (Redis's clock). Its changes are Lua scripts
-(``lua/work_*.lua``), so two workers never both plan, both finish, or acknowledge a chunk
-that is no longer theirs.
+every third of the lease (XCLAIM by its owner). A worker that stops (Ctrl-C, SIGTERM, an
+error) hands back the chunks it still holds as it closes, by making them look idle for a
+whole lease, so another worker takes them at once. The group's delivery count tells how often
+a chunk was handed out; past `MAX_DELIVERIES` (every holder died or failed on it, a "poison"
+chunk) it comes back `exhausted`, for its claimer to end as failed rather than try again.
+
+The only state of our own is a small hash per job: which round, which phase (planning,
+running, finishing, done, refused), who leads a planning or finishing phase and until when
+(Redis's clock). Its changes are Lua scripts (``lua/work_*.lua``), so two workers never both
+plan, both finish, or acknowledge a chunk that is no longer theirs.
 
 A round: the first worker to join plans (the others wait), the workers claim and process
 chunks, the one that acknowledges the last chunk finishes (merges results, records them),
@@ -32,7 +37,7 @@ from typing import Any, Literal, cast
 
 from .connection import connect, lua_script, worker_name
 
-__all__ = ["Chunk", "SharedWork", "Step"]
+__all__ = ["MAX_DELIVERIES", "Chunk", "SharedWork", "Step"]
 
 logger = logging.getLogger("openai_parallel_toolkit.shared")
 
@@ -40,6 +45,10 @@ Action = Literal["plan", "wait", "work", "finish", "done", "refused"]
 _GROUP = "workers"
 # Chunks are staged in a pipeline of this many XADDs at a time.
 _STAGE_BATCH = 500
+# A chunk is processed by at most this many workers that died or failed while holding it
+# (a worker stopped by Ctrl-C or SIGTERM does not count): more would let one bad chunk kill
+# workers for ever; fewer would give up on chunks whose holders died for other reasons.
+MAX_DELIVERIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +61,19 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A claimed chunk: its stream entry id, its items, and whether another worker had it."""
+    """A claimed chunk: its stream entry id, its items, whether another worker had it, and
+    how many times it was handed out (this time included)."""
 
     entry_id: str
     items: tuple[str, ...]
     taken_over: bool
+    deliveries: int = 1
+
+    @property
+    def exhausted(self) -> bool:
+        """True when `MAX_DELIVERIES` holders already died or failed on this chunk: end its
+        items as failed, without processing them again."""
+        return self.deliveries > MAX_DELIVERIES
 
 
 class SharedWork:
@@ -64,7 +81,7 @@ class SharedWork:
 
     `lease_seconds` is how long a worker may go silent (killed, frozen) before its chunks, or
     the phase it leads, are taken over; a background thread renews them every third of it.
-    Use as a context manager, or call `close`.
+    Use as a context manager, or call `close`: either hands back the chunks still held.
     """
 
     def __init__(
@@ -88,10 +105,13 @@ class SharedWork:
         base = f"{namespace}:job:{{{job}}}"  # one hash tag: a cluster keeps a job on one node
         self._state, self._stream = f"{base}:state", f"{base}:stream"
         self._staging = f"{base}:staging:{self.consumer}"
-        self._join, self._publish, self._ack, self._renew, self._settle = (
+        self._join, self._publish, self._ack, self._renew, self._settle, self._release = (
             self._redis.register_script(lua_script(name))
-            for name in ("work_join", "work_publish", "work_ack", "work_renew", "work_settle")
-        )
+            for name in (
+                "work_join", "work_publish", "work_ack", "work_renew", "work_settle",
+                "work_release",
+            )
+        )  # fmt: skip
         self._lock = threading.Lock()
         self._held: set[str] = set()
         self._lost: set[str] = set()
@@ -198,7 +218,9 @@ class SharedWork:
             for entry_id, fields in entries:
                 if fields:  # None: an entry deleted from the stream
                     logger.info("taking over chunk %s of a worker that stopped", entry_id)
-                    return self._hold(entry_id, fields, taken_over=True)
+                    return self._hold(
+                        entry_id, fields, taken_over=True, deliveries=self._deliveries(entry_id)
+                    )
             if start in ("0-0", b"0-0"):
                 return None
 
@@ -219,11 +241,18 @@ class SharedWork:
         with self._lock:
             return chunk.entry_id in self._lost
 
-    def _hold(self, entry_id: str, fields: Mapping[str, str], *, taken_over: bool) -> Chunk:
+    def _hold(
+        self, entry_id: str, fields: Mapping[str, str], *, taken_over: bool, deliveries: int = 1
+    ) -> Chunk:
         with self._lock:
             self._held.add(entry_id)
         items = tuple(str(item) for item in json.loads(fields["items"]))
-        return Chunk(entry_id, items, taken_over)
+        return Chunk(entry_id, items, taken_over, deliveries)
+
+    def _deliveries(self, entry_id: str) -> int:
+        """How many times the entry was handed out (XAUTOCLAIM counts, but does not say)."""
+        pending: Any = self._redis.xpending_range(self._stream, _GROUP, entry_id, entry_id, 1)
+        return int(pending[0]["times_delivered"]) if pending else 1
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -258,11 +287,42 @@ class SharedWork:
             else:
                 failing = False
 
-    def close(self) -> None:
-        """Stop renewing and disconnect; chunks still held are taken over after the lease."""
+    def hand_back(self, *, failed: bool) -> int:
+        """Hand back every chunk this worker still holds, for another worker to take at once
+        (what this worker wrote of them is the caller's to have put on disk first).
+
+        With `failed` (this worker raised) the delivery counts against the chunks, towards
+        `MAX_DELIVERIES`; a worker merely stopped (Ctrl-C, SIGTERM) leaves their count as it
+        was. Returns how many chunks were handed back.
+        """
+        count = int(
+            self._release(
+                keys=[self._stream],
+                args=[_GROUP, self.consumer, self.lease_ms, "1" if failed else "0"],
+            )
+        )
+        with self._lock:
+            self._held.clear()
+        if count:
+            logger.info("handed back %d unfinished chunks to the other workers", count)
+        return count
+
+    def close(self, *, failed: bool = False) -> None:
+        """Stop renewing, hand back the chunks still held (see `hand_back`), disconnect.
+
+        If Redis cannot be reached, the chunks are taken over after the lease instead.
+        """
         self._closed.set()
         self._renewer.join()
-        self._redis.close()
+        try:
+            self.hand_back(failed=failed)
+        except self._errors as exc:
+            logger.warning(
+                "could not hand back unfinished chunks (%s): others take them over after the lease",
+                type(exc).__name__,
+            )
+        finally:
+            self._redis.close()
 
     def __enter__(self) -> SharedWork:
         return self
@@ -273,4 +333,6 @@ class SharedWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        # Ctrl-C and SIGTERM (KeyboardInterrupt) stop a worker; anything else is a failure
+        # that may come from the chunks it holds, so it counts towards MAX_DELIVERIES.
+        self.close(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))

@@ -11,7 +11,11 @@ output's absolute path, so jobs never mix. Work goes round by round (`_store.wor
 2. Every worker claims chunks, sends their lines and appends the results to its own part
    file; once a chunk's lines are all written it fsyncs the part and acknowledges the chunk.
    The chunks of a worker that stops renewing its lease (killed) are taken over, minus the
-   lines its part file already answers.
+   lines its part file already answers. A worker stopped by Ctrl-C or SIGTERM, or failing
+   with an error, first writes what it had in flight, then hands back the chunks it has not
+   finished, so another worker takes them at once. A chunk whose holders all died or failed
+   on it `MAX_DELIVERIES` times gets an error line for each of its lines not yet answered,
+   instead of killing workers for ever (a re-run retries those lines, as any failed line).
 3. The worker that acknowledges the last chunk merges every part into the output, atomically
    (``--ordered``: writes the sorted copy too), and the round is done; the others return.
 
@@ -33,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._store.workqueue import Chunk, SharedWork
+from .._store.workqueue import MAX_DELIVERIES, Chunk, SharedWork
+from ..errors import RequestFailedError
 from ..keys import APIKeyManager
 from ..request import RetryPolicy
 from .parts import PartWriter, answered, merge_parts, parts_folder
@@ -43,7 +48,7 @@ from .runner import JobSummary, check_options, ordered_copy_path
 from .sending import SendOptions, send_items
 from .source import Item, input_identity
 
-__all__ = ["run_shared_jsonl_job", "shared_job_id"]
+__all__ = ["MAX_DELIVERIES", "run_shared_jsonl_job", "shared_job_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +92,28 @@ class _Chunks:
             for item in items:
                 self._chunk_of[item.line] = chunk
 
+    def busy(self) -> bool:
+        """True while a chunk of this worker's has lines not written yet."""
+        with self._lock:
+            return bool(self._left)
+
     def wanted(self, item: Item) -> bool:
         """False for the lines of a chunk another worker took over: it sends them now."""
         with self._lock:
             chunk = self._chunk_of.get(item.line)
         return chunk is None or not self._work.lost(chunk)
+
+    def refusal(self, item: Item) -> Exception | None:
+        """The error to write instead of sending `item`, when its chunk is exhausted."""
+        with self._lock:
+            chunk = self._chunk_of.get(item.line)
+        if chunk is None or not chunk.exhausted:
+            return None
+        return RequestFailedError(
+            f"not sent: the chunk holding this line was handed to {chunk.deliveries - 1} "
+            "workers and each one died or failed before finishing it (the limit is "
+            f"{MAX_DELIVERIES}); run the job again to retry the line"
+        )
 
     def written(self, item: Item) -> None:
         with self._lock:
@@ -197,17 +219,26 @@ class _Worker:
                 options=self.settings.send,
                 written=chunks.written,
                 wanted=chunks.wanted,
+                refused=chunks.refusal,
             )
         finally:
+            # On disk before the chunks not finished are handed back (SharedWork.close).
+            part.sync()
             part.close()
         self.done += sink.done
         self.failed += sink.failed
 
     def _items(self, joined: int, endpoint: str | None, chunks: _Chunks) -> Iterator[Item]:
-        """The items of each chunk this worker claims, until the round has no more to claim."""
+        """The items of each chunk this worker claims, until there is none to claim now while
+        this worker's own chunks are in progress, or the round has no more to claim."""
         while True:
             chunk = self.work.claim()
             if chunk is None:
+                if chunks.busy():
+                    # Waiting here would hold up the sending loop, which draws items in this
+                    # thread: let it see its items end first (an item that raised, whose chunk
+                    # is never finished, then ends the run); `run` comes back for more.
+                    return
                 if self.work.join(joined).action != "work":
                     return
                 continue
@@ -216,6 +247,14 @@ class _Worker:
             # A chunk taken over may be partly answered by the worker that had it.
             skip = answered(self.folder) if chunk.taken_over else set()
             items = [item for item in plan.items() if item.item_id not in skip]
+            if chunk.exhausted and items:
+                logger.error(
+                    "chunk %s was handed to %d workers that each died or failed on it: its %d "
+                    "lines not answered get error lines instead of being sent again",
+                    chunk.entry_id,
+                    chunk.deliveries - 1,
+                    len(items),
+                )
             chunks.add(chunk, items)
             yield from items
 
