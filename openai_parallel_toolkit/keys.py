@@ -273,6 +273,12 @@ class APIKeyManager:
         return self._pool.store
 
     @property
+    def counts_tokens(self) -> bool:
+        """True when some key's group paces tokens (a token limit configured, or learned from
+        the headers): requests are then counted with tiktoken before they are sent."""
+        return self._pool.counts_tokens
+
+    @property
     def prompt_scale(self) -> float:
         """Server prompt counts / local estimates, as learned so far (1.0 before any)."""
         return self._pool.prompt_scale

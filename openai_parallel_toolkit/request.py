@@ -124,7 +124,13 @@ def _cache_of(
 
 
 def _cost(openai_model: OpenAIModel, pool: APIKeyManager) -> tuple[int, int | None]:
-    """The tokens to reserve per try, and the prompt's local estimate (None if unknown)."""
+    """The tokens to reserve per try, and the prompt's local estimate (None if unknown).
+
+    Nothing is counted while no group paces tokens: loading an encoding and counting cost CPU
+    that only a token limit repays (the first answer's headers tell whether there is one).
+    """
+    if not pool.counts_tokens:
+        return 0, None
     prompt = openai_model.estimate_prompt_tokens()
     if prompt is None:
         return openai_model.estimate_tokens(), None

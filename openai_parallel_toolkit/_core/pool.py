@@ -134,6 +134,12 @@ class KeyPool:
         self.keys.extend(added)
         return added
 
+    @property
+    def counts_tokens(self) -> bool:
+        """True when a usable key's group paces tokens (a token limit configured or learned):
+        only then is a request's token count worth its cost."""
+        return any(key.usable and key.group.tokens is not None for key in self.keys)
+
     def groups(self) -> list[LimitGroup]:
         """The distinct groups of the pool's keys."""
         return list({id(key.group): key.group for key in self.keys}.values())

@@ -634,7 +634,8 @@ class FakeOpenAIServer:
 
     @property
     def latency(self) -> float:
-        """Delay of admitted requests, in seconds; may be changed while serving."""
+        """Delay of admitted requests, in seconds; may be changed while serving (requests that
+        already came in keep the delay they came in with)."""
         return self._latency
 
     @latency.setter
@@ -826,6 +827,8 @@ class FakeOpenAIServer:
 
     async def _handle_request(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         request_id = f"req_{self._id_prefix}{next(self._ids):022x}"
+        # The delay as set when the request came in: a change applies to later requests only.
+        latency, jitter = self._latency, self._jitter
         base_headers: _Headers = [(b"x-request-id", request_id.encode())]
         method: str = scope["method"]
         path: str = scope["path"]
@@ -927,9 +930,9 @@ class FakeOpenAIServer:
                 await self._reply(send, 500, _SERVER_ERROR_BODY, base_headers)
             return
 
-        delay = self._latency
-        if self._jitter:
-            delay += self._rng.uniform(-self._jitter, self._jitter)
+        delay = latency
+        if jitter:
+            delay += self._rng.uniform(-jitter, jitter)
         if delay > 0:
             await asyncio.sleep(delay)
 
