@@ -106,10 +106,25 @@ def test_without_redis_the_same_processes_go_over(tmp_path: Path) -> None:
             "import sys; from openai_parallel_toolkit import APIKeyManager, ChatModel, "
             "multi_process_one\n"
             "pool = APIKeyManager(config_path=sys.argv[1], make_default=False)\n"
-            "multi_process_one([('', str(i)) for i in range(20)], ChatModel, manager=pool, "
+            "print('READY', flush=True); sys.stdin.readline()\n"
+            "multi_process_one([('', str(i)) for i in range(40)], ChatModel, manager=pool, "
             "threads=20)\n"
         )
-        processes = [subprocess.Popen([sys.executable, "-c", script, str(path)]) for _ in range(2)]
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for process in processes:  # both ready before either sends
+            assert process.stdout is not None and process.stdout.readline().strip() == "READY"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.close()
         for process in processes:
             assert process.wait(timeout=90) == 0
         assert server.total().rate_limited > 0
