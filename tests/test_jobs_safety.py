@@ -180,6 +180,24 @@ def test_invalid_utf8_and_a_bom_are_reported_by_line_and_the_rest_runs(
     assert again.returncode == 1 and "done 0, skipped 599" in again.stderr
 
 
+def test_a_lone_surrogate_escape_is_reported_by_line_and_field_and_the_rest_runs(
+    run_cli: InProcessCli, config: Path, tmp_path: Path
+) -> None:
+    lines = [chat(f"q{i}") for i in range(4)]
+    lines[1] = lines[1].replace("q1", "q\\ud8001")  # half a character: no UTF-8 can carry it
+    lines[2] = lines[2][:-1] + ', "metadata": {"tag\\udfff": 1}}'
+    requests = write_lines(tmp_path / "requests.jsonl", lines)
+    output = tmp_path / "results.jsonl"
+    result = run_cli(
+        "run", str(requests), "-o", str(output), "--config", str(config), "--no-progress"
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "line 2: field 'messages[0].content': a lone surrogate" in result.stderr
+    assert "line 3: field 'metadata.tag\\udfff': a lone surrogate" in result.stderr
+    assert sorted(int(str(r["id"])) for r in results(output)) == [1, 4]
+
+
 def test_a_stream_request_is_answered_with_a_whole_response(
     server: FakeOpenAIServer, manager: APIKeyManager, tmp_path: Path
 ) -> None:

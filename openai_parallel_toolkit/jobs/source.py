@@ -118,6 +118,12 @@ def read_item(number: int, raw: bytes, endpoint: str | None) -> Item | BadLine:
         return BadLine(number, f"not valid JSON ({exc})")
     if not isinstance(body, dict):
         return BadLine(number, "not a JSON object")
+    broken = _lone_surrogate(body, "")
+    if broken is not None:
+        # JSON's \ud800-style escapes can spell half a character, which no UTF-8 can carry.
+        return BadLine(
+            number, f"field {broken!r}: a lone surrogate escape (half a character) in its text"
+        )
     custom_id = body.pop("custom_id", None)
     metadata = body.pop("metadata", None)
     if custom_id is not None and (not isinstance(custom_id, str) or not custom_id):
@@ -134,6 +140,35 @@ def read_item(number: int, raw: bytes, endpoint: str | None) -> Item | BadLine:
         return BadLine(number, f"unknown endpoint {chosen!r}")
     item_id: ItemId = custom_id if custom_id is not None else number
     return Item(number, item_id, metadata, chosen, body, request_hash(chosen, body))
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path (``messages[0].content``) of the first text in `value` that is not valid
+    Unicode (a lone surrogate), or None."""
+    if isinstance(value, str):
+        return path if _has_lone_surrogate(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _has_lone_surrogate(str(key)):
+                return where
+            found = _lone_surrogate(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def input_identity(path: Path) -> str:
