@@ -16,7 +16,9 @@ Accepted file forms (JSON and YAML alike)::
 
 Top-level ``api_base``, ``proxy``, ``organization``, ``project``, ``requests_per_min``,
 ``tokens_per_min`` and ``timeout`` (seconds per request) are defaults for every key; a key's own
-value wins. ``null`` means "not given".
+value wins. ``null`` means "not given". A top-level ``prices:`` mapping (model -> ``{input,
+output, cached_input}`` in USD per million tokens) prices models the price library does not know
+(private deployments, fine-tunes) or prices differently.
 
 Every problem raises `ConfigError` naming the file (or "environment", "arguments") and the field,
 e.g. ``api_keys[2].requests_per_min``; keys are masked in every message and repr.
@@ -42,6 +44,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError, describe_char, mask_key
+from .prices import Price, prices_from_mapping
 
 __all__ = [
     "KeyConfig",
@@ -228,7 +231,7 @@ _DEFAULT_FIELDS = (
     "limit_group",  # all keys of one project: one shared limit
     "timeout",
 )
-_TOP_FIELDS = ("api_keys", "shared_state", *_DEFAULT_FIELDS)
+_TOP_FIELDS = ("api_keys", "shared_state", "prices", *_DEFAULT_FIELDS)
 # Where limiter state is shared between processes, when the config file does not say.
 SHARED_STATE_VARIABLE = "OPENAI_PARALLEL_TOOLKIT_REDIS_URL"
 _SHARED_STATE_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -340,13 +343,16 @@ class ToolkitConfig:
     `source` is the file path as given, "environment" or "arguments"; `api_base` is the top-level
     default, already applied to the keys and kept for information. `shared_state` is the URL
     of the Redis server through which processes using these keys share their limits (None:
-    each process on its own, unless ``OPENAI_PARALLEL_TOOLKIT_REDIS_URL`` is set).
+    each process on its own, unless ``OPENAI_PARALLEL_TOOLKIT_REDIS_URL`` is set). `prices`
+    (the file's ``prices:``) overrides the price library for the models it names.
     """
 
     keys: tuple[KeyConfig, ...]
     source: str
     api_base: str | None = None
     shared_state: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    # model -> its price (USD per million tokens) for every tier, over the price library's.
+    prices: Mapping[str, Price] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         keys = tuple(self.keys)
@@ -366,6 +372,8 @@ class ToolkitConfig:
             )
         if self.shared_state is not None:
             check_shared_state(self.shared_state, self.source, "shared_state")
+        # A copy of its own, so that the caller's mapping changing later cannot change it.
+        object.__setattr__(self, "prices", dict(self.prices))
 
 
 def _scheme_of(url: str) -> str:
@@ -407,7 +415,10 @@ def _reject_duplicates(entries: Sequence[tuple[str, str]], source: str) -> None:
 
 def _unknown_field(name: object, valid: Iterable[str], source: str, where: str) -> NoReturn:
     text = str(name)
-    close = difflib.get_close_matches(text, list(valid), n=1, cutoff=0.6)
+    # The key fields first: "proxies" means proxy far more often than prices.
+    names = list(valid)
+    close = difflib.get_close_matches(text, [n for n in names if n != "prices"], n=1, cutoff=0.6)
+    close = close or difflib.get_close_matches(text, names, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     if text == "shared_state" and where:
         hint = " (shared_state goes at the top level of the file, beside api_keys)"
@@ -499,7 +510,7 @@ def config_from_mapping(data: object, *, source: str = "arguments") -> ToolkitCo
     blocks = {
         name: value
         for name, value in data.items()
-        if name not in _DEFAULT_FIELDS and name != "shared_state"
+        if name not in _DEFAULT_FIELDS and name not in ("shared_state", "prices")
     }
     for name, value in blocks.items():
         if not isinstance(value, Mapping):
@@ -516,6 +527,10 @@ def config_from_mapping(data: object, *, source: str = "arguments") -> ToolkitCo
 
 
 def _with_shared_state(config: ToolkitConfig, data: Mapping[object, object]) -> ToolkitConfig:
+    """`config` with the file's top-level ``shared_state`` and ``prices``, checked."""
+    prices = data.get("prices")
+    if prices is not None:
+        config = dataclasses.replace(config, prices=prices_from_mapping(prices, config.source))
     value = data.get("shared_state")
     if value is None:
         return config

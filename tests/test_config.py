@@ -868,6 +868,7 @@ def test_key_config_is_frozen_and_keyword_only() -> None:
         "source",
         "api_base",
         "shared_state",
+        "prices",
     ]
 
 
