@@ -7,8 +7,10 @@ The exception tree::
     ├── TokenizerUnavailableError   no tiktoken encoding could be loaded
     ├── ResultsFileError            a JSONL job's output file is not this job's results (unchanged)
     ├── SlotTimeoutError            no key was free within a wait's timeout (also a TimeoutError)
+    ├── BudgetReachedError          a request's worst case would pass the run's max_cost: not sent
     └── RequestFailedError          one logical request failed for good
-        └── NoKeysAvailableError    every key of the pool has been removed
+        ├── NoKeysAvailableError    every key of the pool has been removed
+        └── CostUnknownError        under a max_cost, a request whose model has no known price
 
 `classify(exc)` turns whatever a request raised into a `Verdict`: what the engine does next
 (see the error table in the README). Every message built here masks API keys, and so does what
@@ -35,7 +37,9 @@ from .headers import RateLimitHeaders, retry_after_seconds
 
 __all__ = [
     "Action",
+    "BudgetReachedError",
     "ConfigError",
+    "CostUnknownError",
     "NoKeysAvailableError",
     "RequestFailedError",
     "ResultsFileError",
@@ -142,6 +146,19 @@ class RequestFailedError(ToolkitError):
         self.status_code = status_code
         self.attempts = attempts
         super().__init__(redact(message))
+
+
+class BudgetReachedError(ToolkitError):
+    """The run's `max_cost` cannot take this request's worst case; it was not sent.
+
+    Runs stop taking new work on it, finish what is in flight and report; a re-run with a
+    higher cap continues.
+    """
+
+
+class CostUnknownError(RequestFailedError):
+    """Under a cost cap, a request of a model with no known price (not sent): the cap could
+    not be kept. Price the model under ``prices:`` in the config."""
 
 
 class NoKeysAvailableError(RequestFailedError):

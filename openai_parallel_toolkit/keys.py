@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import os
 import threading
@@ -36,10 +37,12 @@ from .config import (
     config_from_keys,
     load_config,
 )
+from .costs import UsageLedger
 from .errors import ConfigError, Verdict, protect_logs, scrub_exception
 from .headers import RateLimitHeaders
 from .knobs import Knobs
 from .options import PoolOptions, moved_to_options
+from .prices import PriceTable
 from .stats import KeyState, KeyStats, PoolCapacity, PoolStats
 
 if TYPE_CHECKING:
@@ -236,6 +239,8 @@ class APIKeyManager:
         if not config.keys:
             raise ConfigError("no API keys configured", source=config.source, field="api_keys")
         self.config = config
+        self.prices = PriceTable(config.prices)  # the config's overrides, then the library
+        self.usage = UsageLedger()  # tokens and cost of every answer, per key and model
         self.options = options = options or PoolOptions()
         self.knobs = options.knobs if options.knobs is not None else Knobs.from_env()
         self.clock: Clock = options.clock or SystemClock()
@@ -421,7 +426,8 @@ class APIKeyManager:
         return len(self._pool.keys)
 
     def statistics(self) -> PoolStats:
-        """A frozen snapshot of every key (masked) and the totals."""
+        """A frozen snapshot of every key (masked) and the totals, with the tokens and cost
+        of the answers (per key, and in `PoolStats.usage` per model)."""
         with self._lock:
             now = self.clock.monotonic()
             stats = self._pool.key_stats(now)
@@ -429,6 +435,7 @@ class APIKeyManager:
             latency = self._pool.latency
             oldest = self._pool.oldest_in_flight(now)
             waiting = len(self._turns)
+        stats = [self._with_usage(s) for s in stats]
         return PoolStats(
             keys=tuple(stats),
             requests=sum(s.requests for s in stats),
@@ -441,6 +448,17 @@ class APIKeyManager:
             latency=latency,
             oldest_in_flight=oldest,
             waiting=waiting,
+            usage=self.usage.report(),
+        )
+
+    def _with_usage(self, stats: KeyStats) -> KeyStats:
+        row = self.usage.key_row(stats.key)
+        return dataclasses.replace(
+            stats,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cached_tokens=row.cached_tokens,
+            cost=row.cost,
         )
 
     def close(self) -> None:

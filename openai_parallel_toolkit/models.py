@@ -104,6 +104,12 @@ class OpenAIModel(abc.ABC):
         """
         return _default_result(response)
 
+    def model_name(self) -> str | None:
+        """The model this request asks for, which prices its answer (None: the answer's own
+        ``model``). By default the object's `model` attribute, if it has one."""
+        name = getattr(self, "model", None)
+        return name if isinstance(name, str) else None
+
     def usage_tokens(self, response: Any) -> int | None:
         """Tokens the response says it used (``usage.total_tokens``), or None if unknown."""
         usage = getattr(response, "usage", None)
@@ -444,6 +450,10 @@ class RawRequest(OpenAIModel):
     def parse(self, response: Any) -> Any:
         """The answer's JSON as the server sent it, whatever the endpoint."""
         return response
+
+    def model_name(self) -> str | None:
+        name = self.body.get("model")
+        return name if isinstance(name, str) else None
 
     def usage_tokens(self, response: Any) -> int | None:
         usage = response.get("usage") if isinstance(response, dict) else None

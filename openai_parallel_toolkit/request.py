@@ -16,16 +16,22 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from ._core.attempt import Attempts, RetryPolicy
 from ._drivers import aio
 from .cache import RequestCache, active_cache
-from .errors import RequestFailedError, classify
+from .costs import CostMeter
+from .errors import BudgetReachedError, CostUnknownError, RequestFailedError, classify
 from .keys import APIKeyManager, Lease, resolve_manager
 from .models import OpenAIModel, check_generate_signature, prompt_usage, sends_async
+from .prices import Usage, tier_of
 
 __all__ = ["RetryPolicy", "arequest_openai_api", "request_openai_api"]
+
+# What one answer was counted as: (key masked, model, usage, cost), or None without usage.
+_Counted = tuple[str, str | None, Usage, Decimal | None] | None
 
 
 def request_openai_api(
@@ -38,6 +44,7 @@ def request_openai_api(
     raw: bool = False,
     policy: RetryPolicy | None = None,
     cache: RequestCache | bool | None = None,
+    meter: CostMeter | None = None,
 ) -> Any:
     """Send `openai_model`'s request on the best available key and return its result.
 
@@ -48,6 +55,11 @@ def request_openai_api(
 
     Successful responses are stored in `cache` (None: the cache made active with `use_cache`,
     if any; False: none) and a request found there is not sent again.
+
+    Every answer's tokens and cost are counted in the pool (`APIKeyManager.statistics`) and
+    in `meter`, if given; a `CostMeter` with a `max_cost` reserves the request's worst case
+    before it is sent and raises `BudgetReachedError` (nothing sent) when that would pass
+    the cap, or `CostUnknownError` when the model has no known price.
 
     Raises `TypeError`, before anything is sent, when the model's `generate` cannot take the
     client (the original toolkit's ``generate(self)``); `RequestFailedError` when the request
@@ -61,7 +73,7 @@ def request_openai_api(
         if cached is not None:
             return cached if raw else openai_model.parse(cached)
     pool = resolve_manager(manager, keys=keys, config_path=config_path)
-    response = _send(openai_model, pool, policy or RetryPolicy(max_retries=max_retries))
+    response = _send(openai_model, pool, policy or RetryPolicy(max_retries=max_retries), meter)
     if store is not None and cache_key is not None:
         store.put(cache_key, response)
     return response if raw else openai_model.parse(response)
@@ -77,6 +89,7 @@ async def arequest_openai_api(
     raw: bool = False,
     policy: RetryPolicy | None = None,
     cache: RequestCache | bool | None = None,
+    meter: CostMeter | None = None,
 ) -> Any:
     """``await arequest_openai_api(model, ...)``: `request_openai_api` from an event loop.
 
@@ -97,7 +110,7 @@ async def arequest_openai_api(
             return cached if raw else openai_model.parse(cached)
     pool = resolve_manager(manager, keys=keys, config_path=config_path)
     policy = policy or RetryPolicy(max_retries=max_retries)
-    response = await _asend(openai_model, pool, policy, asynchronous)
+    response = await _asend(openai_model, pool, policy, asynchronous, meter)
     if store is not None and cache_key is not None:
         # Shielded: a cancellation now must not lose an answer that was paid for.
         await asyncio.shield(aio.run_in_thread(lambda: store.put(cache_key, response)))
@@ -158,16 +171,97 @@ def _after_success(
     openai_model: OpenAIModel,
     response: Any,
     prompt: int | None,
-) -> None:
-    """Settle a successful try and let the pool learn the server's prompt count."""
+) -> _Counted:
+    """Settle a successful try, let the pool learn the server's prompt count, count the
+    answer's tokens and cost in the pool (per key and model) and return what was counted."""
     lease.succeed(openai_model.usage_tokens(response), openai_model.charged_tokens(response))
     counted = prompt_usage(response)
     if prompt and counted:
         pool.observe_prompt_ratio(prompt, counted)
+    usage = Usage.of(response)
+    if usage is None:
+        return None
+    model = openai_model.model_name() or _answer_model(response)
+    cost = pool.prices.cost_of(model, usage, tier_of(response, _request_params(openai_model)))
+    pool.usage.record(lease.key, model, usage, cost)
+    return lease.key, model, usage, cost
 
 
-def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -> Any:
+def _answer_model(response: Any) -> str | None:
+    model = response.get("model") if isinstance(response, Mapping) else None
+    model = model or getattr(response, "model", None)
+    return model if isinstance(model, str) else None
+
+
+def _request_params(openai_model: OpenAIModel) -> Mapping[str, Any] | None:
+    """The request's parameters (for its ``service_tier``), where the model keeps them."""
+    params = getattr(openai_model, "body", None) or getattr(openai_model, "params", None)
+    return params if isinstance(params, Mapping) else None
+
+
+def _reserve(openai_model: OpenAIModel, pool: APIKeyManager, meter: CostMeter | None) -> Decimal:
+    """Reserve the request's worst-case cost against `meter`'s cap (0 without one).
+
+    The worst case is the prompt as counted locally (scaled up, never down, by what the
+    server's counts taught the pool) plus the whole output allowance, at the asked tier's
+    price. Raises `BudgetReachedError` or `CostUnknownError`; nothing is sent then.
+    """
+    if meter is None or not meter.capped:
+        return Decimal(0)
+    model = openai_model.model_name()
+    price = None if model is None else pool.prices.price_of(model, _asked_tier(openai_model))
+    if price is None:
+        raise CostUnknownError(
+            f"cost unknown for model {model!r}, so the cost cap cannot be kept: give its price "
+            "under 'prices:' in the config"
+        )
+    output = openai_model.max_output_tokens()
+    prompt = openai_model.estimate_prompt_tokens()
+    if prompt is None:
+        prompt = max(0, openai_model.estimate_tokens() - output)
+    worst = price.worst_case(math.ceil(prompt * max(1.0, pool.prompt_scale)), output)
+    if not meter.reserve(worst):
+        raise BudgetReachedError(
+            f"the cost cap of ${meter.max_cost} is reached (spent ${meter.spent:.6f}; this "
+            f"request may cost up to ${worst:.6f})"
+        )
+    return worst
+
+
+def _asked_tier(openai_model: OpenAIModel) -> Any:
+    return tier_of({}, _request_params(openai_model))
+
+
+def _send(
+    openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy, meter: CostMeter | None
+) -> Any:
     """Send until success or a final error; returns the client's response."""
+    reserved = _reserve(openai_model, pool, meter)
+    try:
+        response, counted = _send_reserved(openai_model, pool, policy)
+    except BaseException:
+        if meter is not None:
+            meter.release(reserved)
+        raise
+    _settle(meter, reserved, counted)
+    return response
+
+
+def _settle(meter: CostMeter | None, reserved: Decimal, counted: _Counted) -> None:
+    """Count an answer in the run's `meter` and settle its reservation with its real cost."""
+    if meter is None:
+        return
+    if counted is None:  # an answer without usage: its worst case stands
+        meter.settle(reserved, None)
+        return
+    key, model, usage, cost = counted
+    meter.ledger.record(key, model, usage, cost)
+    meter.settle(reserved, cost)
+
+
+def _send_reserved(
+    openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy
+) -> tuple[Any, _Counted]:
     tokens, prompt = _cost(openai_model, pool)
     attempts = Attempts(policy)
     while True:
@@ -181,8 +275,8 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
                 if wait:
                     pool.clock.sleep(wait)
                 continue
-            _after_success(pool, lease, openai_model, response, prompt)
-            return response
+            counted = _after_success(pool, lease, openai_model, response, prompt)
+            return response, counted
         finally:
             # Ctrl-C while waiting, a failing hook: never leave a reservation open.
             if not lease.settled:
@@ -190,9 +284,27 @@ def _send(openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy) -
 
 
 async def _asend(
-    openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy, asynchronous: bool
+    openai_model: OpenAIModel,
+    pool: APIKeyManager,
+    policy: RetryPolicy,
+    asynchronous: bool,
+    meter: CostMeter | None,
 ) -> Any:
     """`_send` on the event loop: `agenerate`, or `generate` in a worker thread."""
+    reserved = _reserve(openai_model, pool, meter)
+    try:
+        response, counted = await _asend_reserved(openai_model, pool, policy, asynchronous)
+    except BaseException:
+        if meter is not None:
+            meter.release(reserved)
+        raise
+    _settle(meter, reserved, counted)
+    return response
+
+
+async def _asend_reserved(
+    openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy, asynchronous: bool
+) -> tuple[Any, _Counted]:
     tokens, prompt = _cost(openai_model, pool)
     attempts = Attempts(policy)
     while True:
@@ -211,8 +323,8 @@ async def _asend(
                     await aio.sleep(pool.clock, wait)
                 continue
             # No await between the answer and its settling: a cancellation cannot lose it.
-            _after_success(pool, lease, openai_model, response, prompt)
-            return response
+            counted = _after_success(pool, lease, openai_model, response, prompt)
+            return response, counted
         finally:
             # Cancelled while sending: the reservation goes back at once.
             if not lease.settled:

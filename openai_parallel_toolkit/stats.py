@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["KeyState", "KeyStats", "PoolCapacity", "PoolStats"]
+__all__ = ["KeyState", "KeyStats", "PoolCapacity", "PoolStats", "UsageReport", "UsageRow"]
 
 
 class KeyState(str, enum.Enum):
@@ -48,6 +48,46 @@ class KeyStats:
     others_tokens_per_min: float = 0.0
     surplus_requests: float = 0.0
     surplus_allowed: bool = True
+    prompt_tokens: int = 0  # of answered requests, cached ones included
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float | None = 0.0  # USD; None when some answer's price is unknown
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Tokens and cost (USD; None: unknown) of the answered requests of one model or key."""
+
+    name: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float | None = 0.0
+
+    def __str__(self) -> str:
+        cost = "cost unknown" if self.cost is None else f"${self.cost:.6f}"
+        return (
+            f"{self.name}: {self.requests} requests, {self.prompt_tokens} tokens in "
+            f"({self.cached_tokens} cached), {self.completion_tokens} out, {cost}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """Tokens and cost in all, per model and per key (masked)."""
+
+    total: UsageRow = field(default_factory=lambda: UsageRow("total"))
+    by_model: tuple[UsageRow, ...] = ()
+    by_key: tuple[UsageRow, ...] = ()
+
+    def lines(self) -> list[str]:
+        """The report as text lines: the total, then each model and key, indented."""
+        return [
+            str(self.total),
+            *(f"  model {row}" for row in self.by_model),
+            *(f"  key {row}" for row in self.by_key),
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +105,7 @@ class PoolStats:
     latency: float | None = None  # seconds from a slot's grant to the answer (moving average)
     oldest_in_flight: float | None = None  # seconds since the oldest unsettled grant
     waiting: int = 0  # threads waiting for a slot now
+    usage: UsageReport = field(default_factory=UsageReport)  # tokens, cost per model and key
 
 
 @dataclass(frozen=True, slots=True)

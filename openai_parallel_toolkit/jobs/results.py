@@ -1,6 +1,7 @@
 """The results file of a JSONL job: what it answers, and the only changes the runner makes to it.
 
-Every line is ``{"id", "request_hash", "metadata", "response" | "error"}``. Before a run the
+Every line is ``{"id", "request_hash", "metadata", "response" | "error"}``, with ``"cost"``
+(USD) beside a response whose price is known. Before a run the
 file is read whole and checked: a file with any complete line that is not such a result (the
 input itself, some other file, results of an older format) or that is not UTF-8 is refused and
 left exactly as it is. Only a file that passed is ever changed, and only in these ways: a torn
@@ -39,9 +40,22 @@ ItemId = int | str
 _RECORD_PREFIX = '{"id": '
 
 
-def result_line(item_id: ItemId, request_hash: str, metadata: Any, outcome: str, value: Any) -> str:
-    """One result line (with its newline); `outcome` is ``"response"`` or ``"error"``."""
+def result_line(
+    item_id: ItemId,
+    request_hash: str,
+    metadata: Any,
+    outcome: str,
+    value: Any,
+    cost: float | None = None,
+) -> str:
+    """One result line (with its newline); `outcome` is ``"response"`` or ``"error"``.
+
+    `cost` (USD, of the response's usage at its model's price) is written beside the
+    response when known, and left out when not.
+    """
     record = {"id": item_id, "request_hash": request_hash, "metadata": metadata, outcome: value}
+    if cost is not None:
+        record["cost"] = cost
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from ..costs import CostMeter
 from ..keys import APIKeyManager
 from ..models import RawRequest
 from ..request import RetryPolicy
+from ..stats import UsageReport
 from .plan import check_paths, prepare_job
 from .results import check_ordered_target, write_ordered
 from .sending import SendOptions, send_items
@@ -29,7 +31,10 @@ class JobSummary:
 
     `malformed` holds one ``"line N: why"`` text per input line that was skipped; `redone`
     counts lines sent again because they changed since they were answered (``redo_changed``);
-    `ordered_copy` is the path of the sorted copy, when one was written.
+    `ordered_copy` is the path of the sorted copy, when one was written. `usage` holds this
+    run's tokens and cost, in all, per model and per key (masked); `budget_reached` is True
+    when the run stopped taking new work at its `max_cost` (run again with a higher cap to
+    continue).
     """
 
     done: int
@@ -41,11 +46,16 @@ class JobSummary:
     repaired: bool = False
     redone: int = 0
     ordered_copy: str | None = None
+    usage: UsageReport = field(default_factory=UsageReport)
+    budget_reached: bool = False
+    max_cost: float | None = None
 
     @property
     def ok(self) -> bool:
-        """True when every item has a response and nothing was malformed or interrupted."""
-        return not self.failed and not self.malformed and not self.interrupted
+        """True when every item has a response and nothing was malformed, interrupted or
+        left by the cost cap."""
+        left = self.failed or self.malformed or self.interrupted or self.budget_reached
+        return not left
 
     def __str__(self) -> str:
         text = (
@@ -56,11 +66,16 @@ class JobSummary:
             text += f"; {self.redone} changed lines sent again"
         if self.repaired:
             text += "; repaired a torn last line"
-        if self.interrupted:
+        if self.budget_reached:
+            text += (
+                f"; stopped at the cost cap of ${self.max_cost}: the rest was not sent "
+                "(run again with a higher --max-cost to continue)"
+            )
+        elif self.interrupted:
             text += " (interrupted: run again to continue)"
         elif self.failed:
             text += " (run again to retry the failed items)"
-        return text
+        return "\n".join([text, *self.usage.lines()]) if self.usage.total.requests else text
 
 
 def run_jsonl_job(
@@ -77,6 +92,7 @@ def run_jsonl_job(
     status_interval: float = 10.0,
     echo: IO[str] | None = None,
     use_async: bool = False,
+    max_cost: float | None = None,
 ) -> JobSummary:
     """Run every request of `input_path` not yet answered in `output_path`; see the package doc.
 
@@ -93,6 +109,11 @@ def run_jsonl_job(
     this thread already runs one) instead of on threads; `threads` then counts tasks. On
     Ctrl-C the threads finish the requests in flight, the tasks are cancelled (their items
     stay undone for the next run).
+    `max_cost` (USD) is a hard cap on what the run spends: each request's worst case (prompt
+    + output allowance at its model's price) is reserved before it is sent, so the requests
+    in flight together cannot pass it; when the next would, the run takes no new work,
+    finishes what is in flight and reports `budget_reached` (a model without a known price
+    gets an error line instead: price it under ``prices:`` in the config).
 
     Raises `FileNotFoundError` / `IsADirectoryError` for a bad input path and
     `ResultsFileError` when the output (or the ordered copy's path) holds anything but results
@@ -106,7 +127,8 @@ def run_jsonl_job(
     if ordered:
         check_ordered_target(ordered_path)
     plan, existing = prepare_job(source, target, endpoint, redo_changed)
-    options = SendOptions(threads, policy, progress, status_interval, use_async)
+    meter = CostMeter(max_cost)
+    options = SendOptions(threads, policy, progress, status_interval, use_async, meter)
     with open(target, "a", encoding="utf-8") as output:
         sink, interrupted = send_items(
             plan.items(), output, manager=manager, total=len(plan), options=options, echo=echo
@@ -122,6 +144,9 @@ def run_jsonl_job(
         repaired=existing.torn_at is not None,
         redone=len(plan.changed),
         ordered_copy=None if copy is None else str(copy),
+        usage=meter.ledger.report(),
+        budget_reached=meter.reached,
+        max_cost=max_cost,
     )
 
 

@@ -21,7 +21,8 @@ from typing import IO, Any, Protocol
 
 from tqdm.auto import tqdm
 
-from ..errors import RequestFailedError, redact
+from ..costs import CostMeter
+from ..errors import BudgetReachedError, RequestFailedError, redact
 from ..keys import APIKeyManager
 from ..models import RawRequest
 from ..parallel import (
@@ -31,6 +32,7 @@ from ..parallel import (
     acompleted,
     completed,
 )
+from ..prices import Usage, tier_of
 from ..request import RetryPolicy, arequest_openai_api, request_openai_api
 from .results import result_line
 from .source import Item
@@ -43,13 +45,15 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class SendOptions:
     """How to send: `threads` in flight (None: from the pool's limits), retries, progress,
-    and whether as tasks of an event loop (`use_async`) rather than on threads."""
+    whether as tasks of an event loop (`use_async`) rather than on threads, and the run's
+    `meter` (its tokens and cost, and its cost cap)."""
 
     threads: int | None = None
     policy: RetryPolicy | None = None
     progress: bool = True
     status_interval: float = 10.0
     use_async: bool = False
+    meter: CostMeter | None = None
 
 
 class Output(Protocol):
@@ -83,8 +87,8 @@ class Sink:
         self.done = self.failed = 0
         self.echo_broken = False
 
-    def write(self, item: Item, outcome: str, value: Any) -> None:
-        line = result_line(item.item_id, item.request_hash, item.metadata, outcome, value)
+    def write(self, item: Item, outcome: str, value: Any, cost: float | None = None) -> None:
+        line = result_line(item.item_id, item.request_hash, item.metadata, outcome, value, cost)
         with self._lock:
             self._output.write(line)
             self._output.flush()
@@ -166,7 +170,9 @@ def send_items(
     is left unsent, with no line; one for which `refused` gives an exception is left unsent
     with that error as its line. Returns the sink (its counts) and whether the run was
     interrupted (Ctrl-C, SIGTERM, or `echo`'s reader gone); requests in flight are finished
-    and written either way. An error outside the requests (writing a line) ends the run: it
+    and written either way. When the options' `meter` reaches its cost cap the run stops
+    taking new work the same way, without counting as interrupted; items refused by the cap
+    get no line. An error outside the requests (writing a line) ends the run: it
     is raised once the requests in flight are finished.
     """
     policy = options.policy or RetryPolicy()
@@ -178,9 +184,13 @@ def send_items(
     else:  # in flight: the pool's rate times its response time, as the run goes
         in_flight = InFlightTarget(manager, MAX_ASYNC_CONCURRENCY if use_async else MAX_CONCURRENCY)
         window, workers = in_flight, in_flight.cap
+    meter = options.meter
     progress = _Progress(manager, total, options)
     sink = Sink(output, progress.bar, echo, written)
     progress.start(sink)
+
+    def answered(item: Item, model: RawRequest, response: Any) -> None:
+        sink.write(item, "response", response, _cost_of(manager, model, response))
 
     def request(item: Item) -> RawRequest | None:
         """The item's request, or None when it is not to be sent (`wanted`, `refused`)."""
@@ -198,12 +208,14 @@ def send_items(
             return
         try:
             response = request_openai_api(
-                model, manager=manager, policy=policy, raw=True, cache=False
+                model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
             )
+        except BudgetReachedError:
+            return  # not sent: no line, so that a run with a higher cap sends it
         except Exception as exc:
             sink.write_error(item, exc)
         else:
-            sink.write(item, "response", response)
+            answered(item, model, response)
 
     async def asend(item: Item) -> None:
         model = request(item)
@@ -211,12 +223,14 @@ def send_items(
             return
         try:
             response = await arequest_openai_api(
-                model, manager=manager, policy=policy, raw=True, cache=False
+                model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
             )
+        except BudgetReachedError:
+            return  # not sent: no line, so that a run with a higher cap sends it
         except Exception as exc:
             sink.write_error(item, exc)
         else:
-            sink.write(item, "response", response)
+            answered(item, model, response)
 
     interrupted = False
     try:
@@ -224,7 +238,7 @@ def send_items(
             finished = _on_a_loop(_drive_tasks(asend, items, window, progress.one_done))
         else:
             finished = _drive_threads(send, items, window, workers, progress.one_done)
-        if not finished:
+        if not finished and not (meter is not None and meter.reached):
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
@@ -275,6 +289,9 @@ class _Progress:
         if now - self._last > 0.5:
             self._last = now
             _postfix(self.bar, self._manager, self._baseline, self._sink, now - self._started)
+        meter = self._options.meter
+        if meter is not None and meter.reached:
+            return False  # the cost cap: no new work; what is in flight finishes
         return not self._sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
 
     def close(self) -> None:
@@ -329,6 +346,16 @@ def _on_a_loop(work: Coroutine[Any, Any, bool]) -> bool:
         return asyncio.run(work)
     with ThreadPoolExecutor(1, thread_name_prefix="jsonl-loop") as thread:
         return thread.submit(asyncio.run, work).result()
+
+
+def _cost_of(manager: APIKeyManager, model: RawRequest, response: Any) -> float | None:
+    """USD of one answer, at its model's price and tier (None: unknown)."""
+    usage = Usage.of(response)
+    name = model.model_name()
+    if usage is None or name is None:
+        return None
+    cost = manager.prices.cost_of(name, usage, tier_of(response, model.body))
+    return None if cost is None else float(cost)
 
 
 def _postfix(

@@ -7,6 +7,11 @@ limits (a request bucket and a token bucket per key or per group of keys), sends
 ``x-ratelimit-*`` headers, and can inject faults (quota, bad key, 500, 429 with or without
 ``retry-after``, slow, dropped connection) per key.
 
+Chat replies report ``prompt_tokens_details.cached_tokens`` as OpenAI's prompt caching does
+for a repeated prefix: the leading system (or developer) messages of a request count as cached
+when an earlier request began with the same ones (whatever their length, unlike OpenAI's 1,024
+token minimum, so that small tests see cache hits).
+
 Markers inside a prompt trigger permanent errors: ``[[context_length_exceeded]]`` gives a 400,
 ``[[server_error]]`` a 500.
 
@@ -106,10 +111,12 @@ class KeyCounters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     charged_tokens: int = 0  # what admitted requests cost the token limit (prompt + max_tokens)
+    cached_tokens: int = 0  # of prompt_tokens, those reported as cached (a repeated prefix)
 
 
 class _Counts:
     __slots__ = (
+        "cached_tokens",
         "charged_tokens",
         "completion_tokens",
         "errors",
@@ -127,6 +134,7 @@ class _Counts:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.charged_tokens = 0
+        self.cached_tokens = 0
 
     def snapshot(self) -> KeyCounters:
         return KeyCounters(
@@ -137,6 +145,7 @@ class _Counts:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             charged_tokens=self.charged_tokens,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -181,7 +190,16 @@ _DROP_FILTER = _DropFilter()
 class _Plan:
     """A validated request: what it costs and how to render its successful reply."""
 
-    __slots__ = ("completion_tokens", "cost", "marker", "model", "param", "prompt_tokens", "render")
+    __slots__ = (
+        "cached_tokens",
+        "completion_tokens",
+        "cost",
+        "marker",
+        "model",
+        "param",
+        "prompt_tokens",
+        "render",
+    )
 
     def __init__(
         self,
@@ -200,6 +218,7 @@ class _Plan:
         self.marker = marker
         self.param = param
         self.render = render
+        self.cached_tokens = 0
 
 
 class _Bucket:
@@ -555,6 +574,8 @@ class FakeOpenAIServer:
         self._clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._counts: dict[str, _Counts] = {}
+        # Hashes of the system prefixes seen, for cached_tokens (bounded: a test's few).
+        self._prefixes: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=_LOG_SIZE)
         # Requests being handled now, and the most at once; per key and in total (key None).
         self._in_flight: collections.Counter[str | None] = collections.Counter()
@@ -756,13 +777,16 @@ class FakeOpenAIServer:
         with self._lock:
             return list(self._log)
 
-    def _finish(self, key: str, outcome: str, prompt: int = 0, completion: int = 0) -> None:
+    def _finish(
+        self, key: str, outcome: str, prompt: int = 0, completion: int = 0, cached: int = 0
+    ) -> None:
         with self._lock:
             counts = self._counts[key]
             if outcome == "ok":
                 counts.successes += 1
                 counts.prompt_tokens += prompt
                 counts.completion_tokens += completion
+                counts.cached_tokens += cached
             elif outcome == "limited":
                 counts.rate_limited += 1
             else:
@@ -938,7 +962,7 @@ class FakeOpenAIServer:
 
         rendered = plan.render(request_id)
         # Counted before replying, so that a client never sees its reply before the count.
-        self._finish(ckey, "ok", plan.prompt_tokens, plan.completion_tokens)
+        self._finish(ckey, "ok", plan.prompt_tokens, plan.completion_tokens, plan.cached_tokens)
         if isinstance(rendered, bytes):
             await self._reply(send, 200, rendered, base_headers)
         else:
@@ -1054,6 +1078,26 @@ class FakeOpenAIServer:
 
     # ------------------------------------------------------------------ request plans
 
+    def _cached_prefix(self, messages: list[Any]) -> int:
+        """Tokens of the leading system/developer messages when an earlier request began with
+        the same ones (remembered from now on if not): the prompt cache's hit."""
+        prefix: list[str] = []
+        for message in messages:
+            if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
+                break
+            prefix.append(_text_of(message.get("content")))
+        if not prefix:
+            return 0
+        digest = hashlib.sha256(json.dumps(prefix).encode()).hexdigest()
+        with self._lock:
+            if digest in self._prefixes:
+                self._prefixes.move_to_end(digest)
+                return sum(_estimate(text) for text in prefix)
+            self._prefixes[digest] = None
+            if len(self._prefixes) > 1024:
+                self._prefixes.popitem(last=False)
+        return 0
+
     def _plan_chat(self, body: dict[str, Any], request_id: str) -> _Plan:
         model = _model(body)
         messages = body.get("messages")
@@ -1077,10 +1121,13 @@ class FakeOpenAIServer:
         stream = body.get("stream") is True
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        cached_tokens = self._cached_prefix(messages)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         }
 
         def render(rid: str) -> bytes | list[bytes]:
@@ -1130,7 +1177,7 @@ class FakeOpenAIServer:
             chunks.append(b"data: [DONE]\n\n")
             return chunks
 
-        return _Plan(
+        plan = _Plan(
             model,
             prompt_tokens + max_tokens * n,
             prompt_tokens,
@@ -1139,6 +1186,8 @@ class FakeOpenAIServer:
             "messages",
             render,
         )
+        plan.cached_tokens = cached_tokens
+        return plan
 
     def _plan_completions(self, body: dict[str, Any], request_id: str) -> _Plan:
         model = _model(body)
