@@ -3,8 +3,9 @@
 Exit statuses: 0 all good; 1 some items failed or input lines were bad (run again to retry them)
 or a key is unusable; 2 bad usage, a missing / broken input or config file, or an output file
 that is not the results of this job (a one-line message says which; nothing was changed);
-130 interrupted by Ctrl-C, 143 stopped by SIGTERM (both finish and write the requests in flight
-and print the summary).
+3 the run stopped at its --max-cost (requests in flight finished and written; run again with a
+higher cap to continue); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (both finish and
+write the requests in flight and print the summary).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
 _PACKAGE_LOGGER = "openai_parallel_toolkit"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _CHECK_TIMEOUT = 30.0  # seconds: a key that cannot answer "ping" in this time is reported
+EXIT_BUDGET_REACHED = 3  # `run` stopped taking new work at its --max-cost
 _CHECK_THREADS = 16  # keys checked at once
 
 
@@ -206,6 +208,16 @@ def _spool_stdin(folder: Path) -> Path:
     return path
 
 
+def _non_negative_usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of USD, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of USD >= 0, not {text}")
+    return value
+
+
 def _run_parser(prog: str) -> CommandLineParser:
     parser = CommandLineParser(
         prog=prog,
@@ -214,7 +226,11 @@ def _run_parser(prog: str) -> CommandLineParser:
         "retried. Progress and the summary go to stderr: a progress bar on a terminal, else\n"
         "a status line every --status-interval seconds.",
         epilog="example:\n  %(prog)s requests.jsonl -o results.jsonl --config config.yaml\n"
-        "  cat requests.jsonl | %(prog)s - -o - --config config.yaml | jq .id",
+        "  cat requests.jsonl | %(prog)s - -o - --config config.yaml | jq .id\n\n"
+        "exit status: 0 all answered; 1 some failed or bad lines (run again to retry);\n"
+        "2 bad usage, input, config or output file (nothing changed); 3 stopped at\n"
+        "--max-cost (in-flight requests finished and written; run again with a higher cap\n"
+        "to continue); 130 Ctrl-C, 143 SIGTERM.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", help="JSONL file, one request body per line; - reads stdin")
@@ -278,6 +294,20 @@ def _run_parser(prog: str) -> CommandLineParser:
         metavar="N",
         help="with --worker: lines claimed at a time (default: 50)",
     )
+    parser.add_argument(
+        "--max-cost",
+        type=_non_negative_usd,
+        metavar="USD",
+        help="a hard cap on what this run spends: each request's worst case (prompt + output "
+        "allowance) is reserved before it is sent; when the next would pass the cap, no new "
+        f"work is taken, requests in flight finish, exit status {EXIT_BUDGET_REACHED}",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the estimated cost of the lines not yet answered (tiktoken prompt counts "
+        "+ output allowance) and send nothing",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
     parser.add_argument(
         "--status-interval",
@@ -302,6 +332,8 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         parser.error("--worker needs an input file and an output file, not - (stdin, stdout)")
     if args.worker and args.use_async:
         parser.error("--worker sends on threads; leave out --async")
+    if args.worker and args.max_cost is not None:
+        parser.error("--max-cost is per run of one process; leave out --worker")
     level = logging_level(args)
     if level is not None:
         configure_logging(level)
@@ -319,6 +351,18 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
             source = _spool_stdin(folder) if args.input == "-" and folder else args.input
             to_stdout = args.output == "-" and folder is not None
             target = folder / "results.jsonl" if to_stdout and folder else args.output
+            if args.dry_run:
+                from .jobs.estimate import estimate_job_cost
+
+                estimate = estimate_job_cost(
+                    source,
+                    target,
+                    prices=manager.prices,
+                    endpoint=args.endpoint,
+                    redo_changed=args.redo_changed,
+                )
+                print(estimate, file=sys.stderr)
+                return 0
             if args.worker:
                 summary = _run_worker(args, manager)
             else:
@@ -334,6 +378,7 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
                     status_interval=args.status_interval,
                     echo=sys.stdout if to_stdout else None,
                     use_async=args.use_async,
+                    max_cost=args.max_cost,
                 )
             if to_stdout and summary.interrupted:
                 _silence_stdout()  # its reader may be gone: no second error at exit
@@ -349,6 +394,8 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
     _print_summary("stdout" if args.output == "-" else args.output, summary)
     if summary.interrupted:
         return _interrupt_status(received)
+    if summary.budget_reached:
+        return EXIT_BUDGET_REACHED
     return 0 if summary.ok else 1
 
 

@@ -21,6 +21,7 @@ from .tokens import (
     estimate_chat_tokens,
     estimate_request_tokens,
     estimate_tokens,
+    request_output_allowance,
 )
 
 if TYPE_CHECKING:
@@ -440,6 +441,9 @@ class RawRequest(OpenAIModel):
 
     def estimate_tokens(self) -> int:
         return estimate_request_tokens(self.path, self.body)
+
+    def max_output_tokens(self) -> int:
+        return request_output_allowance(self.path, self.body)
 
     def generate(self, client: openai.OpenAI) -> Any:
         return client.post(self.path, body=self.body, cast_to=object)

@@ -42,6 +42,8 @@ __all__ = [
     "estimate_request_tokens",
     "estimate_tokens",
     "num_tokens_from_string",
+    "output_is_capped",
+    "request_output_allowance",
     "split_string_by_tokens",
 ]
 
@@ -345,9 +347,26 @@ def _estimate_parts(path: str, body: Mapping[str, Any]) -> int:
             estimate_tokens(item if isinstance(item, str) else json.dumps(item), model)
             for item in items
         )
+    return prompt + request_output_allowance(path, body)
+
+
+def request_output_allowance(path: str, body: Mapping[str, Any]) -> int:
+    """The output tokens a raw request may use: its ``max_*tokens`` (default
+    `DEFAULT_COMPLETION_TOKENS`) times ``n``; 0 for embeddings."""
     if path == "/embeddings":
-        return prompt
-    limit = (
+        return 0
+    try:
+        return int(_output_limit(body) or DEFAULT_COMPLETION_TOKENS) * int(body.get("n") or 1)
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_COMPLETION_TOKENS
+
+
+def _output_limit(body: Mapping[str, Any]) -> Any:
+    return (
         body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     )
-    return prompt + int(limit or DEFAULT_COMPLETION_TOKENS) * int(body.get("n") or 1)
+
+
+def output_is_capped(path: str, body: Mapping[str, Any]) -> bool:
+    """True when the request's output has a limit of its own (or none: embeddings)."""
+    return path == "/embeddings" or bool(_output_limit(body))

@@ -152,3 +152,77 @@ def test_run_prints_tokens_and_cost_per_model_and_key(
     assert result.returncode == 0
     assert "model gpt-4o-mini: 6 requests" in result.stderr
     assert "key sk-...0001" in result.stderr and "$" in result.stderr
+
+
+def test_cap_under_200_concurrent_requests_never_passes_the_budget(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    server.latency, server.jitter = 0.02, 0.01  # replies overlap: 200 tasks in flight at once
+    requests = write_requests(tmp_path / "in.jsonl", 200)
+    output = tmp_path / "out.jsonl"
+    cap = 0.002  # about a quarter of the job's worst case
+    with manager_for(server) as manager:
+        summary = run_jsonl_job(
+            requests, output, manager=manager, threads=200, use_async=True, progress=False,
+            max_cost=cap,
+        )  # fmt: skip
+    spent = expected_cost(server)  # what the server's own counts cost
+    assert spent <= Decimal(str(cap))
+    assert summary.budget_reached and not summary.interrupted and not summary.ok
+    assert 0 < summary.done < 200 and summary.failed == 0
+    assert len(lines(output)) == summary.done == server.total().requests
+    assert summary.usage.total.cost == pytest.approx(float(spent), rel=1e-9)
+    assert "cost cap" in str(summary)
+
+    # A re-run with a higher cap continues: the rest only, no request sent twice.
+    with manager_for(server) as manager:
+        again = run_jsonl_job(
+            requests, output, manager=manager, threads=50, progress=False, max_cost=1.0
+        )
+    assert again.ok and again.skipped == summary.done
+    assert again.done == 200 - summary.done
+    assert server.total().requests == 200
+    ids = [record["id"] for record in lines(output)]
+    assert sorted(ids) == list(range(1, 201)) or sorted(ids) == list(range(200))
+
+
+def test_cli_max_cost_exit_status_and_rerun(
+    server: FakeOpenAIServer, config: Path, tmp_path: Path, run_cli: InProcessCli
+) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 30)
+    output = tmp_path / "out.jsonl"
+    capped = run_cli(*run_args(requests, output, config, "--max-cost", "0.0002", "--threads", "4"))
+    assert capped.returncode == 3
+    assert "cost cap" in capped.stderr and "higher --max-cost" in capped.stderr
+    first = server.total().requests
+    assert 0 < first < 30
+    rest = run_cli(*run_args(requests, output, config, "--max-cost", "5"))
+    assert rest.returncode == 0
+    assert server.total().requests == 30 == len(lines(output))
+
+
+def test_cap_refuses_a_model_without_a_price(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 2, model="my-private-model")
+    output = tmp_path / "out.jsonl"
+    with manager_for(server) as manager:
+        summary = run_jsonl_job(
+            requests, output, manager=manager, threads=1, progress=False, max_cost=1.0
+        )
+    assert summary.failed == 2 and server.total().requests == 0
+    assert all("cost unknown" in record["error"]["message"] for record in lines(output))
+
+
+def test_dry_run_sends_nothing(
+    server: FakeOpenAIServer, config: Path, tmp_path: Path, run_cli: InProcessCli
+) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 10)
+    output = tmp_path / "out.jsonl"
+    result = run_cli(*run_args(requests, output, config, "--dry-run"))
+    assert result.returncode == 0
+    assert server.total().requests == 0 and not output.exists()
+    assert "10 requests" in result.stderr and "at most $" in result.stderr
+    # Without max_tokens the figure is an estimate, and it says so.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    (tmp_path / "open.jsonl").write_text(json.dumps(body) + "\n", encoding="utf-8")
+    result = run_cli(*run_args(tmp_path / "open.jsonl", output, config, "--dry-run"))
+    assert "an estimate" in result.stderr and server.total().requests == 0

@@ -290,8 +290,10 @@ class _Progress:
             self._last = now
             _postfix(self.bar, self._manager, self._baseline, self._sink, now - self._started)
         meter = self._options.meter
-        if meter is not None and meter.reached:
-            return False  # the cost cap: no new work; what is in flight finishes
+        if meter is not None and meter.reached and not self._options.use_async:
+            # The cost cap: no new work; the threads finish what is in flight. (Tasks would be
+            # cancelled by stopping: there the rest is refused unsent, one by one, at once.)
+            return False
         return not self._sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
 
     def close(self) -> None:
