@@ -47,8 +47,8 @@ def factory(mode: str) -> Callable[[KeyConfig, Callable[[Any], None]], openai.Op
     return build
 
 
-if __name__ == "__main__":
-    base_url, redis_url, source, target, lease, mode = sys.argv[1:7]
+def work(base_url: str, redis_url: str, source: str, target: str, lease: str, mode: str) -> None:
+    """One worker's round of the job (in this process: the ``raise`` mode needs no other)."""
     options = PoolOptions(client_factory=factory(mode))
     with APIKeyManager(
         api_keys=[KEY], api_base=base_url, make_default=False, options=options
@@ -63,3 +63,7 @@ if __name__ == "__main__":
             lease_seconds=float(lease),
             progress=False,
         )
+
+
+if __name__ == "__main__":
+    work(*sys.argv[1:7])
