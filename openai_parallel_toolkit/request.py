@@ -12,10 +12,11 @@ settling of each try are the helpers below, shared by both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -236,15 +237,27 @@ def _send(
     openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy, meter: CostMeter | None
 ) -> Any:
     """Send until success or a final error; returns the client's response."""
+    with _metered(openai_model, pool, meter) as counted:
+        response, answer = _send_reserved(openai_model, pool, policy)
+        counted.append(answer)
+    return response
+
+
+@contextlib.contextmanager
+def _metered(
+    openai_model: OpenAIModel, pool: APIKeyManager, meter: CostMeter | None
+) -> Iterator[list[_Counted]]:
+    """Reserve the request's worst case in `meter` around its sending (released if it fails);
+    the sending appends what its answer was counted as, which settles the reservation."""
     reserved = _reserve(openai_model, pool, meter)
+    counted: list[_Counted] = []
     try:
-        response, counted = _send_reserved(openai_model, pool, policy)
+        yield counted
     except BaseException:
         if meter is not None:
             meter.release(reserved)
         raise
-    _settle(meter, reserved, counted)
-    return response
+    _settle(meter, reserved, counted[0] if counted else None)
 
 
 def _settle(meter: CostMeter | None, reserved: Decimal, counted: _Counted) -> None:
@@ -291,14 +304,9 @@ async def _asend(
     meter: CostMeter | None,
 ) -> Any:
     """`_send` on the event loop: `agenerate`, or `generate` in a worker thread."""
-    reserved = _reserve(openai_model, pool, meter)
-    try:
-        response, counted = await _asend_reserved(openai_model, pool, policy, asynchronous)
-    except BaseException:
-        if meter is not None:
-            meter.release(reserved)
-        raise
-    _settle(meter, reserved, counted)
+    with _metered(openai_model, pool, meter) as counted:
+        response, answer = await _asend_reserved(openai_model, pool, policy, asynchronous)
+        counted.append(answer)
     return response
 
 
