@@ -24,9 +24,12 @@ from .config import (
     config_from_mapping,
     load_config,
 )
+from .costs import CostMeter, UsageLedger
 from .errors import (
     Action,
+    BudgetReachedError,
     ConfigError,
+    CostUnknownError,
     NoKeysAvailableError,
     RequestFailedError,
     ResultsFileError,
@@ -71,6 +74,7 @@ from .parallel import (
     parallel_map,
 )
 from .request import RetryPolicy, arequest_openai_api, request_openai_api
+from .stats import UsageReport, UsageRow
 from .tokens import (
     encoding_for,
     estimate_chat_tokens,
@@ -86,12 +90,15 @@ __all__ = [
     "APIKeyManager",
     "Action",
     "BatchError",
+    "BudgetReachedError",
     "ChatCompletion",
     "ChatModel",
     "Clock",
     "Completion",
     "CompletionModel",
     "ConfigError",
+    "CostMeter",
+    "CostUnknownError",
     "Embedding",
     "EmbeddingModel",
     "FileFailure",
@@ -126,6 +133,9 @@ __all__ = [
     "TokenizerUnavailableError",
     "ToolkitConfig",
     "ToolkitError",
+    "UsageLedger",
+    "UsageReport",
+    "UsageRow",
     "Verdict",
     "__version__",
     "amulti_process_one",

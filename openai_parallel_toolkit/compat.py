@@ -7,9 +7,11 @@ response objects). Parameters this module does not know go into the request body
 
 The toolkit's own options have names no API parameter uses: ``no_tqdm`` and
 ``return_openai_response`` (openai-manager's), and ``opt_attempts``, ``opt_on_error``,
-``opt_manager``, ``opt_cache``. A prompt that fails for good raises a `BatchError` carrying the
-other results once they are all done (``opt_on_error="none"`` / ``"return"``: None or the
-exception in its place); nothing hangs.
+``opt_manager``, ``opt_cache``, ``opt_max_cost``. A prompt that fails for good raises a
+`BatchError` carrying the other results once they are all done (``opt_on_error="none"`` /
+``"return"``: None or the exception in its place); nothing hangs. ``opt_max_cost`` (USD)
+caps what the call spends as `multi_process_one`'s ``max_cost`` does: prompts left unsent
+by the cap fail with `BudgetReachedError` and follow ``opt_on_error`` like any other failure.
 
 The calls are plain blocking functions on threads: they work from a script, from a worker
 thread, and while an event loop is running in the calling thread (Jupyter). Each has an
@@ -30,6 +32,7 @@ from typing import Any, ClassVar
 
 from .cache import RequestCache
 from .config import load_config
+from .costs import CostMeter
 from .errors import ConfigError
 from .keys import APIKeyManager, KeyState, current_default, get_default_manager
 from .models import ChatModel, CompletionModel, EmbeddingModel, OpenAIModel
@@ -110,6 +113,7 @@ class _Batch:
     cache: RequestCache | bool | None
     progress: bool | None
     desc: str
+    meter: CostMeter | None = None
 
     def concurrency(self, cap: int) -> int:
         """Requests in flight: the pool's default, or openai-manager's per-key knob."""
@@ -126,7 +130,12 @@ class _Batch:
 
         def one(model: OpenAIModel) -> Any:
             return request_openai_api(
-                model, manager=self.pool, policy=self.policy, raw=True, cache=self.cache
+                model,
+                manager=self.pool,
+                policy=self.policy,
+                raw=True,
+                cache=self.cache,
+                meter=self.meter,
             )
 
         with _log_level(self.pool.knobs.log_level):
@@ -144,7 +153,12 @@ class _Batch:
 
         async def one(model: OpenAIModel) -> Any:
             return await arequest_openai_api(
-                model, manager=self.pool, policy=self.policy, raw=True, cache=self.cache
+                model,
+                manager=self.pool,
+                policy=self.policy,
+                raw=True,
+                cache=self.cache,
+                meter=self.meter,
             )
 
         with _log_level(self.pool.knobs.log_level):
@@ -175,6 +189,7 @@ class _BatchCall:
         opt_attempts: int | None,
         opt_manager: APIKeyManager | None,
         opt_cache: RequestCache | bool | None,
+        opt_max_cost: float | None,
         params: dict[str, Any],
     ) -> _Batch:
         pool = _pool(opt_manager)
@@ -186,6 +201,7 @@ class _BatchCall:
             cache=opt_cache,
             progress=False if no_tqdm else None,
             desc=f"{cls.__name__}.{name}",
+            meter=None if opt_max_cost is None else CostMeter(opt_max_cost),
         )
 
     @classmethod
@@ -198,10 +214,13 @@ class _BatchCall:
         opt_on_error: OnError = "raise",
         opt_manager: APIKeyManager | None = None,
         opt_cache: RequestCache | bool | None = None,
+        opt_max_cost: float | None = None,
         **params: Any,
     ) -> list[Any]:
         """Send the request(s) described by the official parameters; results in input order."""
-        batch = cls._batch("create", no_tqdm, opt_attempts, opt_manager, opt_cache, params)
+        batch = cls._batch(
+            "create", no_tqdm, opt_attempts, opt_manager, opt_cache, opt_max_cost, params
+        )
         return _results(batch.send(), return_openai_response, opt_on_error)
 
     @classmethod
@@ -214,10 +233,13 @@ class _BatchCall:
         opt_on_error: OnError = "raise",
         opt_manager: APIKeyManager | None = None,
         opt_cache: RequestCache | bool | None = None,
+        opt_max_cost: float | None = None,
         **params: Any,
     ) -> list[Any]:
         """``await ...acreate(...)``: `create` from an event loop, requests sent as its tasks."""
-        batch = cls._batch("acreate", no_tqdm, opt_attempts, opt_manager, opt_cache, params)
+        batch = cls._batch(
+            "acreate", no_tqdm, opt_attempts, opt_manager, opt_cache, opt_max_cost, params
+        )
         return _results(await batch.asend(), return_openai_response, opt_on_error)
 
 

@@ -18,11 +18,13 @@ import queue
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
 from .cache import RequestCache
+from .costs import CostMeter
 from .errors import ToolkitError, redact
 from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
 from .models import OpenAIModel, check_generate_signature, sends_async
@@ -39,6 +41,7 @@ __all__ = [
     "default_concurrency",
     "multi_process_one",
     "parallel_map",
+    "run_meter",
 ]
 
 T = TypeVar("T")
@@ -396,6 +399,15 @@ def _prepare(
     return models, resolve_manager(manager)
 
 
+def run_meter(max_cost: float | Decimal | None, meter: CostMeter | None) -> CostMeter | None:
+    """The run's `CostMeter`: `meter` as given, else one capped at `max_cost` (None: none)."""
+    if meter is not None and max_cost is not None:
+        raise ValueError("give max_cost, or a meter built with its own max_cost, not both")
+    if meter is not None:
+        return meter
+    return None if max_cost is None else CostMeter(max_cost)
+
+
 def multi_process_one(
     data: Sequence[Sequence[Any]],
     openai_model_class: type[OpenAIModel],
@@ -405,6 +417,8 @@ def multi_process_one(
     cache: RequestCache | bool | None = None,
     on_error: OnError = "raise",
     progress: bool | None = None,
+    max_cost: float | Decimal | None = None,
+    meter: CostMeter | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run one request per `(prompt, content, *more)` tuple of `data` in parallel; results in order.
@@ -418,11 +432,23 @@ def multi_process_one(
     exception in place instead). `threads` fixes the requests in flight (and so the memory a
     run may take); by default they follow the pool's limits and observed response time
     (`InFlightTarget`, at most 512). `manager` and `cache` as for `request_openai_api`.
+
+    `max_cost` (USD) is a hard cap on what the call spends: each request's worst case (prompt
+    + output allowance at its model's price) is reserved before it is sent, so the requests in
+    flight together cannot pass it. Once the next request would, no new request is sent; those
+    in flight finish. Every item not sent because of the cap fails with `BudgetReachedError`
+    and follows `on_error` like any failure: by default a `BatchError` (its `results` hold
+    what was answered, its `errors` the `BudgetReachedError` of each item left), with
+    ``on_error="return"`` the `BudgetReachedError` in the item's place. A model without a
+    known price fails with `CostUnknownError` (nothing sent). Pass a `CostMeter` as `meter`
+    instead to read the call's tokens and cost afterwards (``meter.ledger.report()``); its
+    own `max_cost`, if any, is the cap.
     """
     models, pool = _prepare(data, openai_model_class, args, kwargs, manager, False)
+    budget = run_meter(max_cost, meter)
 
     def one(model: OpenAIModel) -> Any:
-        return request_openai_api(model, manager=pool, cache=cache)
+        return request_openai_api(model, manager=pool, cache=cache, meter=budget)
 
     count: int | InFlightTarget = threads if threads is not None else InFlightTarget(pool)
     with use_manager(pool):
@@ -445,6 +471,8 @@ async def amulti_process_one(
     cache: RequestCache | bool | None = None,
     on_error: OnError = "raise",
     progress: bool | None = None,
+    max_cost: float | Decimal | None = None,
+    meter: CostMeter | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """``await amulti_process_one(data, Model, ...)``: `multi_process_one` on the event loop.
@@ -452,12 +480,14 @@ async def amulti_process_one(
     The same items, models, results (in input order) and failure handling; each request is an
     `arequest_openai_api` task. `concurrency` fixes the requests in flight; by default they
     follow the pool's limits and observed response time (`InFlightTarget`, up to 4,096: tasks
-    are cheap where threads are not).
+    are cheap where threads are not). `max_cost` and `meter` as for `multi_process_one`:
+    items left by the cap fail with `BudgetReachedError` at once, unsent.
     """
     models, pool = _prepare(data, openai_model_class, args, kwargs, manager, True)
+    budget = run_meter(max_cost, meter)
 
     async def one(model: OpenAIModel) -> Any:
-        return await arequest_openai_api(model, manager=pool, cache=cache)
+        return await arequest_openai_api(model, manager=pool, cache=cache, meter=budget)
 
     count: int | InFlightTarget = (
         concurrency if concurrency is not None else InFlightTarget(pool, MAX_ASYNC_CONCURRENCY)
