@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -308,6 +309,12 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="print the estimated cost of the lines not yet answered (tiktoken prompt counts "
         "+ output allowance) and send nothing",
     )
+    parser.add_argument(
+        "--summary",
+        metavar="FILE",
+        help="also write the run's summary to FILE as JSON (requests, 429s, tokens, cost per "
+        "model and per key, elapsed; the README documents its fields)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
     parser.add_argument(
         "--status-interval",
@@ -392,6 +399,12 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         print("interrupted before any request was sent", file=sys.stderr)
         return _interrupt_status(received)
     _print_summary("stdout" if args.output == "-" else args.output, summary)
+    if args.summary:
+        try:
+            _write_summary(args.summary, args.input, args.output, summary)
+        except OSError as exc:
+            print(f"error: cannot write the summary: {exc}", file=sys.stderr)
+            return 2
     if summary.interrupted:
         return _interrupt_status(received)
     if summary.budget_reached:
@@ -399,9 +412,22 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
     return 0 if summary.ok else 1
 
 
+def _write_summary(path: str, source: str, target: str, summary: JobSummary) -> None:
+    """``--summary FILE``: the run's summary as JSON, written whole (a temporary file renamed
+    into place), so that a chart reading it never sees half a file."""
+    record = {"input": source, "output": target, **summary.to_dict()}
+    destination = Path(path)
+    partial = destination.with_name(destination.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, destination)
+
+
 def _run_worker(args: argparse.Namespace, manager: APIKeyManager) -> JobSummary:
     """``run --worker``: this process's part in a job shared through Redis."""
     from .jobs.distributed import run_shared_jsonl_job
+    from .jobs.runner import with_pool_counts
+
+    before = manager.statistics()
 
     url = manager.config.shared_state or os.environ.get(SHARED_STATE_VARIABLE)
     if not url:
@@ -409,7 +435,7 @@ def _run_worker(args: argparse.Namespace, manager: APIKeyManager) -> JobSummary:
             "--worker needs Redis: --redis URL, shared_state in the config, or "
             f"{SHARED_STATE_VARIABLE}"
         )
-    return run_shared_jsonl_job(
+    summary = run_shared_jsonl_job(
         args.input,
         args.output,
         manager=manager,
@@ -423,6 +449,7 @@ def _run_worker(args: argparse.Namespace, manager: APIKeyManager) -> JobSummary:
         lease_seconds=args.lease,
         chunk_size=args.chunk_size,
     )
+    return with_pool_counts(summary, before, manager.statistics())
 
 
 def _print_summary(name: str, summary: JobSummary) -> None:

@@ -10,15 +10,17 @@ reservation is settled with the real cost once the answer is in.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
 from .prices import Usage
 from .stats import UsageReport, UsageRow
 
-__all__ = ["CostMeter", "UsageLedger"]
+__all__ = ["CostMeter", "UsageLedger", "counting_into", "record_in_context"]
 
 
 _NO_USAGE = Usage()
@@ -144,3 +146,28 @@ class CostMeter:
     def __repr__(self) -> str:
         cap = "no cap" if self.max_cost is None else f"cap ${self.max_cost}"
         return f"<CostMeter spent ${self.spent} of {cap}{' (reached)' if self.reached else ''}>"
+
+
+# The ledgers of the runs the current code runs inside (a ParallelToolkit run): every answer
+# is counted in each, whichever call sent it (request_openai_api, multi_process_one in a hook).
+# A context variable follows the work into worker threads and tasks, which copy the context.
+_counting: contextvars.ContextVar[tuple[UsageLedger, ...]] = contextvars.ContextVar(
+    "openai_parallel_toolkit_counting", default=()
+)
+
+
+@contextlib.contextmanager
+def counting_into(ledger: UsageLedger) -> Iterator[UsageLedger]:
+    """Within the block (and the threads and tasks started from it), count every answered
+    request in `ledger` too."""
+    token = _counting.set((*_counting.get(), ledger))
+    try:
+        yield ledger
+    finally:
+        _counting.reset(token)
+
+
+def record_in_context(key: str, model: str | None, usage: Usage, cost: Decimal | None) -> None:
+    """Count one answer in the ledgers of the runs around this code (see `counting_into`)."""
+    for ledger in _counting.get():
+        ledger.record(key, model, usage, cost)

@@ -23,7 +23,7 @@ from typing import Any
 from ._core.attempt import Attempts, RetryPolicy
 from ._drivers import aio
 from .cache import RequestCache, active_cache
-from .costs import CostMeter
+from .costs import CostMeter, record_in_context
 from .errors import BudgetReachedError, CostUnknownError, RequestFailedError, classify
 from .keys import APIKeyManager, Lease, resolve_manager
 from .models import OpenAIModel, check_generate_signature, prompt_usage, sends_async
@@ -185,6 +185,7 @@ def _after_success(
     model = openai_model.model_name() or _answer_model(response)
     cost = pool.prices.cost_of(model, usage, tier_of(response, _request_params(openai_model)))
     pool.usage.record(lease.key, model, usage, cost)
+    record_in_context(lease.key, model, usage, cost)
     return lease.key, model, usage, cost
 
 

@@ -17,13 +17,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 
+from .costs import UsageLedger
 from .errors import redact
 from .keys import APIKeyManager, PoolStats
+from .stats import UsageReport
 
 __all__ = ["FileFailure", "RunState", "RunSummary", "logs_above"]
 
@@ -46,7 +48,11 @@ class RunSummary:
     """What `ParallelToolkit.run` did.
 
     `skipped` counts the inputs already done; `adopted` says how many of them were taken as
-    done because an output was already there (``adopt_existing_outputs=True``).
+    done because an output was already there (``adopt_existing_outputs=True``). `requests`,
+    `answered`, `rate_limited` (429s) and `request_errors` count the pool's tries during the
+    run (every try, retries included); `usage` holds the tokens and cost of the answers the
+    hooks got, in all, per model and per key (masked); answers from the response cache cost
+    nothing and are not in it.
     """
 
     processed: int
@@ -55,6 +61,11 @@ class RunSummary:
     interrupted: bool
     elapsed: float
     adopted: int = 0
+    requests: int = 0
+    answered: int = 0
+    rate_limited: int = 0
+    request_errors: int = 0
+    usage: UsageReport = field(default_factory=UsageReport)
 
     @property
     def ok(self) -> bool:
@@ -72,7 +83,35 @@ class RunSummary:
         if self.interrupted:
             head += " (interrupted: run again to continue)"
         lines = [head] + [f"  failed: {f.path}: {f.reason}" for f in self.failed]
+        if self.requests:
+            lines.append(
+                f"requests {self.requests} ({self.requests / max(self.elapsed, 1e-9):.1f}/s), "
+                f"rate-limited (429) {self.rate_limited}, errors {self.request_errors}"
+            )
+        if self.usage.total.requests:
+            lines.extend(self.usage.lines())
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary as JSON-ready values (the shape the README documents)."""
+        return {
+            "version": 1,
+            "files": {
+                "processed": self.processed,
+                "skipped": self.skipped,
+                "adopted": self.adopted,
+                "failed": {failure.path: failure.reason for failure in self.failed},
+            },
+            "requests": self.requests,
+            "successes": self.answered,
+            "failures": self.request_errors,
+            "rate_limited": self.rate_limited,
+            **self.usage.to_dict(),
+            "elapsed_seconds": round(self.elapsed, 3),
+            "requests_per_second": round(self.requests / max(self.elapsed, 1e-9), 3),
+            "interrupted": self.interrupted,
+            "ok": self.ok,
+        }
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -96,6 +135,7 @@ class RunState:
         self._started = time.monotonic()
         self._baseline = baseline
         self._last_postfix = float("-inf")
+        self.ledger = UsageLedger()  # what the run's answers cost (see costs.counting_into)
 
     @property
     def abandoned(self) -> bool:
@@ -153,8 +193,8 @@ class RunState:
         elif force:
             bar.refresh()
 
-    def summary(self, interrupted: bool) -> RunSummary:
-        """The frozen record of what the run did so far."""
+    def summary(self, interrupted: bool, stats: PoolStats) -> RunSummary:
+        """The frozen record of what the run did so far; `stats`: the pool's now."""
         with self._lock:
             return RunSummary(
                 processed=self._processed,
@@ -163,6 +203,11 @@ class RunState:
                 interrupted=interrupted,
                 elapsed=time.monotonic() - self._started,
                 adopted=self._adopted,
+                requests=stats.requests - self._baseline.requests,
+                answered=stats.successes - self._baseline.successes,
+                rate_limited=stats.rate_limited - self._baseline.rate_limited,
+                request_errors=stats.errors - self._baseline.errors,
+                usage=self.ledger.report(),
             )
 
 

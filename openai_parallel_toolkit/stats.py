@@ -65,6 +65,17 @@ class UsageRow:
     cached_tokens: int = 0
     cost: float | None = 0.0
 
+    def to_dict(self) -> dict[str, int | float | None]:
+        """The row as JSON-ready numbers: requests, input/output/cached tokens, cost (USD or
+        None when unknown); the name is the key it is filed under in `UsageReport.to_dict`."""
+        return {
+            "requests": self.requests,
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost": self.cost,
+        }
+
     def __str__(self) -> str:
         cost = "cost unknown" if self.cost is None else f"${self.cost:.6f}"
         return (
@@ -80,6 +91,21 @@ class UsageReport:
     total: UsageRow = field(default_factory=lambda: UsageRow("total"))
     by_model: tuple[UsageRow, ...] = ()
     by_key: tuple[UsageRow, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: ``tokens`` ({input, output, cached}), ``cost`` (USD, None: unknown),
+        ``by_model`` and ``by_key`` (masked) mapping each name to `UsageRow.to_dict`."""
+        total = self.total
+        return {
+            "tokens": {
+                "input": total.prompt_tokens,
+                "output": total.completion_tokens,
+                "cached": total.cached_tokens,
+            },
+            "cost": total.cost,
+            "by_model": {row.name: row.to_dict() for row in self.by_model},
+            "by_key": {row.name: row.to_dict() for row in self.by_key},
+        }
 
     def lines(self) -> list[str]:
         """The report as text lines: the total, then each model and key, indented."""

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .cache import RequestCache, use_cache
 from .config import SHARED_STATE_VARIABLE
+from .costs import counting_into
 from .filelisting import ExistingOutputs, InputFile, list_inputs
 from .filestate import Journal, Ledger, StagingArea
 from .keys import APIKeyManager, resolve_manager, use_manager
@@ -175,7 +176,8 @@ class ParallelToolkit:
         )
         interrupted = False
         try:
-            with logs_above(bar), use_manager(self.manager), use_cache(cache):
+            counting = counting_into(run.ledger)
+            with logs_above(bar), use_manager(self.manager), use_cache(cache), counting:
                 try:
                     with _quiet_inner_bars(inner):
                         tasks: Iterator[InputFile]
@@ -201,7 +203,7 @@ class ParallelToolkit:
                     bar.close()
         finally:
             _release((executor, inner), closers, abandoned=run.abandoned)
-        summary = run.summary(interrupted)
+        summary = run.summary(interrupted, self.manager.statistics())
         logger.info("%s: %s", self.name, summary)
         if self.progress:
             tqdm.write(f"{self.name}: {summary}", file=sys.stderr)

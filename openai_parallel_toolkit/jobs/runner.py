@@ -6,6 +6,7 @@ interrupt loses nothing finished. See the package docstring for the whole contra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -17,12 +18,12 @@ from ..costs import CostMeter
 from ..keys import APIKeyManager
 from ..models import RawRequest
 from ..request import RetryPolicy
-from ..stats import UsageReport
+from ..stats import PoolStats, UsageReport
 from .plan import check_paths, prepare_job
 from .results import check_ordered_target, write_ordered
 from .sending import SendOptions, send_items
 
-__all__ = ["JobSummary", "run_jsonl_job"]
+__all__ = ["JobSummary", "run_jsonl_job", "with_pool_counts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,8 @@ class JobSummary:
     `ordered_copy` is the path of the sorted copy, when one was written. `usage` holds this
     run's tokens and cost, in all, per model and per key (masked); `budget_reached` is True
     when the run stopped taking new work at its `max_cost` (run again with a higher cap to
-    continue).
+    continue). `requests`, `answered`, `rate_limited` (429s) and `request_errors` count the
+    pool's tries during the run (every try, retries included).
     """
 
     done: int
@@ -49,6 +51,10 @@ class JobSummary:
     usage: UsageReport = field(default_factory=UsageReport)
     budget_reached: bool = False
     max_cost: float | None = None
+    requests: int = 0
+    answered: int = 0
+    rate_limited: int = 0
+    request_errors: int = 0
 
     @property
     def ok(self) -> bool:
@@ -76,6 +82,42 @@ class JobSummary:
         elif self.failed:
             text += " (run again to retry the failed items)"
         return "\n".join([text, *self.usage.lines()]) if self.usage.total.requests else text
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary as JSON-ready values (``run --summary FILE``; the README documents the
+        shape, whose ``version`` changes only when a field changes meaning or goes away)."""
+        return {
+            "version": 1,
+            "lines": {
+                "done": self.done,
+                "failed": self.failed,
+                "skipped": self.skipped,
+                "malformed": len(self.malformed),
+                "redone": self.redone,
+            },
+            "requests": self.requests,
+            "successes": self.answered,
+            "failures": self.request_errors,
+            "rate_limited": self.rate_limited,
+            **self.usage.to_dict(),
+            "elapsed_seconds": round(self.elapsed, 3),
+            "requests_per_second": round(self.requests / max(self.elapsed, 1e-9), 3),
+            "max_cost": self.max_cost,
+            "budget_reached": self.budget_reached,
+            "interrupted": self.interrupted,
+            "ok": self.ok,
+        }
+
+
+def with_pool_counts(summary: JobSummary, before: PoolStats, after: PoolStats) -> JobSummary:
+    """`summary` with the pool's tries, answers, 429s and errors from `before` to `after`."""
+    return dataclasses.replace(
+        summary,
+        requests=after.requests - before.requests,
+        answered=after.successes - before.successes,
+        rate_limited=after.rate_limited - before.rate_limited,
+        request_errors=after.errors - before.errors,
+    )
 
 
 def run_jsonl_job(
@@ -129,12 +171,13 @@ def run_jsonl_job(
     plan, existing = prepare_job(source, target, endpoint, redo_changed)
     meter = CostMeter(max_cost)
     options = SendOptions(threads, policy, progress, status_interval, use_async, meter)
+    before = manager.statistics()
     with open(target, "a", encoding="utf-8") as output:
         sink, interrupted = send_items(
             plan.items(), output, manager=manager, total=len(plan), options=options, echo=echo
         )
     copy = write_ordered(target, ordered_path) if ordered and not interrupted else None
-    return JobSummary(
+    summary = JobSummary(
         done=sink.done,
         skipped=plan.skipped,
         failed=sink.failed,
@@ -148,6 +191,7 @@ def run_jsonl_job(
         budget_reached=meter.reached,
         max_cost=max_cost,
     )
+    return with_pool_counts(summary, before, manager.statistics())
 
 
 def check_options(endpoint: str | None, status_interval: float) -> None:
