@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from ..parallel import (
 )
 from ..prices import Usage, tier_of
 from ..request import RetryPolicy, arequest_openai_api, request_openai_api
+from .progress import Progress
 from .results import result_line
 from .source import Item
 
@@ -113,44 +112,6 @@ class Sink:
         self.write(item, "error", {**error, "status_code": code})
 
 
-def _interactive(stream: IO[str]) -> bool:
-    """True when `stream` shows a progress bar well: a terminal, or a Jupyter/IPython kernel."""
-    try:
-        if stream.isatty():
-            return True
-    except (AttributeError, ValueError):  # no isatty, or closed
-        return False
-    return "ipykernel" in sys.modules
-
-
-class _StatusLines:
-    """A plain status line on stderr every `interval` seconds and one at the end.
-
-    For logs (CI, ``nohup``, a pipe), where a progress bar's carriage returns are noise. Lines
-    are written by a timer thread, so a run stalled on rate limits still reports.
-    """
-
-    def __init__(self, describe: Callable[[], str], interval: float) -> None:
-        self._describe = describe
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="jsonl-status", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._print()
-
-    def _print(self) -> None:
-        print(f"status: {self._describe()}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        """Stop the timer and write the final status line."""
-        self._stop.set()
-        self._thread.join()
-        self._print()
-
-
 def send_items(
     items: Iterable[Item],
     output: Output,
@@ -185,7 +146,7 @@ def send_items(
         in_flight = InFlightTarget(manager, MAX_ASYNC_CONCURRENCY if use_async else MAX_CONCURRENCY)
         window, workers = in_flight, in_flight.cap
     meter = options.meter
-    progress = _Progress(manager, total, options)
+    progress = Progress(manager, total, options, workers=_workers_now(options, window))
     sink = Sink(output, progress.bar, echo, written)
     progress.start(sink)
 
@@ -251,58 +212,13 @@ def send_items(
     return sink, interrupted
 
 
-class _Progress:
-    """How a run shows itself on stderr: a bar on a terminal, else status lines."""
-
-    def __init__(self, manager: APIKeyManager, total: int, options: SendOptions) -> None:
-        self._manager = manager
-        self._total = total
-        self._options = options
-        self._started = self._last = time.monotonic()
-        self._baseline = manager.statistics()
-        self._show_bar = options.progress and _interactive(sys.stderr)
-        self.bar = tqdm(
-            total=total, desc="requests", unit="req", disable=not self._show_bar,
-            dynamic_ncols=True,
-        )  # fmt: skip
-        self._sink: Sink | None = None
-        self._status: _StatusLines | None = None
-
-    def start(self, sink: Sink) -> None:
-        """Count `sink`'s lines; off a terminal, start the status lines."""
-        self._sink = sink
-        if self._options.progress and not self._show_bar:
-            self._status = _StatusLines(
-                lambda: _status_text(
-                    self._total, self._manager, self._baseline, sink, self._elapsed()
-                ),
-                self._options.status_interval,
-            )
-
-    def _elapsed(self) -> float:
-        return time.monotonic() - self._started
-
-    def one_done(self) -> bool:
-        """After each item: refresh the bar now and then; False to stop the run."""
-        assert self._sink is not None
-        now = time.monotonic()
-        if now - self._last > 0.5:
-            self._last = now
-            _postfix(self.bar, self._manager, self._baseline, self._sink, now - self._started)
-        meter = self._options.meter
-        if meter is not None and meter.reached and not self._options.use_async:
-            # The cost cap: no new work; the threads finish what is in flight. (Tasks would be
-            # cancelled by stopping: there the rest is refused unsent, one by one, at once.)
-            return False
-        return not self._sink.echo_broken  # nobody reads the results any more: stop as Ctrl-C
-
-    def close(self) -> None:
-        """The bar's last figures, then the final status line."""
-        if self._sink is not None:
-            _postfix(self.bar, self._manager, self._baseline, self._sink, self._elapsed())
-        self.bar.close()
-        if self._status is not None:
-            self._status.close()
+def _workers_now(options: SendOptions, window: int | InFlightTarget) -> Callable[[], int]:
+    """How many requests the run may keep in flight now (what `Progress` compares with)."""
+    if options.threads:
+        count = options.threads
+        return lambda: count
+    assert isinstance(window, InFlightTarget)
+    return window
 
 
 def _drive_threads(
@@ -358,29 +274,3 @@ def _cost_of(manager: APIKeyManager, model: RawRequest, response: Any) -> float 
         return None
     cost = manager.prices.cost_of(name, usage, tier_of(response, model.body))
     return None if cost is None else float(cost)
-
-
-def _postfix(
-    bar: tqdm[Any], manager: APIKeyManager, baseline: Any, sink: Sink, elapsed: float
-) -> None:
-    stats = manager.statistics()
-    bar.set_postfix(
-        req_s=f"{(stats.requests - baseline.requests) / max(elapsed, 1e-9):.1f}",
-        tokens=stats.tokens - baseline.tokens,
-        r429=stats.rate_limited - baseline.rate_limited,
-        failed=sink.failed,
-        refresh=False,
-    )
-
-
-def _status_text(
-    total: int, manager: APIKeyManager, baseline: Any, sink: Sink, elapsed: float
-) -> str:
-    stats = manager.statistics()
-    finished = sink.done + sink.failed
-    return (
-        f"{finished}/{total} requests finished, {sink.failed} failed, "
-        f"{finished / max(elapsed, 1e-9):.1f} req/s, "
-        f"{stats.rate_limited - baseline.rate_limited} rate-limited (429), "
-        f"{stats.tokens - baseline.tokens} tokens, {elapsed:.0f} s"
-    )
