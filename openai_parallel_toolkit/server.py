@@ -6,7 +6,9 @@ the same rate limiting, retries and key health as the library.
 
 Routes: POST /v1/chat/completions, /v1/completions (a list ``prompt`` is split over the keys
 and merged back), /v1/embeddings, /v1/responses; GET /v1/models; GET /health and GET /stats
-(the pool's statistics, keys masked). ``stream: true`` responses are relayed chunk by chunk.
+(the pool's statistics, keys masked), GET /metrics (Prometheus, see `proxymetrics`; needs
+``prometheus-client``, part of the ``server`` extra). ``stream: true`` responses are relayed
+chunk by chunk.
 
 Honest answers, never a hang: every request but GET /health needs the client key (401 first,
 so unknown routes cannot be probed); unknown routes and methods get 404 / 405, never a
@@ -29,8 +31,9 @@ import hmac
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 import openai
@@ -55,6 +58,9 @@ from .errors import (
     redact,
 )
 from .keys import APIKeyManager, Lease
+
+if TYPE_CHECKING:
+    from .proxymetrics import ProxyMetrics
 from .serving import DEFAULT_MAX_BODY_BYTES
 from .tokens import DEFAULT_COMPLETION_TOKENS, estimate_request_tokens
 
@@ -148,8 +154,10 @@ class _Upstream:
         timeout: float,
         policy: RetryPolicy,
         health: UpstreamHealth,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         self.manager = manager
+        self.metrics = metrics
         self.max_wait = max_wait
         self.timeout = timeout
         self.policy = policy
@@ -195,8 +203,12 @@ class _Upstream:
         """A lease, waiting in turn (with every other request and any thread on the pool) at
         most until `deadline` (the pool clock's seconds); else 429, or 503 without keys."""
         left = max(0.0, deadline - self.manager.clock.monotonic())
+        started = time.monotonic()
         try:
-            return await self.manager.acquire_async(tokens, timeout=left)
+            lease = await self.manager.acquire_async(tokens, timeout=left)
+            if self.metrics is not None:
+                self.metrics.waited(time.monotonic() - started)
+            return lease
         except NoKeysAvailableError as exc:
             return _error(503, str(exc), "server_error", "no_keys_available")
         except SlotTimeoutError as exc:
@@ -217,8 +229,10 @@ class _Upstream:
         tokens: int,
         *,
         stream: bool = False,
+        model: str | None = None,
     ) -> Response:
-        """Send `payload` (JSON bytes, or None) to `path` until it succeeds or fails for good."""
+        """Send `payload` (JSON bytes, or None) to `path` until it succeeds or fails for good;
+        `model` (the body's) labels the metrics."""
         # One budget for all waiting on keys, however many 429s the request meets.
         deadline = self.manager.clock.monotonic() + self.max_wait
         attempts = Attempts(self.policy)
@@ -230,7 +244,7 @@ class _Upstream:
                     return last_failure  # every key died: the last upstream answer says why
                 return lease
             try:
-                outcome = await self._attempt(lease, method, path, payload, stream)
+                outcome = await self._timed_attempt(lease, method, path, payload, stream, model)
             except BaseException:
                 if not lease.settled:  # cancelled (client gone) or a bug: give the slot back
                     lease.cancel()
@@ -245,8 +259,33 @@ class _Upstream:
             if decision.wait:
                 await aio.sleep(self.manager.clock, decision.wait)
 
+    async def _timed_attempt(
+        self,
+        lease: Lease,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        stream: bool,
+        model: str | None,
+    ) -> Response | tuple[Verdict, Response]:
+        """`_attempt`, its latency, tokens and cost counted in the metrics."""
+        started = time.monotonic()
+        outcome = await self._attempt(lease, method, path, payload, stream, model)
+        if self.metrics is not None:
+            error = None
+            if not isinstance(outcome, Response):
+                error = str(outcome[1].status_code)  # the status the client would get
+            self.metrics.tried(path, model, time.monotonic() - started, error)
+        return outcome
+
     async def _attempt(
-        self, lease: Lease, method: str, path: str, payload: bytes | None, stream: bool
+        self,
+        lease: Lease,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        stream: bool,
+        model: str | None,
     ) -> Response | tuple[Verdict, Response]:
         """Send once on `lease`: the answer to return, or (verdict, answer) after a failure."""
         client = self._client(lease)
@@ -282,7 +321,10 @@ class _Upstream:
             )
             return verdict, failure
         if success:
-            lease.succeed(_usage(content), None)
+            data = _json(content)
+            lease.succeed(_usage(data), None)
+            if self.metrics is not None:
+                self.metrics.answered(path, model, data)
             return self._reply(content, response)
         verdict = lease.fail(
             classify_response(response.status_code, _json(content), response.headers)
@@ -344,24 +386,34 @@ class ProxyServer:
         self._api_key = api_key.encode() if api_key is not None else None
         self.max_body_bytes = max_body_bytes
         self.health = health or UpstreamHealth()
+        self.metrics = _metrics_for(manager)
         self._upstream = _Upstream(
             manager,
             max_wait=max_wait,
             timeout=timeout,
             policy=policy or RetryPolicy(),
             health=self.health,
+            metrics=self.metrics,
         )
+        middleware = [Middleware(_ClientKeyGate, check=self._check_key)]
+        routes = [
+            Route("/v1/chat/completions", self._post("/chat/completions"), methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/embeddings", self._post("/embeddings"), methods=["POST"]),
+            Route("/v1/responses", self._post("/responses"), methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/health", self._health, methods=["GET"]),
+            Route("/stats", self._stats, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
+        if self.metrics is not None:  # outermost: 401s and 404s are counted too
+            from .proxymetrics import MeteredApp
+
+            paths = frozenset(route.path for route in routes)
+            middleware.insert(0, Middleware(MeteredApp, metrics=self.metrics, routes=paths))
         self.app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._post("/chat/completions"), methods=["POST"]),
-                Route("/v1/completions", self._completions, methods=["POST"]),
-                Route("/v1/embeddings", self._post("/embeddings"), methods=["POST"]),
-                Route("/v1/responses", self._post("/responses"), methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-                Route("/health", self._health, methods=["GET"]),
-                Route("/stats", self._stats, methods=["GET"]),
-            ],
-            middleware=[Middleware(_ClientKeyGate, check=self._check_key)],
+            routes=routes,
+            middleware=middleware,
             exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         )
         # No redirects: Starlette would answer "/v1/x/" with a 307 to an URL built from the
@@ -388,7 +440,10 @@ class ProxyServer:
             raw, body = read
             tokens = await _off_loop(len(raw), _cost, path, body, len(raw))
             stream = bool(body.get("stream"))
-            return await self._upstream.forward("POST", path, raw, tokens, stream=stream)
+            model = _model_of(body)
+            return await self._upstream.forward(
+                "POST", path, raw, tokens, stream=stream, model=model
+            )
 
         return endpoint
 
@@ -407,7 +462,9 @@ class ProxyServer:
         if prompts is None or body.get("stream"):
             tokens = await _off_loop(len(raw), _cost, "/completions", body, len(raw))
             stream = bool(body.get("stream"))
-            return await self._upstream.forward("POST", "/completions", raw, tokens, stream=stream)
+            return await self._upstream.forward(
+                "POST", "/completions", raw, tokens, stream=stream, model=_model_of(body)
+            )
         if len(prompts) > MAX_PROMPTS:
             return _error(
                 400, f"At most {MAX_PROMPTS} prompts per request.", "invalid_request_error"
@@ -417,7 +474,9 @@ class ProxyServer:
 
         async def part(payload: bytes, tokens: int) -> Response:
             async with gate:
-                return await self._upstream.forward("POST", "/completions", payload, tokens)
+                return await self._upstream.forward(
+                    "POST", "/completions", payload, tokens, model=_model_of(body)
+                )
 
         parts = await asyncio.gather(*(part(*one) for one in split))
         for answer in parts:
@@ -439,6 +498,16 @@ class ProxyServer:
         return JSONResponse(
             {"status": status, "active_keys": active, "reason": reason}, status_code=503
         )
+
+    async def _metrics(self, request: Request) -> Response:
+        if self.metrics is None:
+            return _error(
+                501,
+                "Metrics need prometheus-client: pip install 'openai-parallel-toolkit[server]'.",
+                "server_error",
+            )
+        content, media_type = await anyio.to_thread.run_sync(self.metrics.exposition)
+        return Response(content, media_type=media_type)
 
     async def _stats(self, request: Request) -> Response:
         stats = dataclasses.asdict(self.manager.statistics())
@@ -584,11 +653,24 @@ def _json(content: bytes) -> Any:
         return content.decode("utf-8", "replace")
 
 
-def _usage(content: bytes) -> int | None:
-    data = _json(content)
+def _usage(data: Any) -> int | None:
     usage = data.get("usage") if isinstance(data, dict) else None
     total = usage.get("total_tokens") if isinstance(usage, dict) else None
     return total if isinstance(total, int) else None
+
+
+def _model_of(body: Mapping[str, Any]) -> str | None:
+    model = body.get("model")
+    return model if isinstance(model, str) else None
+
+
+def _metrics_for(manager: APIKeyManager) -> ProxyMetrics | None:
+    """The proxy's metrics, or None without prometheus-client (then /metrics says so)."""
+    try:
+        from .proxymetrics import ProxyMetrics
+    except ImportError:
+        return None
+    return ProxyMetrics(manager)
 
 
 def _plain(value: Any) -> Any:

@@ -52,6 +52,8 @@ class KeyStats:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost: float | None = 0.0  # USD; None when some answer's price is unknown
+    remaining_requests: float | None = None  # what the group may send now (None: no limit known)
+    remaining_tokens: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -364,4 +364,6 @@ def _key_stats(key: PoolKey, now: float) -> KeyStats:
         others_tokens_per_min=group.shared_tokens.rate(now) * 60.0,
         surplus_requests=group.surplus.requests if group.surplus.allowed else 0.0,
         surplus_allowed=group.surplus.allowed,
+        remaining_requests=max(0.0, group.requests.level_now(now)) if group.requests else None,
+        remaining_tokens=max(0.0, group.tokens.level_now(now)) if group.tokens else None,
     )
