@@ -185,7 +185,16 @@ class RunState:
             elapsed = max(1e-9, now - self._started)
             rate = (stats.requests - self._baseline.requests) / elapsed
             limited = stats.rate_limited - self._baseline.rate_limited
-            bar.set_postfix(counts, req_s=f"{rate:.1f}", r429=limited, refresh=False)
+            tokens = (stats.tokens - self._baseline.tokens) / elapsed
+            cost = self.ledger.report().total.cost
+            bar.set_postfix(
+                counts,
+                req_s=f"{rate:.1f}",
+                tok_s=f"{tokens:.0f}",
+                r429=limited,
+                cost="?" if cost is None else f"${cost:.4f}",
+                refresh=False,
+            )
         if bar.total is not None and finished > bar.total:
             bar.total = finished  # inputs added while the run lists them
         if finished > bar.n:

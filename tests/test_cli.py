@@ -269,6 +269,7 @@ def test_progress_bar_on_a_terminal(config: Path, tmp_path: Path) -> None:
     assert process.wait(timeout=60) == 0
     shown = b"".join(chunks).decode()
     assert "requests: 100%" in shown and "3/3" in shown
+    assert "tok_s=" in shown and "r429=0" in shown and "cost=$" in shown and "keys=" in shown
     assert "status:" not in shown
 
 
