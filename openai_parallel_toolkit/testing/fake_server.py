@@ -12,6 +12,10 @@ for a repeated prefix: the leading system (or developer) messages of a request c
 when an earlier request began with the same ones (whatever their length, unlike OpenAI's 1,024
 token minimum, so that small tests see cache hits).
 
+The Batch API (``/v1/files``, ``/v1/batches``) is served by `fake_batches.FakeBatches`
+(``server.batches``): batches advance with the server's clock, and their lines get the same echo
+answers as the online endpoints. A project there is a key's limit group (else the key itself).
+
 Markers inside a prompt trigger permanent errors: ``[[context_length_exceeded]]`` gives a 400,
 ``[[server_error]]`` a 500.
 
@@ -45,6 +49,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..asgi import BackgroundServer
 from ..clock import Clock, SystemClock
+from .fake_batches import BatchSettings, FakeBatches
 
 __all__ = [
     "FAULTS",
@@ -93,6 +98,12 @@ _JSON_HEADERS = (b"content-type", b"application/json")
 _SSE_HEADERS = (b"content-type", b"text/event-stream; charset=utf-8")
 
 _Headers = list[tuple[bytes, bytes]]
+_BATCH_KINDS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +499,13 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
 def _sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
@@ -541,6 +559,7 @@ class FakeOpenAIServer:
         port: int = 0,
         seed: int | None = None,
         clock: Clock | None = None,
+        batches: BatchSettings | None = None,
     ) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             _check_limit(name, value)
@@ -598,6 +617,8 @@ class FakeOpenAIServer:
             "embeddings": self._plan_embeddings,
             "responses": self._plan_responses,
         }
+        self.batches = FakeBatches(self._batch_answer, self._clock, batches)
+        """The Batch API's files and batches (`fake_batches`); its `settings` may be replaced."""
         self.app = Router(
             routes=[
                 Route("/v1/chat/completions", _Endpoint(self._handle, "chat", "POST")),
@@ -606,6 +627,10 @@ class FakeOpenAIServer:
                 Route("/v1/responses", _Endpoint(self._handle, "responses", "POST")),
                 Route("/v1/models", _Endpoint(self._handle, "models", "GET")),
                 Route("/v1/models/{model:path}", _Endpoint(self._handle, "model", "GET")),
+                Route("/v1/files", _Endpoint(self._handle, "batch_api", None)),
+                Route("/v1/files/{rest:path}", _Endpoint(self._handle, "batch_api", None)),
+                Route("/v1/batches", _Endpoint(self._handle, "batch_api", None)),
+                Route("/v1/batches/{rest:path}", _Endpoint(self._handle, "batch_api", None)),
             ],
             redirect_slashes=False,
             default=_Endpoint(self._handle, "not_found", None),
@@ -902,6 +927,19 @@ class FakeOpenAIServer:
                 await self._inject(send, fault, key, model, base_headers)
                 return
 
+        if kind == "batch_api":
+            status, payload, media = self.batches.handle(
+                method,
+                path,
+                scope["query_string"],
+                _header(scope, b"content-type"),
+                raw,
+                self._project(key),
+            )
+            self._finish(ckey, "ok" if status == 200 else "error")
+            await self._reply(send, status, payload, base_headers, media)
+            return
+
         if kind == "models" or kind == "model":
             status, payload = self._models_reply(kind, path)
             self._finish(ckey, "ok" if status == 200 else "error")
@@ -978,13 +1016,15 @@ class FakeOpenAIServer:
             await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
-    async def _reply(send: Send, status: int, payload: bytes, headers: _Headers) -> None:
+    async def _reply(
+        send: Send, status: int, payload: bytes, headers: _Headers, media: str | None = None
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    _JSON_HEADERS,
+                    _JSON_HEADERS if media is None else (b"content-type", media.encode()),
                     (b"content-length", b"%d" % len(payload)),
                     *headers,
                 ],
@@ -1075,6 +1115,34 @@ class FakeOpenAIServer:
             return 200, json.dumps(_model_object(name)).encode()
         message = f"The model '{name}' does not exist or you do not have access to it."
         return 404, _error_body(message, "invalid_request_error", None, "model_not_found")
+
+    # ------------------------------------------------------------------ batch lines
+
+    def _project(self, key: str) -> str:
+        """The project a key belongs to: its limit group, else the key itself."""
+        return self._groups.get(key, key)
+
+    def _batch_answer(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], int]:
+        """One batch line answered as the online endpoint answers it (never streamed):
+        (status, JSON body, input tokens)."""
+        kind = _BATCH_KINDS[url]
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        request_id = f"req_{self._id_prefix}{next(self._ids):022x}"
+        try:
+            plan = self._builders[kind](body, request_id)
+        except _ApiError as exc:
+            return exc.status, json.loads(exc.body), 0
+        if plan.marker == CONTEXT_LENGTH_MARKER:
+            message = "This model's maximum context length is 128000 tokens."
+            error = _error_body(
+                message, "invalid_request_error", plan.param, "context_length_exceeded"
+            )
+            return 400, json.loads(error), plan.prompt_tokens
+        if plan.marker is not None:
+            return 500, json.loads(_SERVER_ERROR_BODY), plan.prompt_tokens
+        rendered = plan.render(request_id)
+        assert isinstance(rendered, bytes)  # never streamed
+        return 200, json.loads(rendered), plan.prompt_tokens
 
     # ------------------------------------------------------------------ request plans
 
