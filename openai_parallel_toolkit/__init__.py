@@ -13,6 +13,7 @@ no network is touched until a pool is built or a request is sent.
 """
 
 from ._store import LimiterStore, MemoryStore, RedisStore, RedisStoreStats
+from .batch import BatchJob, BatchJobStatus, BatchLimits
 from .cache import RequestCache, use_cache
 from .clock import Clock, SystemClock
 from .compat import ChatCompletion, Completion, Embedding, append_auth_from_config
@@ -90,6 +91,9 @@ __all__ = [
     "APIKeyManager",
     "Action",
     "BatchError",
+    "BatchJob",
+    "BatchJobStatus",
+    "BatchLimits",
     "BudgetReachedError",
     "ChatCompletion",
     "ChatModel",

@@ -1,0 +1,353 @@
+"""`BatchJob`: a JSONL job sent through the Batch API, to submit now and collect later.
+
+The input and output are those of the online JSONL job (`run_jsonl_job`): the same request
+lines, the same result lines. Every uploaded file id and batch id is in the journal before the
+job relies on it, and the step about to be taken is recorded before it is taken, so that a
+re-run after a crash finds the file or batch a crash left unrecorded (by its file name or batch
+metadata, both carrying the journal's token) instead of making another: no chunk is ever
+submitted twice, and batches already paid for are polled, not resubmitted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..jobs.results import read_results
+from ..jobs.source import Item, read_item, read_lines
+from ..keys import APIKeyManager, resolve_manager
+from ..models import RawRequest
+from .clients import BatchClients, KeyClient
+from .collect import batch_error, chunk_items, parse_records, result_lines
+from .journal import BatchJournal, ChunkRow, journal_path
+from .planner import BatchLimits, batch_line, custom_id_of, plan
+
+__all__ = ["TERMINAL", "BatchJob", "BatchJobStatus"]
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+"""Batch statuses that never change again."""
+
+_QUEUE_LIMIT = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens")
+
+
+@dataclass(frozen=True)
+class BatchJobStatus:
+    """Where a batch job stands: chunks by journal state, batches by API status, requests."""
+
+    chunks: dict[str, int]
+    batches: dict[str, int]
+    requests: int
+    collected_requests: int
+
+    @property
+    def finished(self) -> bool:
+        """True when every planned chunk has been collected."""
+        return sum(self.chunks.values()) == self.chunks.get("collected", 0)
+
+    def __str__(self) -> str:
+        chunks = ", ".join(f"{n} {state}" for state, n in sorted(self.chunks.items()))
+        batches = ", ".join(f"{n} {status}" for status, n in sorted(self.batches.items()))
+        return (
+            f"{self.collected_requests}/{self.requests} requests collected; "
+            f"chunks: {chunks or 'none'}; batches: {batches or 'none'}"
+        )
+
+
+class BatchJob:
+    """Send the requests of `input` (a JSONL file) through the Batch API, results to `output`.
+
+    `submit()` plans the requests not answered in `output` yet into batch files within
+    `limits`, uploads them over the pool's keys and creates their batches, as far as each
+    project's enqueued-token queue allows (call it again later for the rest); `status()` polls;
+    `collect()` writes the result lines of finished batches; `cancel()` cancels the batches in
+    flight. The journal (default: beside `output`) makes each of these safe to repeat.
+    """
+
+    def __init__(
+        self,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        manager: APIKeyManager | None = None,
+        endpoint: str | None = None,
+        limits: BatchLimits | None = None,
+        journal: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.input = Path(input)
+        self.output = Path(output)
+        self.endpoint = endpoint
+        self.limits = limits or BatchLimits()
+        self.manager = resolve_manager(manager)
+        self.journal = BatchJournal(Path(journal) if journal else journal_path(self.output))
+        self._clients = BatchClients(self.manager)
+
+    def __repr__(self) -> str:
+        return f"BatchJob({str(self.input)!r} -> {str(self.output)!r})"
+
+    def close(self) -> None:
+        """Close the journal and the clients."""
+        self.journal.close()
+        self._clients.close()
+
+    def __enter__(self) -> BatchJob:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- planning
+
+    def _pending_items(self) -> list[Item]:
+        """Items of the input with neither a result line nor a place in a chunk."""
+        done = read_results(self.output).hashes
+        planned = self.journal.planned_ids()
+        items = []
+        for number, _, raw in read_lines(self.input):
+            item = read_item(number, raw, self.endpoint)
+            if not isinstance(item, Item):
+                logger.warning("%s: %s; skipped", self.input, item)
+                continue
+            if item.item_id not in done and custom_id_of(item) not in planned:
+                items.append(item)
+        return items
+
+    def plan(self) -> int:
+        """Record chunks for the requests not planned yet; returns how many chunks were added."""
+        added = 0
+        for chunk in plan(self._pending_items(), self.limits):
+            self.journal.add_chunk(chunk.endpoint, chunk.model, chunk.entries, chunk.tokens)
+            added += 1
+        return added
+
+    # -- submitting
+
+    def _queue_limit(self, queue: str, model: str) -> int | None:
+        learned = self.journal.get(f"queue_limit/{queue}/{model}")
+        if learned is not None:
+            return int(learned)
+        return self.limits.enqueued_tokens.get(model)
+
+    def _queued(self, queue: str, model: str, *, reserved: bool) -> int:
+        """Input tokens of `model` in `queue`: of batches in flight, and with `reserved` of
+        chunks assigned to the queue but not submitted yet."""
+        states = ("submitted", "uploading", "uploaded", "creating") if reserved else ("submitted",)
+        return sum(
+            row.tokens
+            for row in self.journal.chunks(*states)
+            if row.queue == queue
+            and row.model == model
+            and (row.state != "submitted" or row.batch_status not in TERMINAL)
+        )
+
+    def _fits(self, queue: str, row: ChunkRow, *, reserved: bool) -> bool:
+        limit = self._queue_limit(queue, row.model)
+        if limit is None:
+            return True
+        queued = self._queued(queue, row.model, reserved=reserved)
+        return queued == 0 or queued + row.tokens <= limit
+
+    def _assign(self, row: ChunkRow) -> ChunkRow | None:
+        """Choose the key of a planned chunk: the least loaded queue with room, then the key
+        of that queue with the fewest chunks. None when no queue has room now."""
+        keys = self._clients.all()
+        load = Counter(r.key_id for r in self.journal.chunks() if r.key_id is not None)
+        queues = sorted(
+            dict.fromkeys(k.queue for k in keys),  # in the pool's order, ties to the first
+            key=lambda q: self._queued(q, row.model, reserved=True),
+        )
+        for queue in queues:
+            if self._fits(queue, row, reserved=True):
+                key = min((k for k in keys if k.queue == queue), key=lambda k: load[k.key_id])
+                return self.journal.update(
+                    row.chunk, key_id=key.key_id, queue=queue, state="uploading"
+                )
+        return None
+
+    def _filename(self, row: ChunkRow) -> str:
+        return f"opt-{self.journal.token}-{row.filename}"
+
+    def _upload(self, row: ChunkRow, key: KeyClient) -> ChunkRow:
+        name = self._filename(row)
+        for found in key.client.files.list(purpose="batch"):
+            if found.filename == name:  # uploaded before a crash could record it
+                return self.journal.update(row.chunk, file_id=found.id, state="uploaded")
+        wanted = set(row.lines)
+        data = io.BytesIO()
+        for number, _, raw in read_lines(self.input):
+            if number in wanted:
+                item = read_item(number, raw, self.endpoint)
+                if isinstance(item, Item):
+                    data.write(batch_line(item))
+        uploaded = key.client.files.create(file=(name, data.getvalue()), purpose="batch")
+        return self.journal.update(row.chunk, file_id=uploaded.id, state="uploaded")
+
+    def _metadata(self, row: ChunkRow) -> dict[str, str]:
+        return {
+            "opt_job": self.journal.token,
+            "opt_chunk": str(row.chunk),
+            "opt_attempt": str(row.attempt),
+        }
+
+    def _create(self, row: ChunkRow, key: KeyClient) -> bool:
+        """Create the chunk's batch, or find the one a crash left unrecorded: True when made."""
+        assert row.file_id is not None and row.key_id is not None
+        metadata = self._metadata(row)
+        if row.state == "creating":  # a crash may have left a batch unrecorded: find it
+            for batch in key.client.batches.list():
+                if batch.metadata == metadata:
+                    self.journal.record_batch(row.chunk, batch.id, row.attempt, row.key_id)
+                    return False
+        file_id, key_id = row.file_id, row.key_id
+        row = self.journal.update(row.chunk, state="creating")
+        batch = key.client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1" + RawRequest.PATHS[row.endpoint],  # type: ignore[arg-type]
+            completion_window="24h",
+            metadata=metadata,
+        )
+        logger.info("chunk %d: batch %s on key %s", row.chunk, batch.id, key.masked)
+        self.journal.record_batch(row.chunk, batch.id, row.attempt, key_id)
+        return True
+
+    def submit(self) -> int:
+        """Plan what is new, then upload and create batches as far as the queues allow.
+
+        Returns how many batches were created by this call. Chunks that do not fit in any
+        queue now stay planned; call `submit` again once batches finish.
+        """
+        if self.journal.get("cancelled"):
+            return 0
+        self.plan()
+        created = 0
+        for row in self.journal.chunks("planned", "uploading", "uploaded", "creating"):
+            if row.state == "planned":
+                assigned = self._assign(row)
+                if assigned is None:
+                    continue
+                row = assigned
+            queue, key_id = row.queue, row.key_id
+            assert key_id is not None and queue is not None
+            key = self._clients.get(key_id)
+            if row.state == "uploading":
+                row = self._upload(row, key)
+            if row.state == "uploaded" and not self._fits(queue, row, reserved=False):
+                continue
+            created += self._create(row, key)
+        return created
+
+    # -- polling, collecting, cancelling
+
+    def status(self) -> BatchJobStatus:
+        """Poll every batch in flight and return where the job stands.
+
+        A batch that failed on its project's enqueued-token limit is not the job's failure:
+        the limit it reports is learned and the chunk waits to be created again by `submit`.
+        """
+        for row in self.journal.chunks("submitted"):
+            if row.batch_status in TERMINAL or row.batch_id is None or row.key_id is None:
+                continue
+            key = self._clients.get(row.key_id)
+            batch = key.client.batches.retrieve(row.batch_id)
+            errors = batch.errors.model_dump() if batch.errors is not None else None
+            if batch.status == "failed" and _queue_limited(errors):
+                self._requeue(row, errors)
+                continue
+            self.journal.update(
+                row.chunk,
+                batch_status=batch.status,
+                output_file_id=batch.output_file_id,
+                error_file_id=batch.error_file_id,
+            )
+            if batch.status == "failed":
+                self.journal.put(f"errors/{row.chunk}", _json(errors))
+        return self._snapshot()
+
+    def _requeue(self, row: ChunkRow, errors: Any) -> None:
+        match = _QUEUE_LIMIT.search(str(errors))
+        if match is not None and row.queue is not None:
+            limit = match.group(1).replace(",", "")
+            self.journal.put(f"queue_limit/{row.queue}/{row.model}", limit)
+        logger.info("chunk %d: over the enqueued-token limit; it waits", row.chunk)
+        self.journal.update(
+            row.chunk, state="uploaded", batch_id=None, batch_status=None, attempt=row.attempt + 1
+        )
+
+    def _snapshot(self) -> BatchJobStatus:
+        rows = self.journal.chunks()
+        return BatchJobStatus(
+            chunks=dict(Counter(r.state for r in rows)),
+            batches=dict(Counter(r.batch_status or "pending" for r in rows if r.batch_id)),
+            requests=sum(r.requests for r in rows),
+            collected_requests=sum(r.requests for r in rows if r.state == "collected"),
+        )
+
+    def collect(self) -> int:
+        """Write the result lines of every finished batch not collected yet; returns how many
+        lines were written. Ids that already have a line (a collect cut short) are skipped."""
+        self.status()
+        existing = read_results(self.output)
+        existing.repair_and_drop(set())
+        written: dict[Any, str] = dict(existing.hashes)
+        count = 0
+        with open(self.output, "a", encoding="utf-8") as out:
+            for row in self.journal.chunks("submitted"):
+                if row.batch_status not in TERMINAL or row.key_id is None:
+                    continue
+                items = chunk_items(self.input, row.lines, self.endpoint)
+                records = list(self._records(row, self._clients.get(row.key_id)))
+                seen = {str(r.get("custom_id")) for r in records}
+                failure: dict[str, Any] = {"response": None, "error": None}
+                if row.batch_status == "failed":
+                    error = batch_error(_load(self.journal.get(f"errors/{row.chunk}")))
+                    failure["error"] = error
+                records += [{"custom_id": c, **failure} for c in items if c not in seen]
+                for item, line in result_lines(records, items, written, self.manager.prices):
+                    out.write(line)
+                    written[item.item_id] = item.request_hash
+                    count += 1
+                out.flush()
+                os.fsync(out.fileno())
+                self.journal.update(row.chunk, state="collected")
+        return count
+
+    def _records(self, row: ChunkRow, key: KeyClient) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for file_id in (row.output_file_id, row.error_file_id):
+            if file_id is not None:
+                records.extend(parse_records(key.client.files.content(file_id).text))
+        return records
+
+    def cancel(self) -> int:
+        """Cancel every batch in flight and submit nothing more; returns how many were
+        cancelled. Their answers so far are still collected by `collect`."""
+        self.journal.put("cancelled", "1")
+        cancelled = 0
+        for row in self.journal.chunks("submitted"):
+            if row.batch_status in TERMINAL or row.batch_id is None or row.key_id is None:
+                continue
+            batch = self._clients.get(row.key_id).client.batches.cancel(row.batch_id)
+            self.journal.update(row.chunk, batch_status=batch.status)
+            cancelled += 1
+        return cancelled
+
+
+def _queue_limited(errors: Any) -> bool:
+    data = errors.get("data") if isinstance(errors, dict) else None
+    return any(isinstance(e, dict) and e.get("code") == "token_limit_exceeded" for e in data or [])
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

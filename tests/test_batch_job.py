@@ -1,0 +1,224 @@
+"""`BatchJob` against the fake server's Batch API; batch processing time passes on a `FakeClock`.
+
+Crashes are real exceptions raised by the HTTP client right after the server acted on an upload
+or a batch creation (so the journal has not recorded the id yet), then the job is built again
+from its journal, as a re-run would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from openai_parallel_toolkit import (
+    APIKeyManager,
+    BatchJob,
+    BatchLimits,
+    KeyConfig,
+    PoolOptions,
+)
+from openai_parallel_toolkit._drivers.clients import tls_context
+from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing.fake_batches import BatchSettings
+
+KEYS = ["sk-batchjob-aaaaaaaaaaaa0001", "sk-batchjob-aaaaaaaaaaaa0002"]
+GROUPS = {KEYS[0]: "proj-a", KEYS[1]: "proj-b"}
+
+
+class Crash(Exception):
+    """Stands for the process dying right after the server answered."""
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[FakeOpenAIServer]:
+    settings = BatchSettings(processing_seconds=100, seed=5)
+    with FakeOpenAIServer(keys=KEYS, groups=GROUPS, clock=clock, batches=settings) as fake:
+        yield fake
+
+
+def pool(server: FakeOpenAIServer, crash_after: str | None = None) -> APIKeyManager:
+    """A pool over the server's keys; with `crash_after` ("POST /v1/files"), the first such
+    request raises `Crash` once the server has answered it."""
+    options = PoolOptions()
+    if crash_after is not None:
+        crashed: list[bool] = []
+
+        def factory(config: KeyConfig, on_response: Callable[[Any], None]) -> openai.OpenAI:
+            def hook(response: Any) -> None:
+                request = response.request
+                if not crashed and f"{request.method} {request.url.path}" == crash_after:
+                    crashed.append(True)
+                    raise Crash(crash_after)
+
+            http = openai.DefaultHttpxClient(event_hooks={"response": [hook]}, verify=tls_context())
+            return openai.OpenAI(
+                api_key=config.api_key, base_url=config.api_base, max_retries=0, http_client=http
+            )
+
+        options = PoolOptions(client_factory=factory)
+    return APIKeyManager(
+        api_keys=KEYS, api_base=server.base_url, make_default=False, options=options
+    )
+
+
+def write_input(path: Path, count: int, start: int = 0) -> Path:
+    with open(path, "a") as file:
+        for i in range(start, start + count):
+            body: dict[str, Any] = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"question {i}"}],
+                "metadata": {"row": i},
+            }
+            if i % 3 == 0:
+                body["custom_id"] = f"q-{i}"
+            file.write(json.dumps(body) + "\n")
+    return path
+
+
+def results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_to_end(job: BatchJob, clock: FakeClock, rounds: int = 10) -> None:
+    for _ in range(rounds):
+        job.submit()
+        clock.advance(200)
+        job.collect()
+        if job.status().finished:
+            return
+    raise AssertionError(f"not finished: {job.status()}")
+
+
+def test_a_job_is_split_spread_over_projects_and_collected(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 25)
+    out = tmp_path / "out.jsonl"
+    with BatchJob(source, out, manager=pool(server), limits=BatchLimits(max_requests=10)) as job:
+        assert job.submit() == 3
+        status = job.status()
+        assert status.batches == {"validating": 3} and status.requests == 25
+        assert job.collect() == 0  # nothing finished yet
+        clock.advance(200)
+        assert job.collect() == 25
+        assert job.status().finished and job.submit() == 0
+    assert server.batches.created == {"proj-a": 2, "proj-b": 1}
+    lines = results(out)
+    ids = [line["id"] for line in lines]
+    assert len(ids) == len(set(ids)) == 25
+    assert set(ids) == {f"q-{i}" if i % 3 == 0 else i + 1 for i in range(25)}
+    by_id = {line["id"]: line for line in lines}
+    answer = by_id[2]  # line 2 is question 1, without a custom_id
+    assert answer["metadata"] == {"row": 1}
+    assert answer["response"]["choices"][0]["message"]["content"] == "echo: question 1"
+    assert set(answer) >= {"id", "request_hash", "metadata", "response"}
+    assert by_id["q-3"]["metadata"] == {"row": 3}
+
+
+def test_a_rerun_polls_what_was_submitted_and_adds_only_new_lines(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 6)
+    out = tmp_path / "out.jsonl"
+    with BatchJob(source, out, manager=pool(server)) as job:
+        assert job.submit() == 1
+    with BatchJob(source, out, manager=pool(server)) as again:  # a re-run: nothing new
+        assert again.submit() == 0
+        clock.advance(200)
+        assert again.collect() == 6
+    write_input(source, 4, start=6)
+    with BatchJob(source, out, manager=pool(server)) as more:
+        assert more.submit() == 1  # only the 4 new lines
+        clock.advance(200)
+        assert more.collect() == 4
+    assert sum(server.batches.created.values()) == 2
+    assert len({line["id"] for line in results(out)}) == 10
+
+
+@pytest.mark.parametrize("crash_after", ["POST /v1/files", "POST /v1/batches"])
+def test_a_crash_after_the_server_acted_never_makes_a_second_file_or_batch(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path, crash_after: str
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 8)
+    out = tmp_path / "out.jsonl"
+    job = BatchJob(source, out, manager=pool(server, crash_after))
+    with pytest.raises(Crash):
+        job.submit()
+    job.close()
+    with BatchJob(source, out, manager=pool(server)) as rerun:
+        assert rerun.submit() == (1 if crash_after == "POST /v1/files" else 0)
+        clock.advance(200)
+        assert rerun.collect() == 8
+    uploads = [
+        e for e in server.request_log() if e["method"] == "POST" and e["path"] == "/v1/files"
+    ]
+    assert len(uploads) == 1
+    assert sum(server.batches.created.values()) == 1
+    assert len({line["id"] for line in results(out)}) == 8
+
+
+def test_the_enqueued_token_limit_is_learned_and_chunks_wait_their_turn(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    server.batches.settings = BatchSettings(enqueued_token_limits={"gpt-4o-mini": 20})
+    source = write_input(tmp_path / "in.jsonl", 12)  # 3 tokens a line for the server
+    out = tmp_path / "out.jsonl"
+    one_project = APIKeyManager(api_keys=KEYS[:1], api_base=server.base_url, make_default=False)
+    with BatchJob(source, out, manager=one_project, limits=BatchLimits(max_requests=4)) as job:
+        assert job.submit() == 3  # the job does not know the limit yet
+        clock.advance(1)
+        status = job.status()  # two failed on the limit: learned, waiting
+        assert status.chunks == {"submitted": 1, "uploaded": 2}
+        assert job.submit() == 0  # the queue is full
+        run_to_end(job, clock)
+    statuses = Counter(server.batches.statuses().values())
+    assert statuses == {"completed": 3, "failed": 2}
+    ids = [line["id"] for line in results(out)]
+    assert len(ids) == len(set(ids)) == 12
+    assert all("response" in line for line in results(out))
+
+
+def test_failed_expired_and_cancelled_lines_get_error_lines(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    server.batches.settings = BatchSettings(processing_seconds=100, expire_share=0.25, seed=1)
+    source = write_input(tmp_path / "in.jsonl", 8)
+    with open(source, "a") as file:
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "[[server_error]]"}],
+        }
+        file.write(json.dumps({**body, "custom_id": "boom"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    with BatchJob(source, out, manager=pool(server)) as job:
+        job.submit()
+        clock.advance(200)
+        assert job.collect() == 9
+    lines = {line["id"]: line for line in results(out)}
+    assert lines["boom"]["error"]["status_code"] == 500
+    expired = [line for line in lines.values() if "error" in line and line["id"] != "boom"]
+    assert expired and all(line["error"]["code"] == "batch_expired" for line in expired)
+
+    server.batches.settings = BatchSettings(processing_seconds=100)
+    later = write_input(tmp_path / "second.jsonl", 10)
+    out2 = tmp_path / "out2.jsonl"
+    with BatchJob(later, out2, manager=pool(server)) as job:
+        job.submit()
+        clock.advance(51)  # half of the lines answered
+        assert job.cancel() == 1
+        assert job.submit() == 0  # a cancelled job submits nothing more
+        clock.advance(5)
+        assert job.collect() == 10
+    codes = Counter(line["error"]["code"] if "error" in line else "ok" for line in results(out2))
+    assert codes == {"ok": 5, "batch_cancelled": 5}
