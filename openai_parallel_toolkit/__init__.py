@@ -13,7 +13,14 @@ no network is touched until a pool is built or a request is sent.
 """
 
 from ._store import LimiterStore, MemoryStore, RedisStore, RedisStoreStats
-from .batch import BatchJob, BatchJobStatus, BatchLimits
+from .batch import (
+    BatchJob,
+    BatchJobStatus,
+    BatchLimits,
+    BatchRunOptions,
+    BatchRunSummary,
+    run_batch_job,
+)
 from .cache import RequestCache, use_cache
 from .clock import Clock, SystemClock
 from .compat import ChatCompletion, Completion, Embedding, append_auth_from_config
@@ -94,6 +101,8 @@ __all__ = [
     "BatchJob",
     "BatchJobStatus",
     "BatchLimits",
+    "BatchRunOptions",
+    "BatchRunSummary",
     "BudgetReachedError",
     "ChatCompletion",
     "ChatModel",
@@ -163,6 +172,7 @@ __all__ = [
     "parse_reset",
     "request_openai_api",
     "reset_default_manager",
+    "run_batch_job",
     "run_jsonl_job",
     "split_string_by_tokens",
     "use_cache",

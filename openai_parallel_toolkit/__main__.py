@@ -25,6 +25,7 @@ Push requests through OpenAI-compatible APIs at the full rate limit of many API 
 commands:
   run              send a JSONL file of requests, write a JSONL file of results (resumable)
   keys check       check every key: works or why not, its limits, its latency
+  batch            status, collect or cancel the batches of a "run --mode batch" job
   serve            run the OpenAI-compatible proxy over your keys (needs the server extra)
   fake-server      run the bundled fake OpenAI server (needs the server extra)
   tiktoken-cache   seed tiktoken's cache with verified encoding files, for offline use
@@ -61,6 +62,12 @@ def _keys(argv: list[str]) -> int:
     return keys_main(argv, prog=f"{PROG} keys")
 
 
+def _batch(argv: list[str]) -> int:
+    from .batch.command import batch_main
+
+    return batch_main(argv, prog=f"{PROG} batch")
+
+
 def _serve(argv: list[str]) -> int:
     from .serving import main as serving_main
 
@@ -76,6 +83,7 @@ def _tiktoken_cache(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": _run,
     "keys": _keys,
+    "batch": _batch,
     "serve": _serve,
     "fake-server": _fake_server,
     "tiktoken-cache": _tiktoken_cache,

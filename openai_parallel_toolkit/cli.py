@@ -315,6 +315,27 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="also write the run's summary to FILE as JSON (requests, 429s, tokens, cost per "
         "model and per key, elapsed; the README documents its fields)",
     )
+    parser.add_argument(
+        "--mode",
+        choices=("online", "batch"),
+        default="online",
+        help="online: send each request now (default); batch: through the Batch API at half "
+        "price, answers within 24 h (a journal beside the output makes it resumable)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --mode batch: seconds between polls of the batches (default: 60)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --mode batch: times a failed or expired line is submitted again (default: 2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
     parser.add_argument(
         "--status-interval",
@@ -341,9 +362,17 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         parser.error("--worker sends on threads; leave out --async")
     if args.worker and args.max_cost is not None:
         parser.error("--max-cost is per run of one process; leave out --worker")
+    if args.mode == "batch" and "-" in (args.input, args.output):
+        parser.error("--mode batch needs an input file and an output file, not - (stdin, stdout)")
+    if args.mode == "batch" and (args.worker or args.dry_run or args.max_cost is not None):
+        parser.error("--mode batch works alone: leave out --worker, --dry-run and --max-cost")
     level = logging_level(args)
     if level is not None:
         configure_logging(level)
+    if args.mode == "batch":
+        from .batch.command import run_batch_mode
+
+        return run_batch_mode(args)
     received: list[int] = []
     folder: Path | None = None
     summary: JobSummary | None = None

@@ -15,13 +15,16 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import InProcessCli
 
 from openai_parallel_toolkit import (
     APIKeyManager,
     BatchJob,
     BatchLimits,
+    BatchRunOptions,
     KeyConfig,
     PoolOptions,
+    run_batch_job,
 )
 from openai_parallel_toolkit._drivers.clients import tls_context
 from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
@@ -222,3 +225,60 @@ def test_failed_expired_and_cancelled_lines_get_error_lines(
         assert job.collect() == 10
     codes = Counter(line["error"]["code"] if "error" in line else "ok" for line in results(out2))
     assert codes == {"ok": 5, "batch_cancelled": 5}
+
+
+def test_run_batch_job_polls_to_the_end_and_resubmits_expired_lines(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    # 10 lines: 3 expire; their new batch of 3: 1 expires; its batch of 1: none.
+    server.batches.settings = BatchSettings(processing_seconds=100, expire_share=0.3, seed=2)
+    source = write_input(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+    options = BatchRunOptions(poll_interval=30, max_retries=2, clock=clock)
+    summary = run_batch_job(source, out, manager=pool(server), options=options)
+    assert summary.ok and summary.answered == 10
+    assert sum(server.batches.created.values()) == 3
+    lines = results(out)
+    assert len({line["id"] for line in lines}) == len(lines) == 10
+    assert all("response" in line for line in lines)
+    assert clock.sleeps and set(clock.sleeps) == {30}  # it waited on the clock, never for real
+
+
+def test_resubmission_is_bounded(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    server.batches.settings = BatchSettings(processing_seconds=10, expire_share=1.0)
+    source = write_input(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    options = BatchRunOptions(poll_interval=5, max_retries=1, clock=clock)
+    summary = run_batch_job(source, out, manager=pool(server), options=options)
+    assert not summary.ok and summary.failed == 3
+    assert sum(server.batches.created.values()) == 2
+    assert {line["error"]["code"] for line in results(out)} == {"batch_expired"}
+
+
+def test_the_command_line_runs_a_batch_job_and_looks_after_its_journal(
+    run_cli: InProcessCli, tmp_path: Path
+) -> None:
+    settings = BatchSettings(validate_seconds=0.01, processing_seconds=0.05, finalize_seconds=0.01)
+    with FakeOpenAIServer(keys=KEYS, groups=GROUPS, batches=settings) as fake:
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"api_keys": KEYS, "api_base": fake.base_url}))
+        source = write_input(tmp_path / "in.jsonl", 5)
+        out = tmp_path / "out.jsonl"
+        ran = run_cli(
+            "run", str(source), "-o", str(out), "--mode", "batch", "--config", str(config),
+            "--poll-interval", "0.02",
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert len(results(out)) == 5
+        journal = str(out) + ".batches.sqlite"
+        status = run_cli("batch", "status", journal, "--config", str(config))
+        assert status.returncode == 0 and "5/5 requests collected" in status.stdout
+        collect = run_cli("batch", "collect", journal, "--config", str(config))
+        assert collect.returncode == 0 and "0 result lines written" in collect.stdout
+        cancel = run_cli("batch", "cancel", journal, "--config", str(config))
+        assert cancel.returncode == 0 and "0 batches cancelled" in cancel.stdout
+        missing = run_cli("batch", "status", str(tmp_path / "nope.sqlite"), "--config", str(config))
+        assert missing.returncode == 2 and "no such batch journal" in missing.stderr
+        assert sum(fake.batches.created.values()) == 1

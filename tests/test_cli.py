@@ -82,7 +82,14 @@ def test_no_arguments_prints_usage_to_stderr(run_cli: InProcessCli) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["run", "--help"], ["keys", "--help"], ["keys", "check", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["keys", "--help"],
+        ["keys", "check", "--help"],
+        ["batch", "--help"],
+    ],
 )
 def test_help_is_plain_text(run_cli: InProcessCli, args: list[str]) -> None:
     result = run_cli(*args)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,30 @@ class BatchJob:
         self.limits = limits or BatchLimits()
         self.manager = resolve_manager(manager)
         self.journal = BatchJournal(Path(journal) if journal else journal_path(self.output))
+        for name, value in (("input", self.input), ("output", self.output)):
+            if self.journal.get(name) is None:  # for `from_journal`, and the batch command
+                self.journal.put(name, str(value.resolve()))
+        if endpoint is not None and self.journal.get("endpoint") is None:
+            self.journal.put("endpoint", endpoint)
         self._clients = BatchClients(self.manager)
+
+    @classmethod
+    def from_journal(
+        cls, journal: str | os.PathLike[str], *, manager: APIKeyManager | None = None
+    ) -> BatchJob:
+        """The job a journal belongs to (its input, output and endpoint as recorded)."""
+        path = Path(journal)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such batch journal")
+        recorded = BatchJournal(path)
+        try:
+            input, output = recorded.get("input"), recorded.get("output")
+            endpoint = recorded.get("endpoint")
+        finally:
+            recorded.close()
+        if input is None or output is None:
+            raise ValueError(f"{path}: not the journal of a batch job")
+        return cls(input, output, manager=manager, endpoint=endpoint, journal=path)
 
     def __repr__(self) -> str:
         return f"BatchJob({str(self.input)!r} -> {str(self.output)!r})"
@@ -106,19 +130,18 @@ class BatchJob:
 
     # -- planning
 
-    def _pending_items(self) -> list[Item]:
-        """Items of the input with neither a result line nor a place in a chunk."""
+    def _pending_items(self) -> Iterator[Item]:
+        """Items of the input with neither a result line nor a place in a chunk (streamed:
+        the planner keeps line numbers, not bodies)."""
         done = read_results(self.output).hashes
         planned = self.journal.planned_ids()
-        items = []
         for number, _, raw in read_lines(self.input):
             item = read_item(number, raw, self.endpoint)
             if not isinstance(item, Item):
                 logger.warning("%s: %s; skipped", self.input, item)
                 continue
             if item.item_id not in done and custom_id_of(item) not in planned:
-                items.append(item)
-        return items
+                yield item
 
     def plan(self) -> int:
         """Record chunks for the requests not planned yet; returns how many chunks were added."""
@@ -326,6 +349,23 @@ class BatchJob:
                 records.extend(parse_records(key.client.files.content(file_id).text))
         return records
 
+    def retry_failed(self, max_retries: int) -> int:
+        """Plan again the ids whose answer failed in a way worth another try (never run:
+        expired, cancelled, their whole batch failed; or a 5xx or 429) at most
+        `max_retries` times each; their error lines are dropped. Returns how many."""
+        if self.journal.get("cancelled"):
+            return 0
+        existing = read_results(self.output)
+        chosen: set[Any] = set()
+        for record in _error_records(self.output, existing.failed):
+            custom_id = json.dumps(record["id"], ensure_ascii=False)
+            if _retryable(record["error"]) and self.journal.retries(custom_id) < max_retries:
+                self.journal.forget(custom_id)  # first: an id must never be lost in between
+                chosen.add(record["id"])
+        if chosen:
+            existing.repair_and_drop(chosen)
+        return len(chosen)
+
     def cancel(self) -> int:
         """Cancel every batch in flight and submit nothing more; returns how many were
         cancelled. Their answers so far are still collected by `collect`."""
@@ -338,6 +378,26 @@ class BatchJob:
             self.journal.update(row.chunk, batch_status=batch.status)
             cancelled += 1
         return cancelled
+
+
+def _error_records(path: Path, failed: set[Any]) -> Iterator[dict[str, Any]]:
+    if not failed or not path.exists():
+        return
+    with open(path, encoding="utf-8") as file:
+        for raw in file:
+            if raw.endswith("\n"):
+                record = json.loads(raw)
+                if record.get("id") in failed and isinstance(record.get("error"), dict):
+                    yield record
+
+
+def _retryable(error: dict[str, Any]) -> bool:
+    """True for failures another batch may not repeat; a 4xx other than 429 is the
+    request's own fault and stays."""
+    status = error.get("status_code")
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    return True  # never run: expired, cancelled, or its whole batch failed
 
 
 def _queue_limited(errors: Any) -> bool:

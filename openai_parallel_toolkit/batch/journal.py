@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     error_file_id TEXT
 );
 CREATE TABLE IF NOT EXISTS items (item TEXT PRIMARY KEY, chunk INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tries (item TEXT PRIMARY KEY, retries INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY, chunk INTEGER NOT NULL, attempt INTEGER NOT NULL,
     key_id TEXT NOT NULL
@@ -189,6 +190,22 @@ class BatchJournal:
         """Every batch ever created by this job: (batch id, chunk, attempt)."""
         rows = self._db.execute("SELECT batch_id, chunk, attempt FROM batches ORDER BY rowid")
         return [(str(b), int(c), int(a)) for b, c, a in rows]
+
+    def retries(self, item: str) -> int:
+        """How many times an id was planned again after its answer failed."""
+        row = self._db.execute("SELECT retries FROM tries WHERE item = ?", (item,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def forget(self, item: str) -> None:
+        """Free an id to be planned again (its chunk keeps it in its lines), counting a retry."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM items WHERE item = ?", (item,))
+            self._db.execute(
+                "INSERT INTO tries VALUES (?, 1) "
+                "ON CONFLICT(item) DO UPDATE SET retries = retries + 1",
+                (item,),
+            )
 
     def iter_items(self, number: int) -> Iterator[str]:
         """The custom ids of one chunk."""

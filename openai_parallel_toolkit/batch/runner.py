@@ -1,0 +1,88 @@
+"""`run_batch_job`: a `BatchJob` driven to the end, as ``run --mode batch`` does.
+
+It submits, polls every `poll_interval` seconds (on the given clock, so tests pass time
+without sleeping), collects finished batches as they finish, and once everything is collected
+plans again the lines that failed in a way worth another try (expired, cancelled, a 5xx), at most
+`max_retries` times each. Killed at any point, the same call picks up from the journal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+from ..clock import Clock, SystemClock
+from ..jobs.results import read_results
+from ..keys import APIKeyManager
+from .job import BatchJob, BatchJobStatus
+from .planner import BatchLimits
+
+__all__ = ["BatchRunOptions", "BatchRunSummary", "run_batch_job"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchRunOptions:
+    """How `run_batch_job` drives a job: polling, retries, limits, progress and time."""
+
+    poll_interval: float = 60.0
+    max_retries: int = 2
+    limits: BatchLimits | None = None
+    progress: IO[str] | None = None
+    clock: Clock | None = None
+
+
+@dataclass(frozen=True)
+class BatchRunSummary:
+    """The end of a batch run: result lines by outcome, and the job's last status."""
+
+    answered: int
+    failed: int
+    status: BatchJobStatus
+
+    @property
+    def ok(self) -> bool:
+        """True when every line has an answer."""
+        return self.failed == 0
+
+    def __str__(self) -> str:
+        return f"{self.answered} answered, {self.failed} failed (batch API); {self.status}"
+
+
+def run_batch_job(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    manager: APIKeyManager | None = None,
+    endpoint: str | None = None,
+    options: BatchRunOptions | None = None,
+) -> BatchRunSummary:
+    """Send `input` through the Batch API until every line has a result line in `output`."""
+    options = options or BatchRunOptions()
+    clock = options.clock or SystemClock()
+    report: Callable[[str], None] = _reporter(options.progress)
+    with BatchJob(input, output, manager=manager, endpoint=endpoint, limits=options.limits) as job:
+        while True:
+            created = job.submit()
+            written = job.collect()
+            status = job.status()
+            report(f"{created} batches submitted, {written} results written; {status}")
+            if status.finished:
+                retried = job.retry_failed(options.max_retries)
+                if not retried:
+                    break
+                report(f"{retried} failed lines planned again")
+                continue
+            clock.sleep(options.poll_interval)
+        results = read_results(job.output)
+        failed = len(results.failed)
+        return BatchRunSummary(len(results.hashes) - failed, failed, status)
+
+
+def _reporter(stream: IO[str] | None) -> Callable[[str], None]:
+    def report(text: str) -> None:
+        if stream is not None:
+            print(text, file=stream, flush=True)
+
+    return report
