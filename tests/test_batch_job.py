@@ -24,6 +24,7 @@ from openai_parallel_toolkit import (
     BatchRunOptions,
     KeyConfig,
     PoolOptions,
+    ResultsFileError,
     run_batch_job,
 )
 from openai_parallel_toolkit._drivers.clients import tls_context
@@ -282,3 +283,25 @@ def test_the_command_line_runs_a_batch_job_and_looks_after_its_journal(
         missing = run_cli("batch", "status", str(tmp_path / "nope.sqlite"), "--config", str(config))
         assert missing.returncode == 2 and "no such batch journal" in missing.stderr
         assert sum(fake.batches.created.values()) == 1
+
+
+def test_a_changed_line_or_a_cancelled_job_stops_cleanly(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    options = BatchRunOptions(poll_interval=50, clock=clock)
+    assert run_batch_job(source, out, manager=pool(server), options=options).ok
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join([lines[0].replace("question 0", "changed"), *lines[1:]]) + "\n")
+    with pytest.raises(ResultsFileError, match="another request"):
+        run_batch_job(source, out, manager=pool(server), options=options)
+
+    other, out2 = write_input(tmp_path / "b.jsonl", 30), tmp_path / "out2.jsonl"
+    with BatchJob(other, out2, manager=pool(server), limits=BatchLimits(max_requests=10)) as job:
+        server.batches.settings = BatchSettings(enqueued_token_limits={"gpt-4o-mini": 1})
+        job.submit()
+        assert job.cancel() == 3
+    summary = run_batch_job(other, out2, manager=pool(server), options=options)
+    assert summary.status.cancelled and summary.status.finished  # it ends, submits nothing
+    assert sum(server.batches.created.values()) == 4

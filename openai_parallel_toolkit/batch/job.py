@@ -14,13 +14,13 @@ import io
 import json
 import logging
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ResultsFileError
 from ..jobs.results import read_results
 from ..jobs.source import Item, read_item, read_lines
 from ..keys import APIKeyManager, resolve_manager
@@ -29,15 +29,11 @@ from .clients import BatchClients, KeyClient
 from .collect import batch_error, chunk_items, parse_records, result_lines
 from .journal import BatchJournal, ChunkRow, journal_path
 from .planner import BatchLimits, batch_line, custom_id_of, plan
+from .queues import TERMINAL, Queues
 
 __all__ = ["TERMINAL", "BatchJob", "BatchJobStatus"]
 
 logger = logging.getLogger(__name__)
-
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-"""Batch statuses that never change again."""
-
-_QUEUE_LIMIT = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens")
 
 
 @dataclass(frozen=True)
@@ -48,10 +44,14 @@ class BatchJobStatus:
     batches: dict[str, int]
     requests: int
     collected_requests: int
+    cancelled: bool = False
 
     @property
     def finished(self) -> bool:
-        """True when every planned chunk has been collected."""
+        """True when every planned chunk has been collected, or the job was cancelled and
+        none of its batches is left to collect (chunks never submitted stay so)."""
+        if self.cancelled and not self.chunks.get("submitted"):
+            return True
         return sum(self.chunks.values()) == self.chunks.get("collected", 0)
 
     def __str__(self) -> str:
@@ -95,6 +95,7 @@ class BatchJob:
         if endpoint is not None and self.journal.get("endpoint") is None:
             self.journal.put("endpoint", endpoint)
         self._clients = BatchClients(self.manager)
+        self._queues = Queues(self.journal, self.limits, self._clients)
 
     @classmethod
     def from_journal(
@@ -140,7 +141,14 @@ class BatchJob:
             if not isinstance(item, Item):
                 logger.warning("%s: %s; skipped", self.input, item)
                 continue
-            if item.item_id not in done and custom_id_of(item) not in planned:
+            answered = done.get(item.item_id)
+            if answered is not None and answered != item.request_hash:
+                raise ResultsFileError(
+                    f"{self.output}: the answer of id {item.item_id!r} (line {number}) is for "
+                    "another request than the input's line now; nothing was changed (choose "
+                    "another output file)"
+                )
+            if answered is None and custom_id_of(item) not in planned:
                 yield item
 
     def plan(self) -> int:
@@ -153,48 +161,6 @@ class BatchJob:
 
     # -- submitting
 
-    def _queue_limit(self, queue: str, model: str) -> int | None:
-        learned = self.journal.get(f"queue_limit/{queue}/{model}")
-        if learned is not None:
-            return int(learned)
-        return self.limits.enqueued_tokens.get(model)
-
-    def _queued(self, queue: str, model: str, *, reserved: bool) -> int:
-        """Input tokens of `model` in `queue`: of batches in flight, and with `reserved` of
-        chunks assigned to the queue but not submitted yet."""
-        states = ("submitted", "uploading", "uploaded", "creating") if reserved else ("submitted",)
-        return sum(
-            row.tokens
-            for row in self.journal.chunks(*states)
-            if row.queue == queue
-            and row.model == model
-            and (row.state != "submitted" or row.batch_status not in TERMINAL)
-        )
-
-    def _fits(self, queue: str, row: ChunkRow, *, reserved: bool) -> bool:
-        limit = self._queue_limit(queue, row.model)
-        if limit is None:
-            return True
-        queued = self._queued(queue, row.model, reserved=reserved)
-        return queued == 0 or queued + row.tokens <= limit
-
-    def _assign(self, row: ChunkRow) -> ChunkRow | None:
-        """Choose the key of a planned chunk: the least loaded queue with room, then the key
-        of that queue with the fewest chunks. None when no queue has room now."""
-        keys = self._clients.all()
-        load = Counter(r.key_id for r in self.journal.chunks() if r.key_id is not None)
-        queues = sorted(
-            dict.fromkeys(k.queue for k in keys),  # in the pool's order, ties to the first
-            key=lambda q: self._queued(q, row.model, reserved=True),
-        )
-        for queue in queues:
-            if self._fits(queue, row, reserved=True):
-                key = min((k for k in keys if k.queue == queue), key=lambda k: load[k.key_id])
-                return self.journal.update(
-                    row.chunk, key_id=key.key_id, queue=queue, state="uploading"
-                )
-        return None
-
     def _filename(self, row: ChunkRow) -> str:
         return f"opt-{self.journal.token}-{row.filename}"
 
@@ -205,11 +171,18 @@ class BatchJob:
                 return self.journal.update(row.chunk, file_id=found.id, state="uploaded")
         wanted = set(row.lines)
         data = io.BytesIO()
+        sent: set[str] = set()
         for number, _, raw in read_lines(self.input):
             if number in wanted:
                 item = read_item(number, raw, self.endpoint)
                 if isinstance(item, Item):
                     data.write(batch_line(item))
+                    sent.add(custom_id_of(item))
+        if sent != set(self.journal.iter_items(row.chunk)):
+            raise ValueError(
+                f"{self.input}: lines planned for batch file {row.chunk} changed since they "
+                "were planned (only appending lines to the input is safe while a job runs)"
+            )
         uploaded = key.client.files.create(file=(name, data.getvalue()), purpose="batch")
         return self.journal.update(row.chunk, file_id=uploaded.id, state="uploaded")
 
@@ -253,7 +226,7 @@ class BatchJob:
         created = 0
         for row in self.journal.chunks("planned", "uploading", "uploaded", "creating"):
             if row.state == "planned":
-                assigned = self._assign(row)
+                assigned = self._queues.assign(row)
                 if assigned is None:
                     continue
                 row = assigned
@@ -262,7 +235,7 @@ class BatchJob:
             key = self._clients.get(key_id)
             if row.state == "uploading":
                 row = self._upload(row, key)
-            if row.state == "uploaded" and not self._fits(queue, row, reserved=False):
+            if row.state == "uploaded" and not self._queues.fits(queue, row, reserved=False):
                 continue
             created += self._create(row, key)
         return created
@@ -295,10 +268,7 @@ class BatchJob:
         return self._snapshot()
 
     def _requeue(self, row: ChunkRow, errors: Any) -> None:
-        match = _QUEUE_LIMIT.search(str(errors))
-        if match is not None and row.queue is not None:
-            limit = match.group(1).replace(",", "")
-            self.journal.put(f"queue_limit/{row.queue}/{row.model}", limit)
+        self._queues.learn(row, errors)
         logger.info("chunk %d: over the enqueued-token limit; it waits", row.chunk)
         self.journal.update(
             row.chunk, state="uploaded", batch_id=None, batch_status=None, attempt=row.attempt + 1
@@ -311,6 +281,7 @@ class BatchJob:
             batches=dict(Counter(r.batch_status or "pending" for r in rows if r.batch_id)),
             requests=sum(r.requests for r in rows),
             collected_requests=sum(r.requests for r in rows if r.state == "collected"),
+            cancelled=self.journal.get("cancelled") is not None,
         )
 
     def collect(self) -> int:
