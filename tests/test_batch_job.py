@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import InProcessCli
+from conftest import InProcessCli, openai_client
 
 from openai_parallel_toolkit import (
     APIKeyManager,
@@ -305,3 +305,23 @@ def test_a_changed_line_or_a_cancelled_job_stops_cleanly(
     summary = run_batch_job(other, out2, manager=pool(server), options=options)
     assert summary.status.cancelled and summary.status.finished  # it ends, submits nothing
     assert sum(server.batches.created.values()) == 4
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [BatchLimits(max_bytes=700), BatchLimits(max_tokens=30), BatchLimits(max_requests=3)],
+)
+def test_files_are_split_within_bytes_tokens_and_requests(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path, limits: BatchLimits
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 9)  # ~170 bytes and ~10 input tokens a line
+    out = tmp_path / "out.jsonl"
+    with BatchJob(source, out, manager=pool(server), limits=limits) as job:
+        assert job.submit() == 3
+        clock.advance(200)
+        assert job.collect() == 9
+    sizes = []
+    for key in KEYS:
+        api = openai_client(api_key=key, base_url=server.base_url)
+        sizes += [len(api.files.content(f.id).content) for f in api.files.list(purpose="batch")]
+    assert len(sizes) == 3 and max(sizes) <= limits.max_bytes

@@ -223,7 +223,15 @@ class FakeBatches:
         if parts == ["files"] and method == "POST":
             reply = self._upload(content_type, raw, project, now)
         elif parts == ["files"] and method == "GET":
-            reply = self._list([f.object() for f in self._files.values() if f.project == project])
+            purpose = params.get("purpose")
+            reply = self._list(
+                [
+                    f.object()
+                    for f in self._files.values()
+                    if f.project == project and purpose in (None, f.purpose)
+                ],
+                {"limit": "10000", **params},
+            )
         elif len(parts) == 2 and parts[0] == "files" and method == "GET":
             reply = self._file(parts[1], project).object()
         elif len(parts) == 2 and parts[0] == "files" and method == "DELETE":
