@@ -286,6 +286,8 @@ def test_import_has_no_side_effects() -> None:
         "import logging, os, sys\n"
         "root = list(logging.getLogger().handlers)\n"
         "import openai_parallel_toolkit as t\n"
+        # Light: the HTTP client and the price data load when first needed.
+        "assert not {'openai', 'genai_prices'} & set(sys.modules)\n"
         "assert logging.getLogger().handlers == root\n"
         "assert logging.getLogger('openai_parallel_toolkit').handlers == []\n"
         "assert logging.getLogger('openai_parallel_toolkit').level == logging.NOTSET\n"

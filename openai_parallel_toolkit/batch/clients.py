@@ -10,13 +10,14 @@ enqueued-token limit and see each other's files, as keys of one OpenAI project d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from .._drivers.clients import default_client_factory
 from ..config import KeyConfig
 from ..keys import APIKeyManager
+
+if TYPE_CHECKING:
+    import openai  # imported by the client factory when a client is built: import stays light
 
 __all__ = ["BatchClients", "KeyClient"]
 
