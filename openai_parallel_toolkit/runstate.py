@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .costs import UsageLedger
 from .errors import redact
 from .keys import APIKeyManager, PoolStats
-from .stats import UsageReport
+from .stats import UsageReport, request_figures
 
 __all__ = ["FileFailure", "RunState", "RunSummary", "logs_above"]
 
@@ -102,13 +102,14 @@ class RunSummary:
                 "adopted": self.adopted,
                 "failed": {failure.path: failure.reason for failure in self.failed},
             },
-            "requests": self.requests,
-            "successes": self.answered,
-            "failures": self.request_errors,
-            "rate_limited": self.rate_limited,
-            **self.usage.to_dict(),
-            "elapsed_seconds": round(self.elapsed, 3),
-            "requests_per_second": round(self.requests / max(self.elapsed, 1e-9), 3),
+            **request_figures(
+                self.requests,
+                self.answered,
+                self.request_errors,
+                self.rate_limited,
+                self.usage,
+                self.elapsed,
+            ),
             "interrupted": self.interrupted,
             "ok": self.ok,
         }

@@ -5,7 +5,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["KeyState", "KeyStats", "PoolCapacity", "PoolStats", "UsageReport", "UsageRow"]
+__all__ = [
+    "KeyState",
+    "KeyStats",
+    "PoolCapacity",
+    "PoolStats",
+    "UsageReport",
+    "UsageRow",
+    "request_figures",
+]
 
 
 class KeyState(str, enum.Enum):
@@ -148,3 +156,23 @@ class PoolCapacity:
     limit_tokens: float | None
     remaining_tokens: float | None
     active_keys: int
+
+
+def request_figures(
+    requests: int,
+    answered: int,
+    failures: int,
+    rate_limited: int,
+    usage: UsageReport,
+    elapsed: float,
+) -> dict[str, object]:
+    """The request counts, tokens, cost and pace every run summary's JSON shares."""
+    return {
+        "requests": requests,
+        "successes": answered,
+        "failures": failures,
+        "rate_limited": rate_limited,
+        **usage.to_dict(),
+        "elapsed_seconds": round(elapsed, 3),
+        "requests_per_second": round(requests / max(elapsed, 1e-9), 3),
+    }

@@ -18,7 +18,7 @@ from ..costs import CostMeter
 from ..keys import APIKeyManager
 from ..models import RawRequest
 from ..request import RetryPolicy
-from ..stats import PoolStats, UsageReport
+from ..stats import PoolStats, UsageReport, request_figures
 from .plan import check_paths, prepare_job
 from .results import check_ordered_target, write_ordered
 from .sending import SendOptions, send_items
@@ -95,13 +95,14 @@ class JobSummary:
                 "malformed": len(self.malformed),
                 "redone": self.redone,
             },
-            "requests": self.requests,
-            "successes": self.answered,
-            "failures": self.request_errors,
-            "rate_limited": self.rate_limited,
-            **self.usage.to_dict(),
-            "elapsed_seconds": round(self.elapsed, 3),
-            "requests_per_second": round(self.requests / max(self.elapsed, 1e-9), 3),
+            **request_figures(
+                self.requests,
+                self.answered,
+                self.request_errors,
+                self.rate_limited,
+                self.usage,
+                self.elapsed,
+            ),
             "max_cost": self.max_cost,
             "budget_reached": self.budget_reached,
             "interrupted": self.interrupted,
