@@ -30,6 +30,7 @@ __all__ = [
     "price_of",
     "prices_from_mapping",
     "tier_of",
+    "usd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -281,3 +282,12 @@ def _rate(value: object, field: str, fail: Any) -> Decimal | None:
     if not rate.is_finite() or rate < 0:
         raise fail(f"must be a finite number >= 0, got {value}", field)
     return rate
+
+
+def usd(amount: float | Decimal) -> str:
+    """Dollars with the digits that matter (a small test run's cost is not all zeros):
+    ``$0.000013``, ``$1.2345``, ``$120.50``."""
+    value = float(amount)
+    if value >= 100:
+        return f"${value:.2f}"
+    return f"${value:.4f}" if value >= 1 else f"${value:.6f}"

@@ -27,7 +27,7 @@ from .costs import CostMeter, record_in_context
 from .errors import BudgetReachedError, CostUnknownError, RequestFailedError, classify
 from .keys import APIKeyManager, Lease, resolve_manager
 from .models import OpenAIModel, check_generate_signature, prompt_usage, sends_async
-from .prices import Usage, tier_of
+from .prices import Usage, tier_of, usd
 
 __all__ = ["RetryPolicy", "arequest_openai_api", "request_openai_api"]
 
@@ -224,8 +224,8 @@ def _reserve(openai_model: OpenAIModel, pool: APIKeyManager, meter: CostMeter | 
     worst = price.worst_case(math.ceil(prompt * max(1.0, pool.prompt_scale)), output)
     if not meter.reserve(worst):
         raise BudgetReachedError(
-            f"the cost cap of ${meter.max_cost} is reached (spent ${meter.spent:.6f}; this "
-            f"request may cost up to ${worst:.6f})"
+            f"the cost cap of {usd(meter.max_cost or 0)} is reached (spent "
+            f"{usd(meter.spent)}; this request may cost up to {usd(worst)})"
         )
     return worst
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .prices import usd
 from .stats import KeyState, PoolCapacity, PoolStats, UsageReport
 
 __all__ = ["Binding", "RunFigures", "run_figures"]
@@ -76,10 +77,10 @@ class RunFigures:
             "r429": str(self.rate_limited),
             "failed": str(self.failed),
             "keys": f"{self.keys_healthy}/{self.keys_cooling}/{self.keys_removed}",
-            "cost": "?" if self.cost is None else _usd(self.cost),
+            "cost": "?" if self.cost is None else usd(self.cost),
         }
         if self.projected_cost is not None:
-            fields["proj"] = _usd(self.projected_cost)
+            fields["proj"] = usd(self.projected_cost)
         if self.ceiling_share is not None:
             fields["ceiling"] = f"{self.ceiling_share:.0%}"
         if self.binding is not None:
@@ -89,17 +90,10 @@ class RunFigures:
     def _cost_text(self) -> str:
         if self.cost is None:
             return "cost unknown"
-        text = f"{_usd(self.cost)} spent"
+        text = f"{usd(self.cost)} spent"
         if self.projected_cost is not None:
-            text += f", {_usd(self.projected_cost)} projected"
+            text += f", {usd(self.projected_cost)} projected"
         return text
-
-
-def _usd(amount: float) -> str:
-    """Dollars with the digits that matter: a small test run's cost is not all zeros."""
-    if amount >= 100:
-        return f"${amount:.2f}"
-    return f"${amount:.4f}" if amount >= 1 else f"${amount:.6f}"
 
 
 def run_figures(

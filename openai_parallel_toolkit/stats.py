@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .prices import usd
+
 __all__ = [
     "KeyState",
     "KeyStats",
@@ -87,7 +89,7 @@ class UsageRow:
         }
 
     def __str__(self) -> str:
-        cost = "cost unknown" if self.cost is None else f"${self.cost:.6f}"
+        cost = "cost unknown" if self.cost is None else usd(self.cost)
         return (
             f"{self.name}: {self.requests} requests, {self.prompt_tokens} tokens in "
             f"({self.cached_tokens} cached), {self.completion_tokens} out, {cost}"

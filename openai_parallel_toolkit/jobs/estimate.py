@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from ..models import RawRequest
-from ..prices import PriceTable, tier_of
+from ..prices import PriceTable, tier_of, usd
 from ..tokens import output_is_capped
 from .plan import check_paths, check_plan, plan_job
 from .results import read_results
@@ -43,7 +43,7 @@ class CostEstimate:
         text = (
             f"dry run: {self.requests} requests to send ({self.skipped} already done), "
             f"{self.prompt_tokens} prompt tokens + up to {self.output_tokens} output tokens: "
-            f"{kind} ${self.cost:.6f}"
+            f"{kind} {usd(self.cost)}"
         )
         if self.unpriced:
             text += (

@@ -17,6 +17,7 @@ from typing import IO
 from ..costs import CostMeter
 from ..keys import APIKeyManager
 from ..models import RawRequest
+from ..prices import usd
 from ..request import RetryPolicy
 from ..stats import PoolStats, UsageReport, request_figures
 from .plan import check_paths, prepare_job
@@ -74,7 +75,7 @@ class JobSummary:
             text += "; repaired a torn last line"
         if self.budget_reached:
             text += (
-                f"; stopped at the cost cap of ${self.max_cost}: the rest was not sent "
+                f"; stopped at the cost cap of {usd(self.max_cost or 0)}: the rest was not sent "
                 "(run again with a higher --max-cost to continue)"
             )
         elif self.interrupted:
