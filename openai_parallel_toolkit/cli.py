@@ -42,6 +42,7 @@ from .errors import Action, ConfigError, classify, redact
 from .headers import RateLimitHeaders
 from .keys import APIKeyManager
 from .models import RawRequest
+from .prices import PriceTable
 
 if TYPE_CHECKING:
     from .jobs import JobSummary
@@ -348,6 +349,23 @@ def _run_parser(prog: str) -> CommandLineParser:
     return parser
 
 
+def _dry_run(args: argparse.Namespace, source: str | Path, target: str | Path) -> int:
+    """``run --dry-run``: price the lines not yet answered and send nothing. No key is needed:
+    the config (when given) is read for its ``prices:`` only."""
+    from .jobs.estimate import estimate_job_cost
+
+    overrides = load_config(args.config).prices if args.config else None
+    estimate = estimate_job_cost(
+        source,
+        target,
+        prices=PriceTable(overrides),
+        endpoint=args.endpoint,
+        redo_changed=args.redo_changed,
+    )
+    print(estimate, file=sys.stderr)
+    return 0
+
+
 def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> int:
     """``run REQUESTS.jsonl -o RESULTS.jsonl``: a JSONL job; see `jobs.run_jsonl_job`."""
     from .jobs import ResultsFileError, run_jsonl_job
@@ -380,25 +398,15 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         with contextlib.ExitStack() as stack, _sigterm_as_interrupt() as received:
             if "-" in (args.input, args.output):
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opt-run-")))
-            manager = APIKeyManager(
-                config=load_pool_config(args.config, args.timeout, args.redis), make_default=False
-            )
-            stack.callback(manager.close)
             source = _spool_stdin(folder) if args.input == "-" and folder else args.input
             to_stdout = args.output == "-" and folder is not None
             target = folder / "results.jsonl" if to_stdout and folder else args.output
             if args.dry_run:
-                from .jobs.estimate import estimate_job_cost
-
-                estimate = estimate_job_cost(
-                    source,
-                    target,
-                    prices=manager.prices,
-                    endpoint=args.endpoint,
-                    redo_changed=args.redo_changed,
-                )
-                print(estimate, file=sys.stderr)
-                return 0
+                return _dry_run(args, source, target)
+            manager = APIKeyManager(
+                config=load_pool_config(args.config, args.timeout, args.redis), make_default=False
+            )
+            stack.callback(manager.close)
             if args.worker:
                 summary = _run_worker(args, manager)
             else:

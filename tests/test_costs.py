@@ -226,3 +226,12 @@ def test_dry_run_sends_nothing(
     (tmp_path / "open.jsonl").write_text(json.dumps(body) + "\n", encoding="utf-8")
     result = run_cli(*run_args(tmp_path / "open.jsonl", output, config, "--dry-run"))
     assert "an estimate" in result.stderr and server.total().requests == 0
+
+
+def test_dry_run_needs_no_key(tmp_path: Path, run_cli: InProcessCli) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 3)
+    output = tmp_path / "out.jsonl"
+    result = run_cli("run", str(requests), "-o", str(output), "--dry-run")  # no OPENAI_* set
+    assert result.returncode == 0, result.stderr
+    assert "3 requests" in result.stderr and "at most $" in result.stderr
+    assert not output.exists()
