@@ -67,7 +67,10 @@ def run_batch_job(
             created = job.submit()
             written = job.collect()
             status = job.status()
-            report(f"{created} batches submitted, {written} results written; {status}")
+            # What this poll did, when it did something; then where the job stands.
+            done = [f"{created} batches submitted"] if created else []
+            done += [f"{written} results written"] if written else []
+            report("; ".join([", ".join(done), str(status)]) if done else str(status))
             if status.finished:
                 retried = job.retry_failed(options.max_retries)
                 if not retried:
