@@ -410,7 +410,8 @@ def test_slow_fault_and_quick_stop() -> None:
     server.slow_seconds = 30
     server.set_fault(KEY, "slow", times=1)
     held, outcome = _call_in_background(server)
-    _wait_until(lambda: server.in_flight(KEY) == 1)
+    # Counted once its body is read, which is when it takes the fault (in the same step).
+    _wait_until(lambda: server.in_flight(KEY) == 1 and server.total().requests == 1)
     # The fault holds that request: one sent after it, the fault used up, overtakes it.
     reply = client(server).chat.completions.create(model="m", messages=USER_HI)
     assert reply.choices[0].message.content == "echo: hi"
