@@ -91,7 +91,8 @@ class UsageRow:
     def __str__(self) -> str:
         cost = "cost unknown" if self.cost is None else usd(self.cost)
         return (
-            f"{self.name}: {self.requests} requests, {self.prompt_tokens} tokens in "
+            f"{self.name}: {self.requests} request{'' if self.requests == 1 else 's'}, "
+            f"{self.prompt_tokens} tokens in "
             f"({self.cached_tokens} cached), {self.completion_tokens} out, {cost}"
         )
 
