@@ -285,6 +285,26 @@ def test_the_command_line_runs_a_batch_job_and_looks_after_its_journal(
         assert sum(fake.batches.created.values()) == 1
 
 
+def test_a_key_the_api_refuses_is_one_masked_line_not_a_traceback(
+    run_cli: InProcessCli, tmp_path: Path
+) -> None:
+    dead = "sk-batch-dead-key-0000000000000001"
+    with FakeOpenAIServer(keys=KEYS) as fake:  # it does not know `dead`
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"api_keys": [dead], "api_base": fake.base_url}))
+        source = write_input(tmp_path / "in.jsonl", 2)
+        out = tmp_path / "out.jsonl"
+        ran = run_cli(
+            "run", str(source), "-o", str(out), "--mode", "batch", "--config", str(config),
+            "--poll-interval", "0.02",
+        )  # fmt: skip
+        assert ran.returncode == 1, ran.stderr
+        assert "error: a Batch API call failed: HTTP 401" in ran.stderr
+        assert "Traceback" not in ran.stderr and dead not in ran.stderr
+        status = run_cli("batch", "status", str(out) + ".batches.sqlite", "--config", str(config))
+        assert "Traceback" not in status.stderr and dead not in status.stderr
+
+
 def test_a_changed_line_or_a_cancelled_job_stops_cleanly(
     server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
 ) -> None:

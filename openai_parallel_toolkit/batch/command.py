@@ -1,9 +1,10 @@
 """The batch commands: ``run --mode batch`` and ``batch status|cancel|collect JOURNAL``.
 
 Exit statuses: 0 done (every line answered, or the command did what it said); 1 some lines
-failed for good; 2 bad usage, a missing input, journal or config, or an output file that is
-not this job's (nothing changed); 130 interrupted by Ctrl-C (the journal keeps every batch: run
-the same command again to go on polling them).
+failed for good, or the API refused a call (a dead key, an unreachable server: said in one
+line; the journal keeps what was done); 2 bad usage, a missing input, journal or config, or an
+output file that is not this job's (nothing changed); 130 interrupted by Ctrl-C (the journal
+keeps every batch: run the same command again to go on polling them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import ConfigError, ResultsFileError
+from ..errors import ConfigError, ResultsFileError, classify, redact
 from ..keys import APIKeyManager
 from .job import BatchJob
 from .runner import BatchRunOptions, run_batch_job
@@ -20,6 +21,16 @@ from .runner import BatchRunOptions, run_batch_job
 __all__ = ["batch_main", "run_batch_mode"]
 
 _ERRORS = (ConfigError, ResultsFileError, OSError, ValueError, KeyError)
+
+
+def _api_failure(exc: Exception, manager: APIKeyManager | None) -> str | None:
+    """One line for an error of the API client (masked), or None for any other exception."""
+    import openai
+
+    if not isinstance(exc, openai.OpenAIError):
+        return None
+    secrets = [key.api_key for key in manager.config.keys] if manager is not None else []
+    return redact(f"a Batch API call failed: {classify(exc).reason}", secrets)
 
 
 def _pool(config: str | None, timeout: float | None = None) -> APIKeyManager:
@@ -30,6 +41,7 @@ def _pool(config: str | None, timeout: float | None = None) -> APIKeyManager:
 
 def run_batch_mode(args: argparse.Namespace) -> int:
     """``run IN -o OUT --mode batch``: `run_batch_job` until every line has a result."""
+    manager: APIKeyManager | None = None
     try:
         manager = _pool(args.config, args.timeout)
         try:
@@ -49,6 +61,14 @@ def run_batch_mode(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: the journal keeps every batch; run again to go on", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = _api_failure(exc, manager)
+        if message is None:
+            raise
+        print(
+            f"error: {message}; the journal keeps every batch: run again to go on", file=sys.stderr
+        )
+        return 1
     print(f"{args.output}: {summary}", file=sys.stderr)
     return 0 if summary.ok else 1
 
@@ -73,6 +93,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def batch_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit batch") -> int:
     """``batch status|collect|cancel JOURNAL``; prints what it did on stdout."""
     args = _parser(prog).parse_args(argv)
+    manager: APIKeyManager | None = None
     try:
         manager = _pool(args.config)
         try:
@@ -89,4 +110,10 @@ def batch_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit batch")
     except _ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        message = _api_failure(exc, manager)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return 0
