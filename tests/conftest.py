@@ -25,6 +25,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import openai
@@ -33,6 +34,8 @@ import pytest
 from openai_parallel_toolkit import reset_default_manager
 from openai_parallel_toolkit.__main__ import main
 from openai_parallel_toolkit._drivers.clients import tls_context
+from openai_parallel_toolkit.prices import Usage, price_of
+from openai_parallel_toolkit.testing import FakeOpenAIServer
 from openai_parallel_toolkit.tiktoken_cache import seed_cache
 
 TIKTOKEN_CACHE_DIR = Path(__file__).resolve().parent.parent / ".tiktoken-cache"
@@ -170,3 +173,12 @@ def openai_client(**options: object) -> openai.OpenAI:
         http_client=openai.DefaultHttpxClient(verify=tls_context()),
         **options,  # type: ignore[arg-type]
     )
+
+
+def server_cost(server: FakeOpenAIServer, model: str = "gpt-4o-mini") -> Decimal:
+    """What the fake server's own token counts cost at `model`'s price: the reference a run's
+    reported cost and its cost cap are checked against."""
+    total = server.total()
+    price = price_of(model)
+    assert price is not None
+    return price.cost(Usage(total.prompt_tokens, total.completion_tokens, total.cached_tokens))

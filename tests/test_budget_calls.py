@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+from conftest import server_cost
 
 from openai_parallel_toolkit import (
     APIKeyManager,
@@ -21,7 +22,6 @@ from openai_parallel_toolkit import (
     config_from_mapping,
     multi_process_one,
 )
-from openai_parallel_toolkit.prices import Usage, price_of
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
 KEYS = ["sk-capcall-aaaaaaaaaaaaaa0001", "sk-capcall-aaaaaaaaaaaaaa0002"]
@@ -45,14 +45,6 @@ def data(count: int) -> list[tuple[str, str]]:
     return [("You answer briefly. " * 3, f"question {i} " * 3) for i in range(count)]
 
 
-def spent(server: FakeOpenAIServer) -> Decimal:
-    """What the fake server's own token counts cost at the price table."""
-    total = server.total()
-    price = price_of(MODEL)
-    assert price is not None
-    return price.cost(Usage(total.prompt_tokens, total.completion_tokens, total.cached_tokens))
-
-
 def test_multi_process_one_stops_at_the_cap_and_returns_budget_errors(
     manager: APIKeyManager, server: FakeOpenAIServer
 ) -> None:
@@ -67,11 +59,11 @@ def test_multi_process_one_stops_at_the_cap_and_returns_budget_errors(
     answered = [r for r in results if isinstance(r, str)]
     assert refused and answered and len(refused) + len(answered) == 60
     assert server.total().requests == len(answered)  # nothing refused was sent
-    assert spent(server) <= Decimal(str(cap))
+    assert server_cost(server) <= Decimal(str(cap))
     assert meter.reached
     report = meter.ledger.report()
     assert report.total.requests == len(answered)
-    assert report.total.cost == pytest.approx(float(spent(server)), rel=1e-9)
+    assert report.total.cost == pytest.approx(float(server_cost(server)), rel=1e-9)
 
 
 def test_multi_process_one_raises_a_batch_error_holding_the_answers(
@@ -87,7 +79,7 @@ def test_multi_process_one_raises_a_batch_error_holding_the_answers(
     answered = [r for r in error.results if r is not None]
     assert answered and len(answered) + len(error.errors) == 20
     assert server.total().requests == len(answered)
-    assert spent(server) <= Decimal("0.0001")
+    assert server_cost(server) <= Decimal("0.0001")
 
 
 def test_amulti_process_one_keeps_the_cap_with_many_tasks(
@@ -104,7 +96,7 @@ def test_amulti_process_one_keeps_the_cap_with_many_tasks(
     refused = sum(isinstance(r, BudgetReachedError) for r in results)
     assert 0 < refused < 100
     assert server.total().requests == 100 - refused
-    assert spent(server) <= Decimal(str(cap))
+    assert server_cost(server) <= Decimal(str(cap))
 
 
 def test_a_model_without_a_price_is_refused_under_a_cap(
@@ -134,4 +126,4 @@ def test_batched_create_takes_a_cap(manager: APIKeyManager, server: FakeOpenAISe
     refused = sum(isinstance(r, BudgetReachedError) for r in results)
     assert 0 < refused < 30
     assert server.total().requests == 30 - refused
-    assert spent(server) <= Decimal("0.0002")
+    assert server_cost(server) <= Decimal("0.0002")

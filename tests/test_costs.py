@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import InProcessCli
+from conftest import InProcessCli, server_cost
 
 from openai_parallel_toolkit import APIKeyManager, run_jsonl_job
 from openai_parallel_toolkit.prices import Usage, price_of
@@ -52,14 +52,6 @@ def lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def expected_cost(server: FakeOpenAIServer) -> Decimal:
-    """The run's cost from the server's own token counts and the price table."""
-    total = server.total()
-    price = price_of(MODEL)
-    assert price is not None
-    return price.cost(Usage(total.prompt_tokens, total.completion_tokens, total.cached_tokens))
-
-
 def test_cost_of_a_known_run_matches_the_price_table(
     server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
@@ -71,7 +63,7 @@ def test_cost_of_a_known_run_matches_the_price_table(
     total = server.total()
     assert summary.ok and total.requests == 40
     assert total.cached_tokens > 0  # the repeated system prompt is a cache hit
-    expected = float(expected_cost(server))
+    expected = float(server_cost(server))
     report = summary.usage
     assert report.total.cost == pytest.approx(expected, rel=1e-9)
     assert report.total.prompt_tokens == total.prompt_tokens
@@ -166,7 +158,7 @@ def test_cap_under_200_concurrent_requests_never_passes_the_budget(
             requests, output, manager=manager, threads=200, use_async=True, progress=False,
             max_cost=cap,
         )  # fmt: skip
-    spent = expected_cost(server)  # what the server's own counts cost
+    spent = server_cost(server)  # what the server's own counts cost
     assert spent <= Decimal(str(cap))
     assert summary.budget_reached and not summary.interrupted and not summary.ok
     assert 0 < summary.done < 200 and summary.failed == 0

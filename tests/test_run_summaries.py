@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import InProcessCli
+from conftest import InProcessCli, server_cost
 
 from openai_parallel_toolkit import (
     APIKeyManager,
@@ -19,7 +18,6 @@ from openai_parallel_toolkit import (
     multi_process_one,
     request_openai_api,
 )
-from openai_parallel_toolkit.prices import Usage, price_of
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
 KEYS = ["sk-summary-aaaaaaaaaaaaaa0001", "sk-summary-aaaaaaaaaaaaaa0002"]
@@ -30,13 +28,6 @@ MODEL = "gpt-4o-mini"
 def server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(keys=KEYS, seed=11) as fake:
         yield fake
-
-
-def expected_cost(server: FakeOpenAIServer) -> Decimal:
-    total = server.total()
-    price = price_of(MODEL)
-    assert price is not None
-    return price.cost(Usage(total.prompt_tokens, total.completion_tokens, total.cached_tokens))
 
 
 class CountingToolkit(ParallelToolkit):
@@ -74,7 +65,7 @@ def test_toolkit_summary_holds_requests_tokens_and_cost(
     assert usage.total.requests == 20  # the nested multi_process_one calls are counted too
     assert usage.total.prompt_tokens == total.prompt_tokens
     assert usage.total.completion_tokens == total.completion_tokens
-    assert usage.total.cost == pytest.approx(float(expected_cost(server)), rel=1e-9)
+    assert usage.total.cost == pytest.approx(float(server_cost(server)), rel=1e-9)
     assert [row.name for row in usage.by_model] == [MODEL]
     assert len(usage.by_key) == 2 and all(row.name.startswith("sk-...") for row in usage.by_key)
     text = str(summary)
@@ -129,7 +120,7 @@ def test_run_summary_file_has_the_documented_shape(
         "output": total.completion_tokens,
         "cached": total.cached_tokens,
     }
-    assert record["cost"] == pytest.approx(float(expected_cost(server)), rel=1e-9)
+    assert record["cost"] == pytest.approx(float(server_cost(server)), rel=1e-9)
     assert record["by_model"][MODEL]["requests"] == 8
     assert sum(row["requests"] for row in record["by_key"].values()) == 8
     assert all(key.startswith("sk-...") for key in record["by_key"])
