@@ -44,6 +44,7 @@ from .parallel import (
     aparallel_map,
     default_concurrency,
     parallel_map,
+    pool_watch,
 )
 from .request import RetryPolicy, arequest_openai_api, request_openai_api
 
@@ -125,8 +126,14 @@ class _Batch:
             )
         return max(1, min(count, knobs.global_request_limit, len(self.models)))
 
+    def counting_meter(self) -> CostMeter:
+        """The call's cap, or an uncapped meter that counts its answers for the bar."""
+        return self.meter if self.meter is not None else CostMeter()
+
     def send(self) -> list[Any]:
         """Every response, or the exception in its place, in input order (threads)."""
+        meter = self.counting_meter()
+        count = self.concurrency(MAX_CONCURRENCY)
 
         def one(model: OpenAIModel) -> Any:
             return request_openai_api(
@@ -135,21 +142,24 @@ class _Batch:
                 policy=self.policy,
                 raw=True,
                 cache=self.cache,
-                meter=self.meter,
+                meter=meter,
             )
 
         with _log_level(self.pool.knobs.log_level):
             return parallel_map(
                 one,
                 self.models,
-                threads=self.concurrency(MAX_CONCURRENCY),
+                threads=count,
                 on_error="return",
                 progress=self.progress,
                 desc=self.desc,
+                watch=pool_watch(self.pool, len(self.models), meter, count),
             )
 
     async def asend(self) -> list[Any]:
         """`send` as tasks of the running event loop."""
+        meter = self.counting_meter()
+        count = self.concurrency(MAX_ASYNC_CONCURRENCY)
 
         async def one(model: OpenAIModel) -> Any:
             return await arequest_openai_api(
@@ -158,17 +168,18 @@ class _Batch:
                 policy=self.policy,
                 raw=True,
                 cache=self.cache,
-                meter=self.meter,
+                meter=meter,
             )
 
         with _log_level(self.pool.knobs.log_level):
             return await aparallel_map(
                 one,
                 self.models,
-                concurrency=self.concurrency(MAX_ASYNC_CONCURRENCY),
+                concurrency=count,
                 on_error="return",
                 progress=self.progress,
                 desc=self.desc,
+                watch=pool_watch(self.pool, len(self.models), meter, count),
             )
 
 

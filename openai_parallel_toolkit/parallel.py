@@ -21,8 +21,6 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
-from tqdm.auto import tqdm
-
 from .cache import RequestCache
 from .costs import CostMeter
 from .errors import ToolkitError, redact
@@ -30,6 +28,7 @@ from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
 from .models import OpenAIModel, check_generate_signature, sends_async
 from .request import arequest_openai_api, request_openai_api
 from .runstate import logs_above
+from .runwatch import ItemBar, RunWatch
 
 __all__ = [
     "BatchError",
@@ -41,6 +40,7 @@ __all__ = [
     "default_concurrency",
     "multi_process_one",
     "parallel_map",
+    "pool_watch",
     "run_meter",
 ]
 
@@ -150,6 +150,7 @@ def parallel_map(
     on_error: OnError = "raise",
     progress: bool | None = None,
     desc: str | None = None,
+    watch: RunWatch | None = None,
 ) -> list[Any]:
     """Apply `function` to every item on `threads` threads; results in input order.
 
@@ -157,14 +158,15 @@ def parallel_map(
     The caller's context (active key pool and cache) is carried into the workers. Failures
     follow `on_error`: "raise" a `BatchError` once all items ended, or put None ("none") or the
     exception itself ("return") in the failed item's place. `progress=None` shows a bar unless
-    this runs inside another toolkit job.
+    this runs inside another toolkit job; `watch` puts a run's figures beside it (requests/s,
+    tokens/s, 429s, keys healthy / cooling / removed, cost, the ceiling in use).
     """
     _check_on_error(on_error)
     if isinstance(threads, int) and threads < 1:
         raise ValueError("threads must be >= 1")
     results: list[Any] = [None] * len(items)
     errors: dict[int, BaseException] = {}
-    bar = _progress_bar(len(items), progress, desc)
+    bar = _progress_bar(len(items), progress, desc, watch)
 
     def run_indexed(pair: tuple[int, T]) -> R:
         nested = _nested.set(True)
@@ -183,14 +185,14 @@ def parallel_map(
             workers = min(limit, max(1, len(items)))
             executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
         stack.callback(bar.close)
-        stack.enter_context(logs_above(bar))  # warnings above the bar, not glued to it
+        stack.enter_context(logs_above(bar.bar))  # warnings above the bar, not glued to it
         pairs = enumerate(items)
         # A fixed count keeps a second round queued so no thread idles between items.
         window = threads * 2 if isinstance(threads, int) else threads
         for (index, _), future in completed(executor, run_indexed, pairs, window):
             exc = future.exception()
             _record(results, errors, index, exc, None if exc else future.result(), on_error)
-            bar.update(1)
+            bar.one_done(failed=exc is not None)
     if errors and on_error == "raise":
         raise BatchError(results, errors)
     return results
@@ -201,10 +203,12 @@ def _check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be 'raise', 'none' or 'return', not {on_error!r}")
 
 
-def _progress_bar(total: int, progress: bool | None, desc: str | None) -> tqdm[Any]:
+def _progress_bar(
+    total: int, progress: bool | None, desc: str | None, watch: RunWatch | None
+) -> ItemBar:
     """A bar, unless `progress` is False, or None inside another toolkit job."""
     show = (not _nested.get()) if progress is None else progress
-    return tqdm(total=total, desc=desc, disable=not show, leave=True, dynamic_ncols=True)
+    return ItemBar(total, show=show, desc=desc, figures=watch)
 
 
 def _record(
@@ -233,6 +237,7 @@ async def aparallel_map(
     on_error: OnError = "raise",
     progress: bool | None = None,
     desc: str | None = None,
+    watch: RunWatch | None = None,
 ) -> list[Any]:
     """``await aparallel_map(coroutine_function, items, concurrency=...)``: `parallel_map` for
     coroutines; results in input order.
@@ -240,7 +245,7 @@ async def aparallel_map(
     At most `concurrency` calls run at once as tasks of the running loop (a count, or an
     `InFlightTarget` that sizes them as the run goes); items are drawn lazily, so a huge input
     never becomes a task each at once. Each task runs in a copy of the caller's context
-    (active key pool and cache). Failures follow `on_error` as in `parallel_map`. Cancelling
+    (active key pool and cache). Failures, `progress` and `watch` as in `parallel_map`. Cancelling
     the call cancels the running tasks and waits for them to let go of what they hold (a
     request's reservation goes back to the pool) before the cancellation goes on.
     """
@@ -254,15 +259,15 @@ async def aparallel_map(
         _nested.set(True)  # the task's own context: the caller's stays as it was
         return await function(pair[1])
 
-    bar = _progress_bar(len(items), progress, desc)
+    bar = _progress_bar(len(items), progress, desc, watch)
     try:
-        with logs_above(bar):
+        with logs_above(bar.bar):
             done = acompleted(run_indexed, enumerate(items), concurrency)
             async with contextlib.aclosing(done):
                 async for (index, _), task in done:
                     exc = asyncio.CancelledError() if task.cancelled() else task.exception()
                     _record(results, errors, index, exc, None if exc else task.result(), on_error)
-                    bar.update(1)
+                    bar.one_done(failed=exc is not None)
     finally:
         bar.close()
     if errors and on_error == "raise":
@@ -399,6 +404,15 @@ def _prepare(
     return models, resolve_manager(manager)
 
 
+def pool_watch(
+    pool: APIKeyManager, total: int, meter: CostMeter, count: int | InFlightTarget
+) -> RunWatch:
+    """The `RunWatch` of a call sending `total` requests on `pool`, at most `count` in flight,
+    its answers counted in `meter`."""
+    workers = count if callable(count) else lambda: count
+    return RunWatch(pool, total, ledger=meter.ledger, workers=workers)
+
+
 def run_meter(max_cost: float | Decimal | None, meter: CostMeter | None) -> CostMeter | None:
     """The run's `CostMeter`: `meter` as given, else one capped at `max_cost` (None: none)."""
     if meter is not None and max_cost is not None:
@@ -445,7 +459,7 @@ def multi_process_one(
     own `max_cost`, if any, is the cap.
     """
     models, pool = _prepare(data, openai_model_class, args, kwargs, manager, False)
-    budget = run_meter(max_cost, meter)
+    budget = run_meter(max_cost, meter) or CostMeter()  # uncapped: it only counts, for the bar
 
     def one(model: OpenAIModel) -> Any:
         return request_openai_api(model, manager=pool, cache=cache, meter=budget)
@@ -459,6 +473,7 @@ def multi_process_one(
             on_error=on_error,
             progress=progress,
             desc=openai_model_class.__name__,
+            watch=pool_watch(pool, len(models), budget, count),
         )
 
 
@@ -484,7 +499,7 @@ async def amulti_process_one(
     items left by the cap fail with `BudgetReachedError` at once, unsent.
     """
     models, pool = _prepare(data, openai_model_class, args, kwargs, manager, True)
-    budget = run_meter(max_cost, meter)
+    budget = run_meter(max_cost, meter) or CostMeter()  # uncapped: it only counts, for the bar
 
     async def one(model: OpenAIModel) -> Any:
         return await arequest_openai_api(model, manager=pool, cache=cache, meter=budget)
@@ -500,4 +515,5 @@ async def amulti_process_one(
             on_error=on_error,
             progress=progress,
             desc=openai_model_class.__name__,
+            watch=pool_watch(pool, len(models), budget, count),
         )

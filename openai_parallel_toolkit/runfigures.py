@@ -17,6 +17,9 @@ __all__ = ["Binding", "RunFigures", "run_figures"]
 
 # Below this share of the ceiling with every worker busy, the workers are what binds.
 _BUSY_BELOW_CEILING = 0.9
+# CPU seconds per second of this process from which the CPU, not the network, holds a run back
+# (one core: the interpreter runs one thread at a time).
+_CPU_BOUND = 0.9
 
 
 class Binding:
@@ -26,15 +29,16 @@ class Binding:
     TOKENS = "tokens/min limit"
     RATE = "rate limit"  # requests wait for the limiter, and no limit is known yet
     COOLING = "a cooling key group (429)"
+    CPU = "CPU (this process is busy: share the job among processes with --worker)"
     WORKERS = "too few workers (raise --threads)"
 
 
 @dataclass(frozen=True, slots=True)
 class RunFigures:
-    """A run's figures now: counts, rates (averaged over the run), 429s, keys by health, cost
-    (USD; None: some price unknown) so far and projected to the whole run, the share of the
-    pool's ceiling in use (None: no limit known) and what binds (None: nothing the stats
-    can tell)."""
+    """A run's figures now: counts, rates (over the recent past with `RunWatch`), 429s, keys
+    by health, cost (USD; None: some price unknown) so far and projected to the whole run,
+    the share of the pool's ceiling in use (None: no limit known) and what binds (None:
+    nothing the stats can tell)."""
 
     finished: int
     total: int
@@ -107,13 +111,18 @@ def run_figures(
     total: int,
     elapsed: float,
     workers: int | None,
+    rates_since: tuple[PoolStats, float] | None = None,
+    cpu_busy: float | None = None,
 ) -> RunFigures:
     """The figures of a run that finished `finished` of `total` items (`failed` of them
     failed) in `elapsed` seconds, from the pool's stats now and at its start; `workers` is
-    how many requests the run may keep in flight now (None: not known)."""
-    seconds = max(elapsed, 1e-9)
-    requests_per_s = (stats.requests - baseline.requests) / seconds
-    tokens_per_s = (stats.tokens - baseline.tokens) / seconds
+    how many requests the run may keep in flight now (None: not known). Rates are measured
+    from `rates_since` (the stats then, and the seconds since), else over the whole run;
+    `cpu_busy` is the process's CPU seconds per second over that time (None: not known)."""
+    since, seconds = rates_since if rates_since is not None else (baseline, elapsed)
+    seconds = max(seconds, 1e-9)
+    requests_per_s = (stats.requests - since.requests) / seconds
+    tokens_per_s = (stats.tokens - since.tokens) / seconds
     states = [key.state for key in stats.keys]
     cost = usage.total.cost
     projected = None
@@ -140,7 +149,7 @@ def run_figures(
         cost=cost,
         projected_cost=projected,
         ceiling_share=ceiling,
-        binding=_binding(stats, cooling, request_share, token_share, ceiling, workers),
+        binding=_binding(stats, cooling, (request_share, token_share), ceiling, workers, cpu_busy),
     )
 
 
@@ -151,12 +160,14 @@ def _share(rate_per_min: float, limit_per_min: float | None) -> float | None:
 def _binding(
     stats: PoolStats,
     cooling: int,
-    request_share: float | None,
-    token_share: float | None,
+    shares: tuple[float | None, float | None],
     ceiling: float | None,
     workers: int | None,
+    cpu_busy: float | None,
 ) -> str | None:
-    """What holds the run back now, where the stats can tell; None otherwise."""
+    """What holds the run back now, where the stats can tell; None otherwise. `shares`: of the
+    requests and tokens ceilings in use."""
+    request_share, token_share = shares
     if cooling:
         return Binding.COOLING  # a group told to wait by the server paces nothing meanwhile
     if stats.waiting:
@@ -167,6 +178,8 @@ def _binding(
             return Binding.TOKENS
         return Binding.REQUESTS
     below = ceiling is None or ceiling < _BUSY_BELOW_CEILING
+    if cpu_busy is not None and cpu_busy >= _CPU_BOUND and below:
+        return Binding.CPU  # more workers would only queue for the interpreter
     if workers is not None and stats.in_flight >= workers and below:
         return Binding.WORKERS  # every worker is busy and nobody waits for the limiter
     return None

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .costs import UsageLedger
 from .errors import redact
 from .keys import APIKeyManager, PoolStats
+from .runwatch import RunWatch
 from .stats import UsageReport, request_figures
 
 __all__ = ["FileFailure", "RunState", "RunSummary", "logs_above"]
@@ -126,17 +127,17 @@ def failure_reason(exc: BaseException) -> str:
 class RunState:
     """The counters of one run, shared by the worker threads; the bar mirrors them."""
 
-    def __init__(self, baseline: PoolStats) -> None:
+    def __init__(self, manager: APIKeyManager, total: int) -> None:
         self._lock = threading.Lock()
         self._abandoned = threading.Event()
         self._processed = 0
         self._skipped = 0
         self._adopted = 0
         self._failures: list[FileFailure] = []
-        self._started = time.monotonic()
-        self._baseline = baseline
         self._last_postfix = float("-inf")
         self.ledger = UsageLedger()  # what the run's answers cost (see costs.counting_into)
+        # Its figures count files: "finished" and the cost projected are per input file.
+        self._watch = RunWatch(manager, total, ledger=self.ledger)
 
     @property
     def abandoned(self) -> bool:
@@ -170,34 +171,20 @@ class RunState:
         with self._lock:
             self._failures.append(FileFailure(relative, reason))
 
-    def show(self, bar: tqdm[Any], manager: APIKeyManager, *, force: bool = False) -> None:
-        """Bring `bar` up to the counts (main thread only); the pool's rate every half second."""
+    def show(self, bar: tqdm[Any], *, force: bool = False) -> None:
+        """Bring `bar` up to the counts (main thread only), with the run's figures (requests/s,
+        tokens/s, 429s, keys, cost so far and projected, the ceiling in use) every half second."""
         now = time.monotonic()
         with self._lock:
-            finished = self._processed + self._skipped + len(self._failures)
-            counts = {
-                "done": self._processed,
-                "skipped": self._skipped,
-                "failed": len(self._failures),
-            }
+            failed = len(self._failures)
+            finished = self._processed + self._skipped + failed
+            counts = {"done": self._processed, "skipped": self._skipped}
+        if bar.total is not None and finished > bar.total:
+            bar.total = self._watch.total = finished  # inputs added while the run lists them
         if force or now - self._last_postfix >= _PROGRESS_REFRESH_SECONDS:
             self._last_postfix = now
-            stats = manager.statistics()
-            elapsed = max(1e-9, now - self._started)
-            rate = (stats.requests - self._baseline.requests) / elapsed
-            limited = stats.rate_limited - self._baseline.rate_limited
-            tokens = (stats.tokens - self._baseline.tokens) / elapsed
-            cost = self.ledger.report().total.cost
-            bar.set_postfix(
-                counts,
-                req_s=f"{rate:.1f}",
-                tok_s=f"{tokens:.0f}",
-                r429=limited,
-                cost="?" if cost is None else f"${cost:.4f}",
-                refresh=False,
-            )
-        if bar.total is not None and finished > bar.total:
-            bar.total = finished  # inputs added while the run lists them
+            figures = self._watch.figures(finished, failed)
+            bar.set_postfix({**counts, **figures.postfix()}, refresh=False)
         if finished > bar.n:
             bar.update(finished - bar.n)
         elif force:
@@ -205,18 +192,19 @@ class RunState:
 
     def summary(self, interrupted: bool, stats: PoolStats) -> RunSummary:
         """The frozen record of what the run did so far; `stats`: the pool's now."""
+        baseline = self._watch.baseline
         with self._lock:
             return RunSummary(
                 processed=self._processed,
                 skipped=self._skipped,
                 failed=tuple(self._failures),
                 interrupted=interrupted,
-                elapsed=time.monotonic() - self._started,
+                elapsed=self._watch.elapsed(),
                 adopted=self._adopted,
-                requests=stats.requests - self._baseline.requests,
-                answered=stats.successes - self._baseline.successes,
-                rate_limited=stats.rate_limited - self._baseline.rate_limited,
-                request_errors=stats.errors - self._baseline.errors,
+                requests=stats.requests - baseline.requests,
+                answered=stats.successes - baseline.successes,
+                rate_limited=stats.rate_limited - baseline.rate_limited,
+                request_errors=stats.errors - baseline.errors,
                 usage=self.ledger.report(),
             )
 

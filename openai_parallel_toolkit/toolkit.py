@@ -167,7 +167,7 @@ class ParallelToolkit:
             raise
         if own_cache and cache is not None:
             closers.append(cache.close)
-        run = RunState(self.manager.statistics())
+        run = RunState(self.manager, total)
         # One pool for every multi_process_one call inside the hooks (see parallel.py).
         inner = ThreadPoolExecutor(default_concurrency(self.manager), thread_name_prefix="items")
         executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="files")
@@ -192,14 +192,14 @@ class ParallelToolkit:
                             failure = future.exception()
                             if failure is not None:  # SystemExit and the like escaped the hooks
                                 run.fail(task.relative, failure)
-                            run.show(bar, self.manager)
+                            run.show(bar)
                         if shared is not None:
                             shared.finish()
                 except KeyboardInterrupt:
                     interrupted = True
                     self._drain(executor, run)
                 finally:
-                    run.show(bar, self.manager, force=True)
+                    run.show(bar, force=True)
                     bar.close()
         finally:
             _release((executor, inner), closers, abandoned=run.abandoned)
@@ -316,11 +316,11 @@ class ParallelToolkit:
                 if found:
                     journal.done(task.relative, found)
                     run.skip(adopted=True)
-                    run.show(bar, self.manager)
+                    run.show(bar)
                     continue
             elif entry.done and all((task.out_dir / name).is_file() for name in entry.outputs):
                 run.skip()
-                run.show(bar, self.manager)
+                run.show(bar)
                 continue
             taken += 1
             yield task

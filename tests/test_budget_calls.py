@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from conftest import server_cost
@@ -18,6 +19,7 @@ from openai_parallel_toolkit import (
     ChatModel,
     CostMeter,
     CostUnknownError,
+    RequestCache,
     amulti_process_one,
     config_from_mapping,
     multi_process_one,
@@ -127,3 +129,24 @@ def test_batched_create_takes_a_cap(manager: APIKeyManager, server: FakeOpenAISe
     assert 0 < refused < 30
     assert server.total().requests == 30 - refused
     assert server_cost(server) <= Decimal("0.0002")
+
+
+def test_a_capped_call_run_again_with_a_higher_cap_sends_only_what_is_left(
+    manager: APIKeyManager, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    items = data(30)
+    with RequestCache(tmp_path / "cache.sqlite") as cache:
+        first = multi_process_one(
+            items, ChatModel, model=MODEL, max_tokens=50, manager=manager, threads=4,
+            cache=cache, on_error="return", progress=False, max_cost=0.0002,
+        )  # fmt: skip
+        answered = [i for i, r in enumerate(first) if isinstance(r, str)]
+        assert answered and len(answered) < 30
+        assert server.total().requests == len(answered)
+        again = multi_process_one(
+            items, ChatModel, model=MODEL, max_tokens=50, manager=manager, threads=4,
+            cache=cache, progress=False, max_cost=1.0,
+        )  # fmt: skip
+    assert server.total().requests == 30  # each item sent once over both runs
+    assert all(isinstance(r, str) for r in again)
+    assert [again[i] for i in answered] == [first[i] for i in answered]

@@ -1,6 +1,6 @@
 """How a JSONL job shows itself on stderr while it runs: a bar on a terminal, else status lines.
 
-Both show the figures of `runfigures`: requests/s, tokens/s, 429s, keys healthy / cooling /
+Both show the figures of a `RunWatch`: requests/s, tokens/s, 429s, keys healthy / cooling /
 removed, cost so far and projected, the share of the pool's ceiling in use and, when the run
 is slower than its limits allow, which limit binds.
 """
@@ -16,8 +16,8 @@ from typing import IO, TYPE_CHECKING, Protocol
 from tqdm.auto import tqdm
 
 from ..keys import APIKeyManager
-from ..runfigures import RunFigures, run_figures
-from ..stats import UsageReport
+from ..runfigures import RunFigures
+from ..runwatch import RunWatch
 
 if TYPE_CHECKING:
     from .sending import SendOptions
@@ -88,12 +88,11 @@ class Progress:
         *,
         workers: Callable[[], int],
     ) -> None:
-        self._manager = manager
-        self._total = total
         self._options = options
-        self._workers = workers
-        self._started = self._last = time.monotonic()
-        self._baseline = manager.statistics()
+        meter = options.meter
+        ledger = meter.ledger if meter is not None else None
+        self._watch = RunWatch(manager, total, ledger=ledger, workers=workers)
+        self._last = time.monotonic()
         self._show_bar = options.progress and _interactive(sys.stderr)
         self.bar = tqdm(
             total=total, desc="requests", unit="req", disable=not self._show_bar,
@@ -113,19 +112,7 @@ class Progress:
     def figures(self) -> RunFigures:
         """The run's figures now."""
         assert self._counts is not None
-        meter = self._options.meter
-        finished = self._counts.done + self._counts.failed
-        return run_figures(
-            stats=self._manager.statistics(),
-            baseline=self._baseline,
-            capacity=self._manager.capacity(),
-            usage=meter.ledger.report() if meter is not None else UsageReport(),
-            finished=finished,
-            failed=self._counts.failed,
-            total=self._total,
-            elapsed=time.monotonic() - self._started,
-            workers=self._workers(),
-        )
+        return self._watch.figures(self._counts.done + self._counts.failed, self._counts.failed)
 
     def one_done(self) -> bool:
         """After each item: refresh the bar now and then; False to stop the run."""
