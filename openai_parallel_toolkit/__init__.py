@@ -21,7 +21,7 @@ from .batch import (
     BatchRunSummary,
     run_batch_job,
 )
-from .cache import RequestCache, use_cache
+from .cache import RequestCache, ResponseStore, use_cache
 from .clock import Clock, SystemClock
 from .compat import ChatCompletion, Completion, Embedding, append_auth_from_config
 from .config import (
@@ -138,6 +138,7 @@ __all__ = [
     "RedisStoreStats",
     "RequestCache",
     "RequestFailedError",
+    "ResponseStore",
     "ResultsFileError",
     "RetryPolicy",
     "RunSummary",

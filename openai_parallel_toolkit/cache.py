@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RequestCache", "active_cache", "use_cache"]
+__all__ = ["RequestCache", "ResponseStore", "SqliteResponses", "active_cache", "use_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ _active: contextvars.ContextVar[RequestCache | None] = contextvars.ContextVar(
     "openai_parallel_toolkit_cache", default=None
 )
 
+
+# How long a shared cache keeps an answer by default: a week of re-runs, then Redis's memory back.
+SHARED_TTL_SECONDS = 7 * 24 * 3600.0
 
 # Request options that shape the HTTP exchange, not the answer.
 _TRANSPORT_OPTIONS = frozenset({"timeout"})
@@ -72,26 +75,120 @@ def _decode(text: str) -> Any:
     return cls.construct(**data)
 
 
-class RequestCache:
-    """Successful responses stored by request, in the SQLite file at `path`.
+class ResponseStore(Protocol):
+    """Where a `RequestCache` keeps its entries: response texts by cache key; thread-safe."""
 
-    Thread-safe; usable as a context manager (closes the file). `clear()` forgets everything;
-    deleting the file does too.
-    """
+    def load(self, key: str) -> str | None:
+        """The text stored under `key`, or None."""
+        ...
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, key: str, text: str) -> None:
+        """Store `text` under `key`, replacing what was there."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        ...
+
+    def count(self) -> int:
+        """How many entries there are."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the file or connection."""
+        ...
+
+
+class SqliteResponses:
+    """Response texts in the SQLite file at `path` (WAL: many threads read and write at once,
+    each entry committed as it arrives)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS responses "
             "(key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL NOT NULL)"
         )
+
+    def load(self, key: str) -> str | None:
+        """The text stored under `key`, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT response FROM responses WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def save(self, key: str, text: str) -> None:
+        """Store `text` under `key` (committed at once)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (key, response, created) VALUES (?, ?, ?)",
+                (key, text, time.time()),
+            )
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._db.execute("DELETE FROM responses")
+
+    def count(self) -> int:
+        """How many entries there are."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()
+
+
+class RequestCache:
+    """Successful responses stored by request: in the SQLite file at `path`, or in `store`.
+
+    ``RequestCache.shared(url)`` keeps them in Redis instead, for every process and machine
+    that uses it. Thread-safe; usable as a context manager (closes the file or connection).
+    `clear()` forgets everything; deleting the SQLite file does too.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, store: ResponseStore | None = None
+    ) -> None:
+        if (path is None) == (store is None):
+            raise TypeError("RequestCache takes a path or a store=, and not both")
+        self.path = None if path is None else Path(path)
+        if store is None:
+            assert self.path is not None  # checked above: one of the two is given
+            store = SqliteResponses(self.path)
+        self._store = store
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    @classmethod
+    def shared(
+        cls,
+        url: str,
+        *,
+        namespace: str = "openai-parallel-toolkit",
+        ttl_seconds: float | None = SHARED_TTL_SECONDS,
+    ) -> RequestCache:
+        """A cache kept in the Redis at `url` (``redis://host:6379/0``), shared by every process
+        and machine that uses the same Redis and `namespace`: an answer one worker paid for is
+        never paid for again by another.
+
+        Entries expire `ttl_seconds` after they were stored (None: never), so that Redis's
+        memory is not filled for good. While Redis does not answer, the cache is skipped (a
+        miss, nothing stored) and tried again every few seconds: a run never fails or waits
+        because of it. Needs the ``redis`` extra; Redis is asked once now, and a ConfigError
+        says so in one line when it does not answer.
+        """
+        from ._store.responses import RedisResponses
+
+        return cls(store=RedisResponses(url, namespace=namespace, ttl_seconds=ttl_seconds))
 
     @staticmethod
     def key_for(request: Mapping[str, Any]) -> str | None:
@@ -110,18 +207,16 @@ class RequestCache:
 
     def get(self, key: str) -> Any | None:
         """The stored response for `key`, rebuilt as the client's object, or None."""
+        text = self._store.load(key)
         with self._lock:
-            row = self._db.execute(
-                "SELECT response FROM responses WHERE key = ?", (key,)
-            ).fetchone()
-            if row is None:
+            if text is None:
                 self.misses += 1
                 return None
             self.hits += 1
         try:
-            return _decode(row[0])
+            return _decode(text)
         except (ValueError, KeyError, TypeError, ImportError, AttributeError) as exc:
-            logger.warning("ignoring an unreadable cache entry in %s: %s", self.path, exc)
+            logger.warning("ignoring an unreadable cache entry in %s: %s", self._where(), exc)
             return None
 
     def put(self, key: str, response: Any) -> bool:
@@ -130,26 +225,19 @@ class RequestCache:
         if text is None:
             logger.debug("response of type %s is not cacheable", type(response).__name__)
             return False
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (key, response, created) VALUES (?, ?, ?)",
-                (key, text, time.time()),
-            )
+        self._store.save(key, text)
         return True
 
     def clear(self) -> None:
         """Forget every stored response."""
-        with self._lock:
-            self._db.execute("DELETE FROM responses")
+        self._store.clear()
 
     def __len__(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        return self._store.count()
 
     def close(self) -> None:
-        """Close the database file."""
-        with self._lock:
-            self._db.close()
+        """Close the database file or connection."""
+        self._store.close()
 
     def __enter__(self) -> RequestCache:
         return self
@@ -157,8 +245,11 @@ class RequestCache:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else repr(self._store)
+
     def __repr__(self) -> str:
-        return f"RequestCache({str(self.path)!r}, hits={self.hits}, misses={self.misses})"
+        return f"RequestCache({self._where()!r}, hits={self.hits}, misses={self.misses})"
 
 
 def active_cache() -> RequestCache | None:
