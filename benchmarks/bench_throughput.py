@@ -42,12 +42,13 @@ Scenarios (groups for --only in brackets):
 ratio to the ceiling), with the best ratio next to it. Columns: the rate achieved (requests/s,
 or charged tokens/s for S4), the ceiling, their ratio, `r/rate` the rate over the steady rate
 alone (differs where the buckets start full), `ideal` the shortest possible run (everything
-sent at the ceiling, then one mean response time to wait for the last answer) over the run's
-time: the share of what any engine could reach, 429 responses caused by the limits as a share of
-all requests the server saw (injected 429s and the third party's requests excluded), failed
-items, requests sent, peak RSS and time. Where the naive pool would take minutes at its fixed
-64 threads, it sends only a share of the items (noted); a rate is a rate. `--scale` multiplies
-the item counts (1.0: runs of about 20-40 s per method) beyond the buckets' initial capacity.
+sent at the ceiling, then the slowest response time, latency + jitter, for the last answers)
+over the run's time: the share of what any engine could reach, 429 responses caused by the
+limits as a share of all requests the server saw (injected 429s and the third party's
+requests excluded), failed items, requests sent, peak RSS and time. Where the naive pool would
+take minutes at its fixed 64 threads, it sends only a share of the items (noted); a rate is a
+rate. `--scale` multiplies the item counts (1.0: runs of about 20-40 s per method) beyond the
+buckets' initial capacity.
 """
 
 from __future__ import annotations
@@ -606,8 +607,11 @@ def _run_once(
         limited -= pacer_result["limited"]
         steady -= pacer_result["ok"] / max(1e-9, pacer_result["elapsed"])
     rate = counters["charged_tokens"] / elapsed if scenario.tokens else done / elapsed
-    # What no engine can beat: send everything at the ceiling, then wait one response time.
+    # What no engine can beat: send everything at the ceiling, then wait for the slowest of the
+    # last answers (uniform jitter: among the many sent in the last second, one takes about
+    # latency + jitter).
     latency = LLMOCK_LATENCY if scenario.llmock else float(scenario.server.get("latency", 0.0))
+    latency += 0.0 if scenario.llmock else float(scenario.server.get("jitter", 0.0))
     ideal = float("nan")
     if not scenario.tokens and not scenario.cpu and steady > 0:
         ideal = max(0.0, done - scenario.initial) / steady + latency

@@ -57,6 +57,11 @@ MAX_CONCURRENCY = 1024
 # far more requests in flight (30,000 RPM at 3 s per answer is 1,500).
 MAX_ASYNC_CONCURRENCY = 4096
 UNKNOWN_LIMIT_CONCURRENCY_PER_KEY = 8
+# `InFlightTarget` looks at the pool again this often.
+TARGET_CHECK_SECONDS = 0.5
+# While nothing ends, a growing window is looked at this often: before the first of a run of
+# slow answers arrives, the requests in flight must keep growing with the time waited.
+WINDOW_CHECK_SECONDS = 0.1
 
 _nested: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "openai_parallel_toolkit_nested", default=False
@@ -90,15 +95,17 @@ def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -
 
     With known limits that is ``requests per second x seconds per answer`` (the pool's observed
     response time plus a quarter, or the age of the oldest request in flight up to twice that
-    time; before any answer 2 s, or that age when longer) plus what servers say they hold
-    beyond that pace (`KeyStats.surplus_requests`); keys with unknown limits count 8 each.
+    time; before any answer 2 s, or that age plus `TARGET_CHECK_SECONDS` when longer) plus
+    what servers say they hold beyond that pace (`KeyStats.surplus_requests`); keys with
+    unknown limits count 8 each.
     Clamped to 8..`cap`: threads mostly wait on the network and on the limiter.
     """
     stats = manager.statistics()
     oldest = stats.oldest_in_flight or 0.0
     if stats.latency is None:
-        # No answer yet: they take at least as long as the oldest request has waited.
-        seconds = max(EXPECTED_LATENCY_SECONDS, oldest)
+        # No answer yet: they take at least as long as the oldest request has waited, and
+        # longer still by the time the count is looked at again.
+        seconds = max(EXPECTED_LATENCY_SECONDS, oldest + TARGET_CHECK_SECONDS)
     else:
         # The average hides the slow answers of a jittery server, which hold threads longest;
         # the oldest request still waiting shows them (bounded: one hung request is no trend).
@@ -118,7 +125,7 @@ def default_concurrency(manager: APIKeyManager, *, cap: int = MAX_CONCURRENCY) -
 
 
 class InFlightTarget:
-    """`default_concurrency` of a pool, looked at again every half second during a run.
+    """`default_concurrency` of a pool, looked at again every `TARGET_CHECK_SECONDS` in a run.
 
     Used as the window of `completed`: the requests in flight follow the limits learned, the
     response time observed (a run of 5 s answers is not held to a count sized for 2 s) and the
@@ -133,7 +140,7 @@ class InFlightTarget:
 
     def __call__(self) -> int:
         now = time.monotonic()
-        if now - self._checked >= 0.5:
+        if now - self._checked >= TARGET_CHECK_SECONDS:
             self._checked = now
             self._value = default_concurrency(self._manager, cap=self.cap)
         return self._value
@@ -304,7 +311,14 @@ async def acompleted(
     submit(size())
     try:
         while running:
-            task = await finished.get()
+            if finished.empty():
+                try:
+                    task = await asyncio.wait_for(finished.get(), WINDOW_CHECK_SECONDS)
+                except asyncio.TimeoutError:
+                    submit(max(0, size() - len(running)))  # the window may have grown
+                    continue
+            else:
+                task = finished.get_nowait()
             yield running.pop(task), task
             submit(max(0, size() - len(running)))
     finally:
@@ -322,7 +336,8 @@ def completed(
 ) -> Iterator[tuple[T, Future[R]]]:
     """Submit `function(item)` for each item, at most `window` ahead; yield them as they end.
 
-    `window` is a count, or a callable asked for the count as items end (`InFlightTarget`).
+    `window` is a count, or a callable asked for the count as items end, and every
+    `WINDOW_CHECK_SECONDS` while none does (`InFlightTarget`).
     Items are drawn from `items` lazily, so a huge or endless input is never all queued. Each
     call runs in a copy of the caller's context (active pool, cache). Leaving the loop early
     (an exception, Ctrl-C, `break`) cancels what has not started yet.
@@ -345,8 +360,9 @@ def completed(
         while futures:
             try:
                 # A timeout keeps the wait interruptible by Ctrl-C on every platform.
-                future = finished.get(timeout=0.5)
+                future = finished.get(timeout=WINDOW_CHECK_SECONDS)
             except queue.Empty:
+                submit(max(0, size() - len(futures)))  # the window may have grown
                 continue
             yield futures.pop(future), future
             submit(max(0, size() - len(futures)))

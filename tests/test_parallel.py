@@ -148,9 +148,9 @@ def test_requests_in_flight_follow_the_observed_response_time() -> None:
     )
     assert default_concurrency(manager) == 200  # 100 requests/s x 2 s before any answer
     first = manager.acquire()
-    clock.advance(4.0)  # no answer for 4 s: answers take at least that long
-    assert manager.statistics().oldest_in_flight == pytest.approx(4.0)
-    assert default_concurrency(manager) == 400
+    clock.advance(4.0)  # no answer for 4 s: answers take at least that long, and more by
+    assert manager.statistics().oldest_in_flight == pytest.approx(4.0)  # the next look
+    assert default_concurrency(manager) == 450  # 100/s x (4 s + the 0.5 s until the next look)
     first.cancel()
     for _ in range(100):  # answers that take 5 s
         lease = manager.acquire()
