@@ -88,7 +88,8 @@ class Scenario:
     title: str
     items: int
     keys: int
-    server: dict[str, Any]  # FakeOpenAIServer keyword arguments (keys are filled in)
+    # FakeOpenAIServer keyword arguments (keys are filled in), and LimitSettings fields
+    server: dict[str, Any]
     entry: dict[str, Any] = field(default_factory=dict)  # per-key config entries for the engine
     faults: list[tuple[int | str, str, float]] = field(default_factory=list)
     ceiling: float = 0.0  # requests/s (tokens/s when tokens is True): the steady rate
@@ -198,18 +199,24 @@ def _texts(scenario: Scenario) -> list[str]:
 
 # -- child processes ------------------------------------------------------------------------
 
+# Scenario.server names that go into the fake server's LimitSettings.
+_LIMIT_FIELDS = ("burst_seconds", "reported_burst_seconds", "charge_rejected", "group_limits")
+
 
 def _serve(config: dict[str, Any]) -> None:
     """Run the fake server; answer 'counters' / 'reset' / 'quit' lines on stdin."""
     from openai_parallel_toolkit.testing import FakeOpenAIServer
+    from openai_parallel_toolkit.testing.fake_server import LimitSettings, ServerSettings
 
     keys = config["keys"]
     kwargs = dict(config["server"])
-    if "group_limits" in kwargs:
+    limits = {name: kwargs.pop(name) for name in _LIMIT_FIELDS if name in kwargs}
+    if "group_limits" in limits:
         projects: dict[str, list[int]] = config.get("groups") or {"proj": list(range(len(keys)))}
-        kwargs["groups"] = {keys[i]: name for name, indices in projects.items() for i in indices}
-        kwargs["group_limits"] = {g: tuple(v) for g, v in kwargs["group_limits"].items()}
-    server = FakeOpenAIServer(keys=keys, seed=1, **kwargs).start()
+        limits["groups"] = {keys[i]: name for name, indices in projects.items() for i in indices}
+        limits["group_limits"] = {g: tuple(v) for g, v in limits["group_limits"].items()}
+    settings = ServerSettings(limits=LimitSettings(**limits))
+    server = FakeOpenAIServer(keys=keys, seed=1, settings=settings, **kwargs).start()
     for target, fault, probability in config["faults"]:
         key = keys[target] if isinstance(target, int) else target
         server.set_fault(key, fault, probability=probability)

@@ -40,8 +40,14 @@ from openai_parallel_toolkit import (
     run_jsonl_job,
 )
 from openai_parallel_toolkit.models import sends_async
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import (
+    FakeClock,
+    FakeOpenAIServer,
+    LimitSettings,
+    ServerSettings,
+)
 
+ONE_SECOND = ServerSettings(limits=LimitSettings(burst_seconds=1.0))
 KEYS = [f"sk-proj-aio{name}{'z' * 36}{i:04d}" for i, name in enumerate(["ant", "bee", "cat"])]
 FAST = RetryPolicy(max_retries=2, backoff_base=0.01, backoff_max=0.02)
 
@@ -336,7 +342,7 @@ async def test_tasks_are_served_in_arrival_order_on_a_test_clock() -> None:
 
 
 async def test_threads_and_a_loop_share_one_pool_within_its_limits() -> None:
-    with FakeOpenAIServer(keys=KEYS[:2], rpm=1200, burst_seconds=1.0, latency=0.02) as fake:
+    with FakeOpenAIServer(keys=KEYS[:2], rpm=1200, latency=0.02, settings=ONE_SECOND) as fake:
         manager = pool(fake, KEYS[:2], requests_per_min=1200)
         data = [("", f"item {i}") for i in range(60)]
 
@@ -383,7 +389,7 @@ def test_proxy_requests_wait_in_turn_within_the_limits() -> None:
     from openai_parallel_toolkit.asgi import BackgroundServer
     from openai_parallel_toolkit.server import ProxyServer
 
-    with FakeOpenAIServer(keys=KEYS, rpm=240, burst_seconds=1.0) as upstream:
+    with FakeOpenAIServer(keys=KEYS, rpm=240, settings=ONE_SECOND) as upstream:
         manager = pool(upstream, requests_per_min=240)
         proxy = ProxyServer(manager, "client-key", max_wait=30.0)
         with BackgroundServer(proxy.app, name="proxy") as running:

@@ -28,7 +28,12 @@ from openai_parallel_toolkit import (
     run_batch_job,
 )
 from openai_parallel_toolkit._drivers.clients import tls_context
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import (
+    FakeClock,
+    FakeOpenAIServer,
+    LimitSettings,
+    ServerSettings,
+)
 from openai_parallel_toolkit.testing.fake_batches import BatchSettings
 
 KEYS = ["sk-batchjob-aaaaaaaaaaaa0001", "sk-batchjob-aaaaaaaaaaaa0002"]
@@ -46,8 +51,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def server(clock: FakeClock) -> Iterator[FakeOpenAIServer]:
-    settings = BatchSettings(processing_seconds=100, seed=5)
-    with FakeOpenAIServer(keys=KEYS, groups=GROUPS, clock=clock, batches=settings) as fake:
+    settings = ServerSettings(
+        limits=LimitSettings(groups=GROUPS), batches=BatchSettings(processing_seconds=100, seed=5)
+    )
+    with FakeOpenAIServer(keys=KEYS, clock=clock, settings=settings) as fake:
         yield fake
 
 
@@ -261,8 +268,9 @@ def test_resubmission_is_bounded(
 def test_the_command_line_runs_a_batch_job_and_looks_after_its_journal(
     run_cli: InProcessCli, tmp_path: Path
 ) -> None:
-    settings = BatchSettings(validate_seconds=0.01, processing_seconds=0.05, finalize_seconds=0.01)
-    with FakeOpenAIServer(keys=KEYS, groups=GROUPS, batches=settings) as fake:
+    batches = BatchSettings(validate_seconds=0.01, processing_seconds=0.05, finalize_seconds=0.01)
+    settings = ServerSettings(limits=LimitSettings(groups=GROUPS), batches=batches)
+    with FakeOpenAIServer(keys=KEYS, settings=settings) as fake:
         config = tmp_path / "config.json"
         config.write_text(json.dumps({"api_keys": KEYS, "api_base": fake.base_url}))
         source = write_input(tmp_path / "in.jsonl", 5)

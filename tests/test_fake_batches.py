@@ -14,7 +14,12 @@ import openai
 import pytest
 from conftest import openai_client
 
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import (
+    FakeClock,
+    FakeOpenAIServer,
+    LimitSettings,
+    ServerSettings,
+)
 from openai_parallel_toolkit.testing.fake_batches import BatchSettings
 
 KEY = "sk-batch-key-0001"
@@ -55,8 +60,10 @@ def clock() -> FakeClock:
 @pytest.fixture
 def server(clock: FakeClock) -> Iterator[FakeOpenAIServer]:
     groups = {KEY: "proj-a", SAME_PROJECT: "proj-a", OTHER_PROJECT: "proj-b"}
-    settings = BatchSettings(processing_seconds=100, seed=7)
-    with FakeOpenAIServer(groups=groups, clock=clock, batches=settings) as fake:
+    settings = ServerSettings(
+        limits=LimitSettings(groups=groups), batches=BatchSettings(processing_seconds=100, seed=7)
+    )
+    with FakeOpenAIServer(clock=clock, settings=settings) as fake:
         yield fake
 
 

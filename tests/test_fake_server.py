@@ -17,6 +17,8 @@ from conftest import openai_client
 from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
 from openai_parallel_toolkit.testing.fake_server import (
     KeyCounters,
+    LimitSettings,
+    ServerSettings,
     build_parser,
     format_duration,
     server_from_args,
@@ -224,7 +226,9 @@ def test_rate_headers_on_success_and_omitted_when_unlimited() -> None:
         assert headers["x-ratelimit-remaining-tokens"] == str(100 - (1 + 10))
         assert headers["x-ratelimit-reset-tokens"] == "110ms"
         assert "x-ratelimit-limit-requests" not in headers
-    with FakeOpenAIServer(send_rate_limit_headers=False, rpm=600) as quiet:
+    with FakeOpenAIServer(
+        rpm=600, settings=ServerSettings(limits=LimitSettings(send_headers=False))
+    ) as quiet:
         raw = client(quiet).chat.completions.with_raw_response.create(model="m", messages=USER_HI)
         assert not any(name.startswith("x-ratelimit") for name in raw.headers)
 
@@ -245,7 +249,8 @@ def test_token_limit_and_oversized_request() -> None:
 def test_groups_share_one_bucket_and_keys_are_separate() -> None:
     groups = {KEY: "project", OTHER: "project"}
     limits = {"project": (60.0, None)}
-    with FakeOpenAIServer(rpm=60, groups=groups, group_limits=limits, clock=FakeClock()) as server:
+    settings = ServerSettings(limits=LimitSettings(groups=groups, group_limits=limits))
+    with FakeOpenAIServer(rpm=60, clock=FakeClock(), settings=settings) as server:
         client(server, KEY).chat.completions.create(model="m", messages=USER_HI)
         with pytest.raises(openai.RateLimitError):
             client(server, OTHER).chat.completions.create(model="m", messages=USER_HI)
@@ -258,7 +263,11 @@ def test_groups_share_one_bucket_and_keys_are_separate() -> None:
 
 def test_per_key_limits_override_and_burst() -> None:
     with FakeOpenAIServer(
-        rpm=60, limits={OTHER: (None, None)}, burst_seconds=3, clock=FakeClock()
+        rpm=60,
+        clock=FakeClock(),
+        settings=ServerSettings(
+            limits=LimitSettings(key_limits={OTHER: (None, None)}, burst_seconds=3)
+        ),
     ) as server:
         for _ in range(3):  # capacity 1/s x 3 s
             client(server, KEY).chat.completions.create(model="m", messages=USER_HI)
@@ -269,7 +278,8 @@ def test_per_key_limits_override_and_burst() -> None:
 
 
 def test_charge_rejected_pushes_retry_later() -> None:
-    with FakeOpenAIServer(rpm=60, charge_rejected=True, clock=FakeClock()) as server:
+    settings = ServerSettings(limits=LimitSettings(charge_rejected=True))
+    with FakeOpenAIServer(rpm=60, clock=FakeClock(), settings=settings) as server:
         api = client(server)
         api.chat.completions.create(model="m", messages=USER_HI)
         waits = []
@@ -293,7 +303,8 @@ def test_refill_admits_again() -> None:
 
 
 def test_reported_burst_seconds_reports_the_minute_but_enforces_one_second() -> None:
-    with FakeOpenAIServer(rpm=600, reported_burst_seconds=60, clock=FakeClock()) as server:  # 10/s
+    settings = ServerSettings(limits=LimitSettings(reported_burst_seconds=60))
+    with FakeOpenAIServer(rpm=600, clock=FakeClock(), settings=settings) as server:  # 10/s
         api = client(server).chat.completions.with_raw_response
         remaining = []
         for _ in range(10):
@@ -306,9 +317,11 @@ def test_reported_burst_seconds_reports_the_minute_but_enforces_one_second() -> 
             api.create(model="m", messages=USER_HI)
         assert int(info.value.response.headers["x-ratelimit-remaining-requests"]) >= 590
     with pytest.raises(ValueError):
-        FakeOpenAIServer(rpm=60, reported_burst_seconds=0)
+        FakeOpenAIServer(
+            rpm=60, settings=ServerSettings(limits=LimitSettings(reported_burst_seconds=0))
+        )
     args = build_parser().parse_args(["--burst-seconds", "60", "--reported-burst-seconds", "5"])
-    assert server_from_args(args)._reported_burst_seconds == 5.0
+    assert server_from_args(args).limits.reported_burst_seconds == 5.0
 
 
 # ---------------------------------------------------------------------------- faults
@@ -529,7 +542,7 @@ def test_command_line() -> None:
     args = build_parser().parse_args(["--keys", "a,b", "--rpm", "60", "--charge-rejected"])
     assert args.port == 8001
     server = server_from_args(args)
-    assert server._keys == frozenset({"a", "b"}) and server._charge_rejected
+    assert server.keys == frozenset({"a", "b"}) and server.limits.charge_rejected
     process = subprocess.Popen(
         [sys.executable, "-m", "openai_parallel_toolkit.testing", "--port", "0", "--keys", KEY],
         stdout=subprocess.PIPE,

@@ -22,7 +22,12 @@ from openai_parallel_toolkit import (
     RequestFailedError,
     request_openai_api,
 )
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import (
+    FakeClock,
+    FakeOpenAIServer,
+    LimitSettings,
+    ServerSettings,
+)
 
 try:  # openai >= 3 speaks httpx2; older releases httpx
     import httpx2 as httpx
@@ -217,10 +222,14 @@ def test_undeclared_keys_of_one_project_are_paced_together() -> None:
     keys = KEYS[:4]
     with FakeOpenAIServer(
         keys=keys,
-        groups={key: "project" for key in keys},
-        group_limits={"project": (3000, None)},
-        charge_rejected=True,
         latency=0.02,
+        settings=ServerSettings(
+            limits=LimitSettings(
+                groups={key: "project" for key in keys},
+                group_limits={"project": (3000, None)},
+                charge_rejected=True,
+            )
+        ),
     ) as server:
         manager = _pool(server, keys)
         models = [ChatModel(content=f"s{i}") for i in range(200)]

@@ -33,13 +33,16 @@ from openai_parallel_toolkit import (
     multi_process_one,
 )
 from openai_parallel_toolkit.config import config_from_mapping as load_config_from
-from openai_parallel_toolkit.testing import FakeOpenAIServer
+from openai_parallel_toolkit.testing import FakeOpenAIServer, LimitSettings, ServerSettings
 from openai_parallel_toolkit.testing.redis_server import RedisServer
 
 KEYS = [f"sk-shared-{'r' * 24}-{i:04d}" for i in range(2)]
 WORKER = Path(__file__).with_name("shared_worker.py")
 RPM = 600  # per key: 10 requests a second
-TOLERANT = {"rpm": RPM, "burst_seconds": 2.0, "reported_burst_seconds": 1.0}
+TOLERANT = {
+    "rpm": RPM,
+    "settings": ServerSettings(limits=LimitSettings(burst_seconds=2.0, reported_burst_seconds=1.0)),
+}
 
 
 @pytest.fixture(scope="module")
