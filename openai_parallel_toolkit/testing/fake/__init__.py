@@ -1,4 +1,4 @@
-"""The parts of `FakeOpenAIServer` (`..fake_server` is its public module).
+"""The parts of `FakeOpenAIServer` (`..fake_server` and `..fake_batches` are the public modules).
 
 - `settings`: the rarer constructor settings (`LimitSettings`, `ServerSettings`);
 - `buckets`: the request and token buckets of a limit group, and which key counts against which;
@@ -9,5 +9,6 @@
 - `replies`: the ASGI messages of a reply (JSON, stream, fault, 429);
 - `app`: the ASGI application that puts these together per request;
 - `server`: `FakeOpenAIServer`, the app served by uvicorn from a background thread;
-- `cli`: the command line.
+- `cli`: the command line;
+- `batch_files`, `batch_state`: the files and the batches of the Batch API (`..fake_batches`).
 """
