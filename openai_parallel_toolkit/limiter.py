@@ -27,18 +27,37 @@ the server enforces a shorter window than it reports.
 
 Slots are granted only for "now": `ready_at` says when a request could go, `reserve` takes it
 at that moment. Nothing here sleeps or locks: the key pool holds the lock and callers wait.
+The pure parts are in `_core`: `bucket`, `pace` (the factor), `refusals` (the doubling
+cool-downs), `sharing` (others' use), `surplus` and `charges` (tokens charged per send).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
-from ._core.sharing import SharedUse
-from ._core.surplus import Surplus
+from ._core.bucket import FULL_BUCKET_MARGIN_SECONDS, Bucket
+from ._core.charges import Charges
+from ._core.pace import (
+    DECREASE_IN_SLOW_START,
+    RECOVERY_HALF_LIFE_SECONDS,
+    SLOW_START_DOUBLING_SECONDS,
+    SLOW_START_FACTOR,
+    PaceFactor,
+)
+from ._core.refusals import Refusals
+from ._core.sharing import OthersUse, share_left
+from ._core.surplus import Surplus, surplus_beyond
 from .headers import RateLimitHeaders
 
-__all__ = ["Budget", "LimitGroup"]
+__all__ = [
+    "DECREASE_IN_SLOW_START",
+    "FULL_BUCKET_MARGIN_SECONDS",
+    "RECOVERY_HALF_LIFE_SECONDS",
+    "SLOW_START_DOUBLING_SECONDS",
+    "SLOW_START_FACTOR",
+    "Budget",
+    "LimitGroup",
+]
 
 
 class Budget(Protocol):
@@ -64,92 +83,6 @@ class Budget(Protocol):
     def cooled(self, seconds: float) -> None:
         """The group was cooled down for `seconds` from now: tell the other senders."""
         ...
-
-
-# Sends that need a full bucket go this much later than the bucket says: thread wake-ups and
-# the network shift arrival times by milliseconds, which a full bucket on the server cannot absorb.
-FULL_BUCKET_MARGIN_SECONDS = 0.05
-
-
-class _Bucket:
-    """A continuously refilling bucket: `level` as of `updated`, `rate` per second.
-
-    Slots are only ever taken at "now", so `updated` is never later than the clock.
-    """
-
-    __slots__ = ("capacity", "level", "rate", "updated")
-
-    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * burst_seconds)
-        self.level = self.capacity
-        self.updated = now
-
-    def set_limit(self, per_minute: float, burst_seconds: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * burst_seconds)
-        self.level = min(self.level, self.capacity)
-
-    def _level_at(self, t: float) -> float:
-        return min(self.capacity, self.level + self.rate * (t - self.updated))
-
-    def ready_at(self, amount: float, now: float) -> float:
-        level = self._level_at(now)
-        if amount > self.capacity:
-            # A cost above the capacity waits only for a full bucket, never forever; a server
-            # admits it when its own bucket is full too, to the millisecond, so leave a margin.
-            full_at = self.updated + max(0.0, self.capacity - self.level) / self.rate
-            return max(now, full_at + FULL_BUCKET_MARGIN_SECONDS)
-        return now if level >= amount else now + (amount - level) / self.rate
-
-    def take(self, amount: float, now: float) -> None:
-        self.level = self._level_at(now) - amount
-        self.updated = now
-
-    def adjust(self, delta: float, now: float) -> None:
-        """Add `delta` (negative: charge) to the level as of `now`."""
-        # Date the level to now first, or a later refill from the old date would undo it.
-        self.level = min(self.capacity, self._level_at(now) + delta)
-        self.updated = now
-
-    def level_now(self, now: float) -> float:
-        return self._level_at(now)
-
-    def observe_remaining(self, remaining: float, now: float) -> None:
-        # Only ever lower the level: in-flight requests the server has not counted yet make our
-        # own view more pessimistic than its, so a lower server figure means traffic we missed.
-        excess = self.level_now(now) - remaining
-        if excess > 0:
-            self.adjust(-excess, now)
-
-    def __repr__(self) -> str:
-        return f"<bucket {self.level:.1f}/{self.capacity:.1f} at {self.rate:.3f}/s>"
-
-
-# Adapting to 429s that show an exhausted limit: the factor drops, then recovers exponentially
-# (half of the gap closed every RECOVERY_HALF_LIFE seconds), so one burst of 429s costs
-# seconds. A group whose limits were learned from headers starts slowly and doubles its pace
-# each second until the first 429 or its full limit.
-SLOW_START_FACTOR = 0.25
-SLOW_START_DOUBLING_SECONDS = 1.0
-DECREASE_IN_SLOW_START = 0.5
-DECREASE = 0.8
-RECOVERY_HALF_LIFE_SECONDS = 3.0
-MIN_FACTOR = 0.02
-# Several 429s from one overshoot (the requests already in flight) count as one signal.
-DECREASE_HOLDOFF_SECONDS = 1.0
-# Sends whose token charges are kept for reading remaining counts (intervals are ~1 s long).
-CHARGES_KEPT = 4096
-# A server's wait hint assumes no one else retries when it ends. Senders it cannot tell apart
-# (undeclared keys of one project, other processes) that all retry on the hint can hold a
-# limit that charges refused requests in debt for good: each cool-down in a row that ends in
-# another refusal, with no success between, lasts twice as long (up to the caller's cap).
-REFUSED_AGAIN_FACTOR = 2.0
-# Whatever others seem to spend, a group keeps this share of its limit (evidence can be wrong).
-MIN_SHARE = 0.05
-# A server's reported surplus is used only when it exceeds this many seconds of the limit: a
-# bucket of a second or two is what our pacing already works with.
-SURPLUS_MIN_SECONDS = 3.0
 
 
 class LimitGroup:
@@ -180,33 +113,29 @@ class LimitGroup:
         # The limits known (configured or learned); the buckets refill at limit x factor.
         self.limit_requests_per_min = requests_per_min
         self.limit_tokens_per_min = tokens_per_min
-        self.factor = 1.0
-        self._slow_start = False
-        self._adapted_at = now
-        self._decreased_at = -math.inf
-        self.requests: _Bucket | None = (
-            _Bucket(requests_per_min, burst_seconds, now) if requests_per_min else None
-        )
-        self.tokens: _Bucket | None = (
-            _Bucket(tokens_per_min, burst_seconds, now) if tokens_per_min else None
-        )
+        self._pace = PaceFactor(now)
+        self.requests = Bucket.of(requests_per_min, burst_seconds, now)
+        self.tokens = Bucket.of(tokens_per_min, burst_seconds, now)
         self.cooldown_until = 0.0
-        self._refusals = 0  # cool-downs since the last success
+        self._refusals = Refusals()
         self.in_flight = 0
         self.responses_seen = 0
         self.headers_seen = False  # the server reports x-ratelimit-* headers
         self.sends = 0
         self.tokens_sent = 0.0
-        # Tokens charged per recent send (by number): reserved, then settled or refunded.
-        self._charges: dict[int, float] = {}
+        self._charges = Charges()
         self.surplus = Surplus()  # what the server holds beyond our own buckets
         # What others spend of each limit (per second), as last applied to the pace.
-        self.shared_requests = SharedUse()
-        self.shared_tokens = SharedUse()
+        self.others = OthersUse()
+        self.shared_requests, self.shared_tokens = self.others.requests, self.others.tokens
         self._others_requests = self._others_tokens = 0.0
         self.budget = budget
 
-    # -- limits -------------------------------------------------------------------------------
+    @property
+    def factor(self) -> float:
+        """The factor its limits are multiplied by (429s lower it, time raises it), as of the
+        group's last look at the clock."""
+        return self._pace.value
 
     @property
     def requests_per_min(self) -> float | None:
@@ -228,25 +157,18 @@ class LimitGroup:
         limit = reported if configured is None else min(configured, reported)
         if self.limit_requests_per_min is None and self.limit_tokens_per_min is None:
             # The first limit this group learns: start slowly, in case it is shared.
-            self.factor = SLOW_START_FACTOR
-            self._slow_start = True
-            self._adapted_at = now
+            self._pace.start_slowly(now)
         setattr(self, f"limit_{attr}_per_min", limit)
         if getattr(self, attr) is None:
-            setattr(self, attr, _Bucket(limit, self.burst_seconds, now))
+            setattr(self, attr, Bucket(limit, self.burst_seconds, now))
         self._apply_factor()
 
     def pace_share(self, now: float | None = None) -> float:
         """The share of its limits this group paces at: the factor, less others' use; with
         `now`, as of that time (the factor recovers while the group is idle too)."""
-        share = self.factor if now is None else self._factor_at(now)
-        for others, limit in (
-            (self._others_requests, self.limit_requests_per_min),
-            (self._others_tokens, self.limit_tokens_per_min),
-        ):
-            if limit and others > 0:
-                share = min(share, max(MIN_SHARE, 1.0 - others * 60.0 / limit))
-        return share
+        share = self._pace.value if now is None else self._pace.at(now)
+        share = share_left(share, self._others_requests, self.limit_requests_per_min)
+        return share_left(share, self._others_tokens, self.limit_tokens_per_min)
 
     def _read_others(self, now: float) -> None:
         if self.budget is not None:
@@ -260,44 +182,21 @@ class LimitGroup:
             (self.requests, self.limit_requests_per_min),
             (self.tokens, self.limit_tokens_per_min),
         ):
-            if (
-                bucket is not None
-                and limit is not None
-                and abs(bucket.rate * 60.0 - limit * share) > 1e-9
-            ):
-                bucket.set_limit(limit * share, self.burst_seconds)
-
-    def _factor_at(self, now: float) -> float:
-        """The factor as time raises it back toward 1 by `now` (doubling in slow start)."""
-        elapsed = max(0.0, now - self._adapted_at)
-        if self.factor >= 1.0:
-            return 1.0
-        if self._slow_start:
-            doubled: float = self.factor * 2.0 ** (elapsed / SLOW_START_DOUBLING_SECONDS)
-            return min(1.0, doubled)
-        gap: float = (1.0 - self.factor) * 0.5 ** (elapsed / RECOVERY_HALF_LIFE_SECONDS)
-        return 1.0 if gap < 0.001 else 1.0 - gap
+            if bucket is not None and limit is not None:
+                bucket.pace(limit * share, self.burst_seconds)
 
     def _adapt(self, now: float) -> None:
         """Raise the pace back toward the full limit as time passes; let stale evidence fade."""
-        if now - self._adapted_at < 0.05:
-            return
-        self.factor = self._factor_at(now)
-        self._adapted_at = now
-        self._read_others(now)
-        self._apply_factor()
+        if self._pace.adapt(now):
+            self._read_others(now)
+            self._apply_factor()
 
     def on_rate_limited(self, now: float) -> None:
         """A 429 showing an exhausted limit came back: slow down (once per overshoot)."""
-        if now - self._decreased_at < DECREASE_HOLDOFF_SECONDS:
+        if self._pace.held_off(now):
             return
         self._adapt(now)
-        decrease = DECREASE_IN_SLOW_START if self._slow_start else DECREASE
-        # Cut the pace in force: where others' use holds the pace below the factor, cutting
-        # the factor alone would change nothing.
-        self.factor = max(MIN_FACTOR, min(self.factor, self.pace_share()) * decrease)
-        self._slow_start = False
-        self._decreased_at = self._adapted_at = now
+        self._pace.decrease(self.pace_share(), now)  # the pace in force, not only the factor
         self._apply_factor()
 
     def observe(
@@ -327,17 +226,12 @@ class LimitGroup:
         if headers.limit_tokens is not None:
             self._learn("tokens", self.configured_tokens_per_min, headers.limit_tokens, now)
         if sent is not None and success:  # a refused request's own charge is not known yet
-            at, number, _, cost = sent
-            if headers.remaining_requests is not None and self.requests_per_min:
-                self.shared_requests.observe(
-                    at, number, headers.remaining_requests, self.requests_per_min / 60.0, 1.0,
-                    lambda a, b: float(b - a),  # refused requests are charged too
-                )  # fmt: skip
-            if headers.remaining_tokens is not None and self.tokens_per_min:
-                self.shared_tokens.observe(
-                    at, number, headers.remaining_tokens, self.tokens_per_min / 60.0, cost,
-                    self._tokens_charged,
-                )  # fmt: skip
+            self.others.observe(
+                sent,
+                (headers.remaining_requests, headers.remaining_tokens),
+                (self.requests_per_min, self.tokens_per_min),
+                lambda first, last: self._charges.between(first, last, self.sends),
+            )
             self._read_others(now)
             self._apply_factor()
         if self.requests is not None and headers.remaining_requests is not None:
@@ -345,49 +239,18 @@ class LimitGroup:
         if self.tokens is not None and headers.remaining_tokens is not None:
             self.tokens.observe_remaining(headers.remaining_tokens, now)
         if sent is not None and self.surplus.allowed and success:
-            self.surplus.update(
-                sent[1],
-                self._surplus(
-                    self.requests,
-                    self.limit_requests_per_min,
-                    headers.remaining_requests,
-                    self.sends - sent[1],
-                    now,
-                ),
-                self._surplus(
-                    self.tokens,
-                    self.limit_tokens_per_min,
-                    headers.remaining_tokens,
-                    self.tokens_sent - sent[2],
-                    now,
-                ),
-                self.limit_requests_per_min,
-            )
+            self._read_surplus(headers, sent, now)
 
-    def _tokens_charged(self, first: int, last: int) -> float | None:
-        """Tokens charged for our sends numbered first+1 to last (unsettled ones as reserved);
-        None when those sends are older than the record kept."""
-        if first < self.sends - CHARGES_KEPT:
-            return None
-        return sum(self._charges.get(number, 0.0) for number in range(first + 1, last + 1))
-
-    def _surplus(
-        self,
-        bucket: _Bucket | None,
-        limit: float | None,
-        remaining: float | None,
-        sent_since: float,
-        now: float,
-    ) -> float:
-        """What the server holds beyond `bucket`: its `remaining` less our sends since then."""
-        if bucket is None or limit is None or remaining is None:
-            return 0.0
-        usable = remaining - sent_since
-        if usable <= SURPLUS_MIN_SECONDS * limit / 60.0:
-            return 0.0
-        return max(0.0, usable - max(0.0, bucket.level_now(now))) * self.pace_share()
-
-    # -- scheduling ---------------------------------------------------------------------------
+    def _read_surplus(
+        self, headers: RateLimitHeaders, sent: tuple[float, int, float, float], now: float
+    ) -> None:
+        """What the server holds beyond our buckets, from a successful answer to `sent`."""
+        share, rpm, tpm = self.pace_share(), self.limit_requests_per_min, self.limit_tokens_per_min
+        levels = [None if b is None else b.level_now(now) for b in (self.requests, self.tokens)]
+        since = (self.sends - sent[1], self.tokens_sent - sent[2])
+        requests = surplus_beyond(levels[0], rpm, headers.remaining_requests, since[0], share)
+        tokens = surplus_beyond(levels[1], tpm, headers.remaining_tokens, since[1], share)
+        self.surplus.update(sent[1], requests, tokens, rpm)
 
     def ready_at(self, tokens: float, now: float) -> float | None:
         """Earliest time a request costing `tokens` may be sent; None while probing is busy."""
@@ -395,12 +258,7 @@ class LimitGroup:
             return None
         self._adapt(now)
         t = max(now, self.cooldown_until)
-        if self.requests is not None and not self.surplus.covers_request(
-            self.limit_requests_per_min
-        ):
-            t = max(t, self.requests.ready_at(1.0, t))
-        if self.tokens is not None and tokens > 0 and self.surplus.tokens < tokens:
-            t = max(t, self.tokens.ready_at(tokens, t))
+        t = self.surplus.ready_at(self.requests, self.tokens, tokens, t, self.requests_per_min)
         if self.budget is not None:
             t = max(t, self.budget.ready_at(self, tokens, now))
         return t
@@ -410,25 +268,14 @@ class LimitGroup:
 
         Returns what `observe` takes as `sent` for this request's answer.
         """
-        if self.requests is not None:
-            if self.requests.level_now(at) < 1.0 and self.surplus.covers_request(
-                self.limit_requests_per_min
-            ):
-                self.surplus.take_request(at, self.sends + 1)
-            else:
-                self.requests.take(1.0, at)
-        if self.tokens is not None and tokens > 0:
-            if self.tokens.level_now(at) < tokens and self.surplus.tokens >= tokens:
-                self.surplus.take_tokens(tokens, at)
-            else:
-                self.tokens.take(tokens, at)
+        rpm = self.limit_requests_per_min
+        self.surplus.spend(self.requests, self.tokens, tokens, at, self.sends + 1, rpm)
         if self.budget is not None:
             self.budget.spend(tokens)
         self.in_flight += 1
         self.sends += 1
         self.tokens_sent += tokens
-        self._charges[self.sends] = tokens
-        self._charges.pop(self.sends - CHARGES_KEPT, None)
+        self._charges.record(self.sends, tokens)
         return (at, self.sends, self.tokens_sent, tokens)
 
     def release(
@@ -452,29 +299,24 @@ class LimitGroup:
             self.budget.refund(1.0 if refund_request else 0.0, tokens)
         # What the server was charged, as far as we know, for reading its remaining counts.
         self.tokens_sent -= tokens
-        if number is not None and number in self._charges:
-            self._charges[number] -= tokens
+        if number is not None:
+            self._charges.refund(number, tokens)
 
     def note_response(self, *, success: bool = False) -> None:
         """A response came back: the group is no longer probing; a success ends a run of
         refusals (see `refused`)."""
         self.responses_seen += 1
         if success:
-            self._refusals = 0
+            self._refusals.succeeded()
 
     def refused(self, wait: float, sent_at: float, now: float, cap: float) -> float:
         """A 429 showing an exhausted limit came back for a request sent at `sent_at`: cool
         the group down and return for how many seconds.
 
-        `wait` is the server's hint. A request sent after the last cool-down ended, with no
-        success since, shows the hint was not enough: each such round doubles the wait, up to
-        `cap`. Requests sent before (the same overshoot) only cool for the hint.
+        `wait` is the server's hint; each round of refusals with no success between doubles it,
+        up to `cap` (see `_core.refusals`).
         """
-        if sent_at >= self.cooldown_until and self._refusals > 0:
-            wait *= REFUSED_AGAIN_FACTOR ** min(self._refusals, 16)
-        if sent_at >= self.cooldown_until:
-            self._refusals += 1
-        wait = min(wait, cap)
+        wait = self._refusals.wait(wait, sent_at, self.cooldown_until, cap)
         self.cool_down(now + wait, now)
         return wait
 

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["SharedUse"]
+__all__ = ["OthersUse", "SharedUse", "share_left"]
 
 # Intervals shorter than this are too noisy (arrival order and delay, rounding of `remaining`).
 MIN_INTERVAL_SECONDS = 0.5
@@ -43,6 +43,15 @@ FALLING_AVERAGE_SECONDS = 2.0
 MIN_CAPACITY_SECONDS = 1.0
 # Without a new sample for this long, the estimate fades with the same time constant.
 STALE_SECONDS = 2.0
+# Whatever others seem to spend, a group keeps this share of its limit (evidence can be wrong).
+MIN_SHARE = 0.05
+
+
+def share_left(share: float, others: float, limit: float | None) -> float:
+    """`share` of a limit (per minute), lowered to what `others` (per second) leave of it."""
+    if limit and others > 0:
+        return min(share, max(MIN_SHARE, 1.0 - others * 60.0 / limit))
+    return share
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +129,32 @@ class SharedUse:
 
     def __repr__(self) -> str:
         return f"<SharedUse {self._rate:.2f}/s capacity>={self._capacity:.0f}>"
+
+
+class OthersUse:
+    """What others spend of one group's request and token limits."""
+
+    __slots__ = ("requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests = SharedUse()
+        self.tokens = SharedUse()
+
+    def observe(
+        self,
+        sent: tuple[float, int, float, float],
+        remaining: tuple[float | None, float | None],
+        per_min: tuple[float | None, float | None],
+        ours: Callable[[int, int], float | None],
+    ) -> None:
+        """A successful answer to `sent` (the group's send record: time, number, tokens sent
+        so far, its tokens) with the server's `remaining` (requests, tokens), the limits
+        `per_min` in force; ``ours(a, b)``: the tokens we were charged for sends a+1 to b."""
+        at, number, _, cost = sent
+        if remaining[0] is not None and per_min[0]:
+            self.requests.observe(
+                at, number, remaining[0], per_min[0] / 60.0, 1.0,
+                lambda a, b: float(b - a),  # refused requests are charged too
+            )  # fmt: skip
+        if remaining[1] is not None and per_min[1]:
+            self.tokens.observe(at, number, remaining[1], per_min[1] / 60.0, cost, ours)

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Surplus"]
+from .bucket import Bucket
+
+__all__ = ["Surplus", "surplus_beyond"]
 
 # A 429 this soon after sending from the surplus proves a shorter window than reported.
 BLAME_SECONDS = 2.0
 # Until the trial is answered, send at most this many seconds of the limit from the surplus:
 # a server that only reports a long window costs a few 429s, not a storm.
 TRIAL_SECONDS = 1.0
+# A server's reported surplus is used only when it exceeds this many seconds of the limit: a
+# bucket of a second or two is what our pacing already works with.
+SURPLUS_MIN_SECONDS = 3.0
 
 
 class Surplus:
@@ -75,6 +80,44 @@ class Surplus:
             self._confirmed = True  # the whole trial was answered without a 429
         self.requests, self.tokens = requests, tokens
 
+    def ready_at(
+        self,
+        requests: Bucket | None,
+        tokens: Bucket | None,
+        cost: float,
+        t: float,
+        requests_per_min: float | None,
+    ) -> float:
+        """When the buckets let a request of `cost` tokens go, from `t` on: what the surplus
+        covers does not wait for its bucket."""
+        if requests is not None and not self.covers_request(requests_per_min):
+            t = max(t, requests.ready_at(1.0, t))
+        if tokens is not None and cost > 0 and self.tokens < cost:
+            t = max(t, tokens.ready_at(cost, t))
+        return t
+
+    def spend(
+        self,
+        requests: Bucket | None,
+        tokens: Bucket | None,
+        cost: float,
+        at: float,
+        number: int,
+        requests_per_min: float | None,
+    ) -> None:
+        """Take send `number` (one request, `cost` tokens) at `at`: from the surplus where a
+        bucket falls short and the surplus covers it, else from the bucket."""
+        if requests is not None:
+            if requests.level_now(at) < 1.0 and self.covers_request(requests_per_min):
+                self.take_request(at, number)
+            else:
+                requests.take(1.0, at)
+        if tokens is not None and cost > 0:
+            if tokens.level_now(at) < cost and self.tokens >= cost:
+                self.take_tokens(cost, at)
+            else:
+                tokens.take(cost, at)
+
     def blame(self, now: float) -> bool:
         """A 429 whose headers show capacity left: True when it is the group's overshoot all
         the same (a shorter window than reported, proven now or before); else an overload's.
@@ -90,3 +133,21 @@ class Surplus:
             f"<Surplus requests={self.requests:.0f} tokens={self.tokens:.0f} "
             f"allowed={self.allowed} confirmed={self._confirmed}>"
         )
+
+
+def surplus_beyond(
+    level: float | None,
+    limit: float | None,
+    remaining: float | None,
+    sent_since: float,
+    share: float,
+) -> float:
+    """What the server holds beyond a bucket at `level`: its `remaining` less our sends since
+    then, when more than `SURPLUS_MIN_SECONDS` of the `limit` (per minute); scaled by the
+    `share` of the limit the group paces at. None for `level`: the group has no such bucket."""
+    if level is None or limit is None or remaining is None:
+        return 0.0
+    usable = remaining - sent_since
+    if usable <= SURPLUS_MIN_SECONDS * limit / 60.0:
+        return 0.0
+    return max(0.0, usable - max(0.0, level)) * share
