@@ -20,9 +20,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
-from ._core.pool import Grant, KeyPool, PoolKey
+from ._core.pool import Failure, Grant, KeyPool, PoolKey
 from ._drivers.aio import wait_turn
 from ._drivers.clients import AsyncClients, default_async_client_factory, default_client_factory
 from ._drivers.turns import Turns
@@ -47,6 +47,7 @@ from .stats import KeyState, KeyStats, PoolCapacity, PoolStats
 
 if TYPE_CHECKING:
     import openai
+    from typing_extensions import Unpack
 
 __all__ = [
     "APIKeyManager",
@@ -197,8 +198,9 @@ class APIKeyManager:
     `ParallelToolkit` use when no `manager=` is given; a later call replaces it. Pass
     `make_default=False` for an independent pool and hand it over explicitly.
 
-    `set_api_base` is accepted for compatibility and has no effect: each key's own client
-    gets its base URL, and the global ``openai`` module is never modified.
+    `set_api_base` (the original toolkit's third parameter, positional or keyword) is accepted
+    for compatibility and has no effect: each key's own client gets its base URL, and the
+    global ``openai`` module is never modified.
 
     `options` (a `PoolOptions`) sets the request timeout, burst, environment knobs, clock,
     client factory and state store; its defaults suit production. Those settings were
@@ -210,32 +212,19 @@ class APIKeyManager:
         self,
         api_keys: Sequence[str | Mapping[str, Any]] | None = None,
         config_path: str | os.PathLike[str] | None = None,
-        set_api_base: bool = True,
-        *,
+        *compat: bool,  # set_api_base, positional: compatibility only (see the docstring)
         config: ToolkitConfig | None = None,
         dotenv: str | os.PathLike[str] | bool | None = None,
         make_default: bool = True,
         api_base: str | None = None,
         proxy: str | None = None,
         options: PoolOptions | None = None,
-        # The settings that moved into PoolOptions: accepted here only to name the
-        # replacement in the error; NoReturn keeps type checkers refusing them.
-        **moved: NoReturn,
+        # `set_api_base=`, and the settings that moved into PoolOptions: accepted here only
+        # to name the replacement in the error; the type keeps type checkers refusing them.
+        **legacy: Unpack[_Legacy],
     ) -> None:
-        del set_api_base  # compatibility only, see the docstring
-        if moved:
-            raise moved_to_options(type(self).__name__, moved)
-        if api_keys is not None:
-            config = config_from_keys(api_keys, api_base=api_base, proxy=proxy)
-        elif api_base is not None or proxy is not None:
-            raise TypeError(
-                "api_base= and proxy= apply to api_keys=[...]; for a config file or the "
-                "environment set them there (api_base / proxy, OPENAI_BASE_URL / OPENAI_API_PROXY)"
-            )
-        elif config_path is not None:
-            config = load_config(config_path)
-        elif config is None:
-            config = config_from_env(dotenv=dotenv)
+        _check_legacy(type(self).__name__, compat, legacy)
+        config = _pool_config(api_keys, config_path, config, dotenv, api_base, proxy)
         if not config.keys:
             raise ConfigError("no API keys configured", source=config.source, field="api_keys")
         self.config = config
@@ -374,21 +363,7 @@ class APIKeyManager:
 
     def _on_failure(self, grant: Grant, verdict: Verdict) -> Verdict:
         failure = self._run(lambda pool, now: pool.failed(grant, verdict, now), wake=True)
-        masked = grant.key.masked
-        if failure.short_window_found:
-            logger.warning(
-                "the server of %s enforces a shorter window than its remaining counts "
-                "say: pacing its limit group by the limit alone from now on",
-                masked,
-            )
-        if failure.cooldown > 0:
-            logger.info(
-                "rate limited on %s: cooling its group down %.2fs", masked, failure.cooldown
-            )
-        elif failure.verdict.exhausted is False:
-            logger.info("429 on %s without an exhausted limit: retrying elsewhere", masked)
-        if failure.key_removed:
-            logger.warning("removing key %s for this run: %s", masked, failure.verdict.reason)
+        _log_failure(failure, grant.key.masked)
         return failure.verdict
 
     def observe_prompt_ratio(self, estimated: int, counted: int) -> None:
@@ -484,6 +459,62 @@ class APIKeyManager:
     def __repr__(self) -> str:
         keys = ", ".join(key.masked for key in self._pool.keys)
         return f"<APIKeyManager {len(self._pool.keys)} keys from {self.config.source}: {keys}>"
+
+
+class _Legacy(TypedDict, total=False):
+    """The keywords `APIKeyManager` accepts for compatibility only."""
+
+    set_api_base: bool
+
+
+def _check_legacy(owner: str, positional: tuple[bool, ...], keywords: Mapping[str, object]) -> None:
+    """Accept the original toolkit's `set_api_base` (a third positional or a keyword); name
+    `PoolOptions` for the keywords that moved there."""
+    if len(positional) > 1:
+        given = 2 + len(positional)
+        raise TypeError(f"{owner}() takes from 0 to 3 positional arguments but {given} were given")
+    moved = {name: value for name, value in keywords.items() if name != "set_api_base"}
+    if moved:
+        raise moved_to_options(owner, moved)
+
+
+def _pool_config(
+    api_keys: Sequence[str | Mapping[str, Any]] | None,
+    config_path: str | os.PathLike[str] | None,
+    config: ToolkitConfig | None,
+    dotenv: str | os.PathLike[str] | bool | None,
+    api_base: str | None,
+    proxy: str | None,
+) -> ToolkitConfig:
+    """The pool's config from the first source given (see `APIKeyManager`)."""
+    if api_keys is not None:
+        return config_from_keys(api_keys, api_base=api_base, proxy=proxy)
+    if api_base is not None or proxy is not None:
+        raise TypeError(
+            "api_base= and proxy= apply to api_keys=[...]; for a config file or the "
+            "environment set them there (api_base / proxy, OPENAI_BASE_URL / OPENAI_API_PROXY)"
+        )
+    if config_path is not None:
+        return load_config(config_path)
+    if config is None:
+        return config_from_env(dotenv=dotenv)
+    return config
+
+
+def _log_failure(failure: Failure, masked: str) -> None:
+    """Log what the pool did about a failed send on the key `masked`."""
+    if failure.short_window_found:
+        logger.warning(
+            "the server of %s enforces a shorter window than its remaining counts "
+            "say: pacing its limit group by the limit alone from now on",
+            masked,
+        )
+    if failure.cooldown > 0:
+        logger.info("rate limited on %s: cooling its group down %.2fs", masked, failure.cooldown)
+    elif failure.verdict.exhausted is False:
+        logger.info("429 on %s without an exhausted limit: retrying elsewhere", masked)
+    if failure.key_removed:
+        logger.warning("removing key %s for this run: %s", masked, failure.verdict.reason)
 
 
 def _store_for(config: ToolkitConfig, options: PoolOptions) -> tuple[LimiterStore, bool]:
