@@ -31,8 +31,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 
 from tqdm.auto import tqdm
 
@@ -46,11 +47,24 @@ from .parallel import _nested, _shared_executor, completed, default_concurrency
 from .runstate import FileFailure, RunState, RunSummary, logs_above
 from .sharedfiles import SharedInputs
 
-__all__ = ["FileFailure", "ParallelToolkit", "RunSummary"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["FileFailure", "ParallelToolkit", "RunSummary", "ToolkitOptions"]
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".openai-parallel-toolkit"
+
+
+class ToolkitOptions(TypedDict, total=False):
+    """The keyword options of `ParallelToolkit` beyond `manager` (see its docstring)."""
+
+    recursive: bool  # walk sub-folders (default True)
+    cache: bool | RequestCache | str | os.PathLike[str]  # the response cache (default True)
+    progress: bool  # show the progress bar and print the summary (default True)
+    adopt_existing_outputs: bool  # take the original toolkit's outputs for done (default False)
+    shared_state: str | None  # a Redis URL: share the inputs with other workers
 
 
 class ParallelToolkit:
@@ -76,6 +90,9 @@ class ParallelToolkit:
     like it plus one extension is already there (``a.json`` for ``a.txt``) counts as done,
     is recorded as such, and is counted in `RunSummary.adopted`. Off by default: any other
     file in the output folder is never taken for an output.
+
+    The keyword options after `manager` (`recursive`, `cache`, `progress`,
+    `adopt_existing_outputs`, `shared_state`) are typed by `ToolkitOptions`.
     """
 
     def __init__(
@@ -88,12 +105,11 @@ class ParallelToolkit:
         name: str = "ParallelToolkit Progress",
         *,
         manager: APIKeyManager | None = None,
-        recursive: bool = True,
-        cache: bool | RequestCache | str | os.PathLike[str] = True,
-        progress: bool = True,
-        adopt_existing_outputs: bool = False,
-        shared_state: str | None = None,
+        **options: Unpack[ToolkitOptions],
     ) -> None:
+        unknown = sorted(set(options) - set(ToolkitOptions.__annotations__))
+        if unknown:
+            raise TypeError(f"ParallelToolkit() got an unexpected keyword argument {unknown[0]!r}")
         if input_path is None or output_path is None:
             raise TypeError("ParallelToolkit needs input_path and output_path")
         if file_count is not None and file_count < 0:
@@ -104,14 +120,14 @@ class ParallelToolkit:
         self.output_path = Path(output_path)
         self.file_count = file_count
         self.name = name
-        self.recursive = recursive
-        self.progress = progress
-        self.adopt_existing_outputs = adopt_existing_outputs
-        self._cache_option = cache
+        self.recursive = options.get("recursive", True)
+        self.progress = options.get("progress", True)
+        self.adopt_existing_outputs = options.get("adopt_existing_outputs", False)
+        self._cache_option = options.get("cache", True)
         self.manager = manager if manager is not None else resolve_manager(config_path=config_path)
         self.num_threads = num_threads or default_concurrency(self.manager)
         self.shared_state = (
-            shared_state
+            options.get("shared_state")
             or self.manager.config.shared_state
             or os.environ.get(SHARED_STATE_VARIABLE)
             or None
@@ -150,6 +166,37 @@ class ParallelToolkit:
         total = sum(1 for _ in self._inputs())
         state = self.output_path / STATE_DIR
         state.mkdir(parents=True, exist_ok=True)
+        opened = self._open_state(state)
+        run = RunState(self.manager, total)
+        # One pool for every multi_process_one call inside the hooks (see parallel.py).
+        inner = ThreadPoolExecutor(default_concurrency(self.manager), thread_name_prefix="items")
+        executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="files")
+        bar = tqdm(
+            total=total, desc=self.name, unit="file", disable=not self.progress, dynamic_ncols=True
+        )
+        interrupted = False
+        try:
+            counting = counting_into(run.ledger)
+            with logs_above(bar), use_manager(self.manager), use_cache(opened.cache), counting:
+                try:
+                    with _quiet_inner_bars(inner):
+                        self._process(executor, opened, run, bar)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    self._drain(executor, run)
+                finally:
+                    run.show(bar, force=True)
+                    bar.close()
+        finally:
+            _release((executor, inner), opened.closers, abandoned=run.abandoned)
+        summary = run.summary(interrupted, self.manager.statistics())
+        logger.info("%s: %s", self.name, summary)
+        if self.progress:
+            tqdm.write(f"{self.name}: {summary}", file=sys.stderr)
+        return summary
+
+    def _open_state(self, state: Path) -> _OpenState:
+        """Open the run's state under `state` (all of it, or none: a failure closes the rest)."""
         closers: list[Callable[[], None]] = []
         try:
             shared = journal = None
@@ -167,47 +214,28 @@ class ParallelToolkit:
             raise
         if own_cache and cache is not None:
             closers.append(cache.close)
-        run = RunState(self.manager, total)
-        # One pool for every multi_process_one call inside the hooks (see parallel.py).
-        inner = ThreadPoolExecutor(default_concurrency(self.manager), thread_name_prefix="items")
-        executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="files")
-        bar = tqdm(
-            total=total, desc=self.name, unit="file", disable=not self.progress, dynamic_ncols=True
-        )
-        interrupted = False
-        try:
-            counting = counting_into(run.ledger)
-            with logs_above(bar), use_manager(self.manager), use_cache(cache), counting:
-                try:
-                    with _quiet_inner_bars(inner):
-                        tasks: Iterator[InputFile]
-                        work: Callable[[InputFile], None]
-                        if journal is not None:
-                            adopt = self._adopting(journal)
-                            tasks = self._pending(journal, adopt=adopt, run=run, bar=bar)
-                            work = functools.partial(self._work, journal, staging, run)
-                        elif shared is not None:
-                            tasks, work = self._shared_work(shared, staging, run, bar)
-                        for task, future in completed(executor, work, tasks, self.num_threads * 2):
-                            failure = future.exception()
-                            if failure is not None:  # SystemExit and the like escaped the hooks
-                                run.fail(task.relative, failure)
-                            run.show(bar)
-                        if shared is not None:
-                            shared.finish()
-                except KeyboardInterrupt:
-                    interrupted = True
-                    self._drain(executor, run)
-                finally:
-                    run.show(bar, force=True)
-                    bar.close()
-        finally:
-            _release((executor, inner), closers, abandoned=run.abandoned)
-        summary = run.summary(interrupted, self.manager.statistics())
-        logger.info("%s: %s", self.name, summary)
-        if self.progress:
-            tqdm.write(f"{self.name}: {summary}", file=sys.stderr)
-        return summary
+        return _OpenState(shared, journal, staging, cache, closers)
+
+    def _process(
+        self, executor: ThreadPoolExecutor, opened: _OpenState, run: RunState, bar: tqdm[Any]
+    ) -> None:
+        """Run the inputs not done yet through the hooks, `num_threads` at a time."""
+        journal, shared, staging = opened.journal, opened.shared, opened.staging
+        tasks: Iterator[InputFile]
+        work: Callable[[InputFile], None]
+        if journal is not None:
+            adopt = self._adopting(journal)
+            tasks = self._pending(journal, adopt=adopt, run=run, bar=bar)
+            work = functools.partial(self._work, journal, staging, run)
+        elif shared is not None:
+            tasks, work = self._shared_work(shared, staging, run, bar)
+        for task, future in completed(executor, work, tasks, self.num_threads * 2):
+            failure = future.exception()
+            if failure is not None:  # SystemExit and the like escaped the hooks
+                run.fail(task.relative, failure)
+            run.show(bar)
+        if shared is not None:
+            shared.finish()
 
     def _drain(self, executor: ThreadPoolExecutor, run: RunState) -> None:
         """After a Ctrl-C: let the files in progress finish; a second Ctrl-C abandons them."""
@@ -326,6 +354,18 @@ class ParallelToolkit:
             yield task
         if adopt:
             journal.close_adoption()
+
+
+@dataclass
+class _OpenState:
+    """The state a run opened: the shared inputs or the journal, staging, the cache, and what
+    closes them."""
+
+    shared: SharedInputs | None
+    journal: Journal | None
+    staging: StagingArea
+    cache: RequestCache | None
+    closers: list[Callable[[], None]]
 
 
 def _close_all(closers: list[Callable[[], None]]) -> None:
