@@ -183,7 +183,7 @@ class ParallelToolkit:
                         self._process(executor, opened, run, bar)
                 except KeyboardInterrupt:
                     interrupted = True
-                    self._drain(executor, run)
+                    _drain(executor, run)
                 finally:
                     run.show(bar, force=True)
                     bar.close()
@@ -208,7 +208,7 @@ class ParallelToolkit:
                 closers.append(journal.close)
             staging = StagingArea(state / "staging")
             closers.append(staging.close)
-            cache, own_cache = self._open_cache(state, shared is not None)
+            cache, own_cache = _open_cache(self._cache_option, state, shared is not None)
         except BaseException:
             _close_all(closers)
             raise
@@ -236,18 +236,6 @@ class ParallelToolkit:
             run.show(bar)
         if shared is not None:
             shared.finish()
-
-    def _drain(self, executor: ThreadPoolExecutor, run: RunState) -> None:
-        """After a Ctrl-C: let the files in progress finish; a second Ctrl-C abandons them."""
-        try:
-            logger.warning("interrupted: finishing the files in progress (Ctrl-C again to abandon)")
-            executor.shutdown(wait=True, cancel_futures=True)
-        except KeyboardInterrupt:
-            run.abandon()
-            logger.warning(
-                "abandoned: the files in progress publish nothing (run again to continue)"
-            )
-            raise
 
     def _shared_work(
         self, shared: SharedInputs, staging: StagingArea, run: RunState, bar: tqdm[Any]
@@ -291,18 +279,6 @@ class ParallelToolkit:
             run.fail(task.relative, exc)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-
-    def _open_cache(self, state: Path, shared: bool) -> tuple[RequestCache | None, bool]:
-        option = self._cache_option
-        if option is False:
-            return None, False
-        if option is True:
-            # Shared: one file per machine, as SQLite cannot be shared over a network file system.
-            name = f"cache-{socket.gethostname()}.sqlite" if shared else "cache.sqlite"
-            return RequestCache(state / name), True
-        if isinstance(option, RequestCache):
-            return option, False
-        return RequestCache(option), True
 
     def _adopting(self, journal: Journal) -> bool:
         """Whether this run takes existing outputs for done (see `adopt_existing_outputs`)."""
@@ -354,6 +330,32 @@ class ParallelToolkit:
             yield task
         if adopt:
             journal.close_adoption()
+
+
+def _drain(executor: ThreadPoolExecutor, run: RunState) -> None:
+    """After a Ctrl-C: let the files in progress finish; a second Ctrl-C abandons them."""
+    try:
+        logger.warning("interrupted: finishing the files in progress (Ctrl-C again to abandon)")
+        executor.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        run.abandon()
+        logger.warning("abandoned: the files in progress publish nothing (run again to continue)")
+        raise
+
+
+def _open_cache(
+    option: bool | RequestCache | str | os.PathLike[str], state: Path, shared: bool
+) -> tuple[RequestCache | None, bool]:
+    """The run's response cache for the `cache` option, and whether the run opened it."""
+    if option is False:
+        return None, False
+    if option is True:
+        # Shared: one file per machine, as SQLite cannot be shared over a network file system.
+        name = f"cache-{socket.gethostname()}.sqlite" if shared else "cache.sqlite"
+        return RequestCache(state / name), True
+    if isinstance(option, RequestCache):
+        return option, False
+    return RequestCache(option), True
 
 
 @dataclass
