@@ -410,30 +410,13 @@ class APIKeyManager:
             latency = self._pool.latency
             oldest = self._pool.oldest_in_flight(now)
             waiting = len(self._turns)
-        stats = [self._with_usage(s) for s in stats]
-        return PoolStats(
-            keys=tuple(stats),
-            requests=sum(s.requests for s in stats),
-            successes=sum(s.successes for s in stats),
-            rate_limited=sum(s.rate_limited for s in stats),
-            errors=sum(s.errors for s in stats),
-            tokens=sum(s.tokens for s in stats),
-            active_keys=sum(s.state is not KeyState.REMOVED for s in stats),
+        return PoolStats.of(
+            [_with_usage(s, self.usage) for s in stats],
             in_flight=in_flight,
             latency=latency,
             oldest_in_flight=oldest,
             waiting=waiting,
             usage=self.usage.report(),
-        )
-
-    def _with_usage(self, stats: KeyStats) -> KeyStats:
-        row = self.usage.key_row(stats.key)
-        return dataclasses.replace(
-            stats,
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            cached_tokens=row.cached_tokens,
-            cost=row.cost,
         )
 
     def close(self) -> None:
@@ -499,6 +482,18 @@ def _pool_config(
     if config is None:
         return config_from_env(dotenv=dotenv)
     return config
+
+
+def _with_usage(stats: KeyStats, usage: UsageLedger) -> KeyStats:
+    """A key's statistics with the tokens and cost of its answers."""
+    row = usage.key_row(stats.key)
+    return dataclasses.replace(
+        stats,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cached_tokens=row.cached_tokens,
+        cost=row.cost,
+    )
 
 
 def _log_failure(failure: Failure, masked: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .prices import usd
@@ -145,6 +146,33 @@ class PoolStats:
     oldest_in_flight: float | None = None  # seconds since the oldest unsettled grant
     waiting: int = 0  # threads waiting for a slot now
     usage: UsageReport = field(default_factory=UsageReport)  # tokens, cost per model and key
+
+    @classmethod
+    def of(
+        cls,
+        keys: Sequence[KeyStats],
+        *,
+        in_flight: int,
+        latency: float | None,
+        oldest_in_flight: float | None,
+        waiting: int,
+        usage: UsageReport,
+    ) -> PoolStats:
+        """The snapshot of `keys`, with their totals."""
+        return cls(
+            keys=tuple(keys),
+            requests=sum(s.requests for s in keys),
+            successes=sum(s.successes for s in keys),
+            rate_limited=sum(s.rate_limited for s in keys),
+            errors=sum(s.errors for s in keys),
+            tokens=sum(s.tokens for s in keys),
+            active_keys=sum(s.state is not KeyState.REMOVED for s in keys),
+            in_flight=in_flight,
+            latency=latency,
+            oldest_in_flight=oldest_in_flight,
+            waiting=waiting,
+            usage=usage,
+        )
 
 
 @dataclass(frozen=True, slots=True)
