@@ -203,7 +203,7 @@ def test_invalid_input_fails_the_batch_naming_each_line(
     assert batch.status == "failed" and batch.errors is not None and batch.errors.data
     assert [(e.code, e.line) for e in batch.errors.data] == [
         ("duplicate_custom_id", 2),
-        ("mismatched_endpoint", 3),
+        ("url_mismatch", 3),
     ]
     with pytest.raises(openai.BadRequestError):
         api.batches.create(

@@ -125,8 +125,8 @@ def queue_errors(batch: Batch, batches: Iterable[Batch], limit: int | None) -> l
         return []
     message = (
         f"Enqueued token limit reached for {batch.model} in organization org-fake. "
-        f"Limit: {limit:,} enqueued tokens. Please try submitting fewer tokens or wait "
-        "until previously submitted jobs complete."
+        f"Limit: {limit:,} enqueued tokens. Please try again once some in_progress batches "
+        "have been completed."
     )
     return [line_error("token_limit_exceeded", message)]
 
@@ -147,7 +147,9 @@ def parse_lines(
         try:
             line = json.loads(raw)
         except ValueError:
-            errors.append(line_error("invalid_json_line", "Invalid JSON line.", number))
+            errors.append(
+                line_error("invalid_json_line", "This line is not parseable as valid JSON.", number)
+            )
             continue
         problem = _line_problem(line, batch.endpoint, seen)
         if problem is not None:
@@ -163,10 +165,10 @@ def parse_lines(
             f"The batch input file has {len(batch.lines)} requests; at most "
             f"{settings.max_requests:,} are allowed."
         )
-        errors.append(line_error("too_many_requests", message))
+        errors.append(line_error("too_many_tasks", message))
     if len(models) > 1:
         message = "All requests of a batch must use the same model: " + ", ".join(sorted(models))
-        errors.append(line_error("mismatched_model", message))
+        errors.append(line_error("model_mismatch", message))
     batch.model = next(iter(models), "")
     return errors
 
@@ -230,7 +232,7 @@ def _line_problem(line: Any, endpoint: str, seen: set[str]) -> tuple[str, str] |
     if line.get("method") != "POST":
         return "invalid_request", "The 'method' of a batch request must be 'POST'."
     if line.get("url") != endpoint:
-        return "mismatched_endpoint", f"The url must match the batch's endpoint {endpoint}."
+        return "url_mismatch", f"The url must match the batch's endpoint {endpoint}."
     if not isinstance(line.get("body"), dict):
         return "missing_required_parameter", "Missing required parameter: 'body'."
     return None
