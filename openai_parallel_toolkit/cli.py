@@ -48,8 +48,10 @@ if TYPE_CHECKING:
     from .jobs import JobSummary
 
 __all__ = [
+    "DEFAULT_BATCH_THRESHOLD",
     "CommandLineParser",
     "KeyCheck",
+    "add_batch_options",
     "add_logging_options",
     "check_keys",
     "configure_logging",
@@ -272,7 +274,7 @@ def _run_parser(prog: str) -> CommandLineParser:
         type=_positive_seconds,
         metavar="SECONDS",
         help="seconds one request may take before it is retried (default: the config's "
-        "timeout, else 120)",
+        "timeout, else 120; with --mode flex: 900)",
     )
     add_redis_option(parser)
     parser.add_argument(
@@ -316,12 +318,58 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="also write the run's summary to FILE as JSON (requests, 429s, tokens, cost per "
         "model and per key, elapsed; the README documents its fields)",
     )
+    add_batch_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
+    parser.add_argument(
+        "--status-interval",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between status lines when stderr is not a terminal (default: 10)",
+    )
+    add_logging_options(parser)
+    return parser
+
+
+DEFAULT_BATCH_THRESHOLD = 10_000
+"""``--mode auto`` sends jobs with at least this many unanswered lines as batches."""
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--mode`` and the options of the batch and flex modes to the ``run`` parser."""
     parser.add_argument(
         "--mode",
-        choices=("online", "batch"),
+        choices=("online", "batch", "flex", "auto"),
         default="online",
         help="online: send each request now (default); batch: through the Batch API at half "
-        "price, answers within 24 h (a journal beside the output makes it resumable)",
+        "price, answers within 24 h (a journal beside the output makes it resumable); flex: "
+        'online with service_tier="flex" at the batch price, slower, with long timeouts; '
+        "auto: batch when at least --batch-threshold lines are unanswered (or a batch journal "
+        "of this output exists), else online",
+    )
+    parser.add_argument(
+        "--fallback",
+        choices=("none", "standard"),
+        default="none",
+        help="standard: with --mode flex, a request refused for want of flex capacity goes "
+        "again at once on the standard tier (else it is retried later); with --mode batch, "
+        "lines still failed or expired after --max-retries are sent online (default: none)",
+    )
+    parser.add_argument(
+        "--batch-threshold",
+        type=_positive_int,
+        default=DEFAULT_BATCH_THRESHOLD,
+        metavar="N",
+        help=f"with --mode auto: unanswered lines from which the job goes as batches "
+        f"(default: {DEFAULT_BATCH_THRESHOLD:,})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --mode batch: at most N requests per batch file (default: the API's 50,000; "
+        "files are also kept within 200 MB and the model's enqueued-token limit)",
     )
     parser.add_argument(
         "--poll-interval",
@@ -337,16 +385,30 @@ def _run_parser(prog: str) -> CommandLineParser:
         metavar="N",
         help="with --mode batch: times a failed or expired line is submitted again (default: 2)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
-    parser.add_argument(
-        "--status-interval",
-        type=_positive_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="seconds between status lines when stderr is not a terminal (default: 10)",
+
+
+def _resolve_mode(args: argparse.Namespace) -> str:
+    """The mode to run in: ``auto`` decided from the count of unanswered lines."""
+    if args.mode != "auto":
+        return str(args.mode)
+    if "-" in (args.input, args.output):
+        return "online"  # a batch job needs files; a pipe is online work
+    from .batch.journal import journal_path
+    from .jobs.plan import plan_job
+    from .jobs.results import read_results
+
+    output = Path(args.output)
+    if journal_path(output).exists():
+        return "batch"  # a batch run of this job went before: poll what it paid for
+    source = Path(args.input)
+    if not source.is_file():
+        return "online"  # the online run says what is wrong with it
+    unanswered = len(plan_job(source, read_results(output), args.endpoint))
+    mode = "batch" if unanswered >= args.batch_threshold else "online"
+    logging.getLogger(__name__).info(
+        "--mode auto: %d unanswered lines, threshold %d: %s", unanswered, args.batch_threshold, mode
     )
-    add_logging_options(parser)
-    return parser
+    return mode
 
 
 def _dry_run(args: argparse.Namespace, source: str | Path, target: str | Path) -> int:
@@ -382,11 +444,28 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         parser.error("--max-cost is per run of one process; leave out --worker")
     if args.mode == "batch" and "-" in (args.input, args.output):
         parser.error("--mode batch needs an input file and an output file, not - (stdin, stdout)")
-    if args.mode == "batch" and (args.worker or args.dry_run or args.max_cost is not None):
-        parser.error("--mode batch works alone: leave out --worker, --dry-run and --max-cost")
+    if args.mode in ("batch", "auto") and (
+        args.worker or args.dry_run or args.max_cost is not None
+    ):
+        parser.error(
+            f"--mode {args.mode} works alone: leave out --worker, --dry-run and --max-cost"
+        )
+    if args.mode == "flex" and args.worker:
+        parser.error("--mode flex sends from one process; leave out --worker")
+    if args.fallback != "none" and args.mode == "online":
+        parser.error("--fallback needs --mode flex, batch or auto")
     level = logging_level(args)
     if level is not None:
         configure_logging(level)
+    try:
+        args.mode = _resolve_mode(args)
+    except (ResultsFileError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.mode == "flex" and args.timeout is None:
+        from .flex import FLEX_TIMEOUT
+
+        args.timeout = FLEX_TIMEOUT  # flex answers are slow: OpenAI suggests up to 15 minutes
     if args.mode == "batch":
         from .batch.command import run_batch_mode
 
@@ -423,6 +502,8 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
                     echo=sys.stdout if to_stdout else None,
                     use_async=args.use_async,
                     max_cost=args.max_cost,
+                    flex=args.mode == "flex",
+                    fallback=args.fallback == "standard",
                 )
             if to_stdout and summary.interrupted:
                 _silence_stdout()  # its reader may be gone: no second error at exit

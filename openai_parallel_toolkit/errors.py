@@ -36,6 +36,7 @@ from typing import Any
 from .headers import RateLimitHeaders, retry_after_seconds
 
 __all__ = [
+    "FLEX_UNAVAILABLE",
     "Action",
     "BudgetReachedError",
     "ConfigError",
@@ -50,6 +51,7 @@ __all__ = [
     "classify",
     "classify_response",
     "describe_char",
+    "is_flex_unavailable",
     "key_label",
     "mask_key",
     "protect_logs",
@@ -196,6 +198,9 @@ class Verdict:
         """This verdict with `secrets` masked in its reason."""
         return dataclasses.replace(self, reason=redact(self.reason, secrets))
 
+
+FLEX_UNAVAILABLE = "resource_unavailable"
+"""The code of the 429 a ``service_tier="flex"`` request gets when flex capacity is short."""
 
 _DEAD_CODES = frozenset(
     {
@@ -400,6 +405,10 @@ def _classify_status(
     reason = redact(f"HTTP {status} {code or typ or ''}: {message}".replace("  ", " "))
     if code in _DEAD_CODES or typ in _DEAD_CODES or status in (401, 403):
         return Verdict(Action.KEY_DEAD, reason, status)
+    if FLEX_UNAVAILABLE in (code, typ):
+        # Flex capacity ran short: no limit of ours is used up and the key is fine, so the
+        # group is neither cooled nor slowed; the request backs off and tries again later.
+        return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
     if status == 429:
         limit = typ if typ in ("requests", "tokens") else None
         wait = _rate_limit_wait(headers, typ)
@@ -407,6 +416,19 @@ def _classify_status(
     if status in (408, 409) or status >= 500:
         return Verdict(Action.TRANSIENT, reason, status, retry_after_seconds(headers))
     return Verdict(Action.FATAL, reason, status)
+
+
+def is_flex_unavailable(exc: BaseException) -> bool:
+    """True when `exc` (or what it was raised from) is flex processing's capacity 429
+    (``resource_unavailable``): the request may go again later, or on the standard tier."""
+    import openai
+
+    for link in _chain(exc):
+        if isinstance(link, openai.APIStatusError) and link.status_code == 429:
+            code, typ, _ = _error_fields(link)
+            if FLEX_UNAVAILABLE in (code, typ):
+                return True
+    return False
 
 
 def classify_response(status: int, body: Any, headers: Mapping[str, str] | None) -> Verdict:

@@ -10,27 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from ..jobs.results import result_line
-from ..jobs.source import Item, read_item, read_lines
+from ..jobs.source import Item
 from ..prices import PriceTable, Usage
-from .planner import custom_id_of
 
-__all__ = ["batch_error", "chunk_items", "parse_records", "result_lines"]
-
-
-def chunk_items(path: Path, lines: Iterable[int], endpoint: str | None) -> dict[str, Item]:
-    """The items on `lines` of the input, by the custom id they were sent with."""
-    wanted = set(lines)
-    found: dict[str, Item] = {}
-    for number, _, raw in read_lines(path):
-        if number in wanted:
-            item = read_item(number, raw, endpoint)
-            if isinstance(item, Item):
-                found[custom_id_of(item)] = item
-    return found
+__all__ = ["batch_error", "parse_records", "result_lines"]
 
 
 def parse_records(text: str) -> Iterator[dict[str, Any]]:
@@ -60,22 +46,21 @@ def result_lines(
     items: Mapping[str, Item],
     skip: Mapping[Any, Any],
     prices: PriceTable,
-) -> Iterator[tuple[Item, str]]:
-    """(item, result line) for each record of an item not in `skip` (ids already written)."""
+) -> Iterator[tuple[Item, str, float | None, float | None]]:
+    """(item, result line, cost at the batch price, the same answer's cost at the standard
+    price) for each record of an item not in `skip` (ids already written)."""
     for record in records:
         item = items.get(str(record.get("custom_id")))
         if item is None or item.item_id in skip:
             continue
-        outcome, value, cost = _outcome(record, item, prices)
-        yield (
-            item,
-            result_line(item.item_id, item.request_hash, item.metadata, outcome, value, cost),
-        )
+        outcome, value, cost, standard = _outcome(record, item, prices)
+        line = result_line(item.item_id, item.request_hash, item.metadata, outcome, value, cost)
+        yield item, line, cost, standard
 
 
 def _outcome(
     record: Mapping[str, Any], item: Item, prices: PriceTable
-) -> tuple[str, Any, float | None]:
+) -> tuple[str, Any, float | None, float | None]:
     response = record.get("response")
     if isinstance(response, Mapping):
         status = response.get("status_code")
@@ -83,11 +68,13 @@ def _outcome(
         if isinstance(status, int) and status < 300:
             usage = Usage.of(body)
             model = item.body.get("model")
-            cost = None
+            cost = standard = None
             if usage is not None and isinstance(model, str):
                 price = prices.cost_of(model, usage, "batch")
                 cost = None if price is None else float(price)
-            return "response", body, cost
+                full = prices.cost_of(model, usage, "standard")
+                standard = None if full is None else float(full)
+            return "response", body, cost, standard
         error = body.get("error") if isinstance(body, Mapping) else None
         error = error if isinstance(error, Mapping) else {}
         value = {
@@ -96,7 +83,7 @@ def _outcome(
             "status_code": status,
             "code": error.get("code"),
         }
-        return "error", value, None
+        return "error", value, None, None
     error = record.get("error")
     error = error if isinstance(error, Mapping) else {}
     value = {
@@ -105,4 +92,4 @@ def _outcome(
         "status_code": None,
         "code": error.get("code"),
     }
-    return "error", value, None
+    return "error", value, None, None

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ..errors import ConfigError, ResultsFileError, classify, redact
 from ..keys import APIKeyManager
 from .job import BatchJob
+from .planner import BatchLimits
 from .runner import BatchRunOptions, run_batch_job
 
 __all__ = ["batch_main", "run_batch_mode"]
@@ -45,10 +46,13 @@ def run_batch_mode(args: argparse.Namespace) -> int:
     try:
         manager = _pool(args.config, args.timeout)
         try:
+            limits = BatchLimits(max_requests=args.batch_size) if args.batch_size else None
             options = BatchRunOptions(
                 poll_interval=args.poll_interval,
                 max_retries=max(0, args.max_retries),
+                limits=limits,
                 progress=None if args.no_progress else sys.stderr,
+                fallback=args.fallback == "standard",
             )
             summary = run_batch_job(
                 args.input, args.output, manager=manager, endpoint=args.endpoint, options=options

@@ -25,13 +25,15 @@ from ..jobs.results import read_results
 from ..jobs.source import Item, read_item, read_lines
 from ..keys import APIKeyManager, resolve_manager
 from ..models import RawRequest
+from ..prices import usd
 from .clients import BatchClients, KeyClient
-from .collect import batch_error, chunk_items, parse_records, result_lines
+from .collect import batch_error, parse_records, result_lines
 from .journal import BatchJournal, ChunkRow, journal_path
+from .lines import InputLines
 from .planner import BatchLimits, batch_line, custom_id_of, plan
 from .queues import TERMINAL, Queues
 
-__all__ = ["TERMINAL", "BatchJob", "BatchJobStatus"]
+__all__ = ["TERMINAL", "BatchJob", "BatchJobStatus", "error_records", "retryable"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,28 @@ class BatchJobStatus:
     requests: int
     collected_requests: int
     cancelled: bool = False
+    created: int = 0
+    """Batches this job ever created (those that failed on a queue limit included)."""
+    cost: float = 0.0
+    """USD of the answers collected so far, at the batch price."""
+    standard_cost: float = 0.0
+    """USD the same answers would have cost at the standard tier."""
+
+    @property
+    def in_progress(self) -> int:
+        """Batches in flight now (not finished yet)."""
+        return sum(n for status, n in self.batches.items() if status not in TERMINAL)
+
+    @property
+    def done(self) -> int:
+        """Chunks whose batch finished (collected or ready to be)."""
+        finished = sum(n for status, n in self.batches.items() if status in TERMINAL)
+        return finished + self.chunks.get("collected", 0)
+
+    @property
+    def saved(self) -> float:
+        """Estimated USD saved against the standard tier, on the answers collected so far."""
+        return max(0.0, self.standard_cost - self.cost)
 
     @property
     def finished(self) -> bool:
@@ -59,7 +83,9 @@ class BatchJobStatus:
         batches = ", ".join(f"{n} {status}" for status, n in sorted(self.batches.items()))
         return (
             f"{self.collected_requests}/{self.requests} requests collected; "
-            f"chunks: {chunks or 'none'}; batches: {batches or 'none'}"
+            f"batches: {self.created} submitted, {self.in_progress} in progress, "
+            f"{self.done} done ({batches or 'none'}); chunks: {chunks or 'none'}; "
+            f"cost {usd(self.cost)} at the batch price, est. {usd(self.saved)} saved"
         )
 
 
@@ -96,6 +122,10 @@ class BatchJob:
             self.journal.put("endpoint", endpoint)
         self._clients = BatchClients(self.manager)
         self._queues = Queues(self.journal, self.limits, self._clients)
+        self._lines = InputLines(self.input)
+        # The input's (size, mtime) when this object last planned it: unchanged, and no id
+        # freed since, there is nothing new to plan and the pass over both files is skipped.
+        self._planned: tuple[int, int] | None = None
 
     @classmethod
     def from_journal(
@@ -153,10 +183,15 @@ class BatchJob:
 
     def plan(self) -> int:
         """Record chunks for the requests not planned yet; returns how many chunks were added."""
+        stat = self.input.stat()
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        if stamp == self._planned:
+            return 0
         added = 0
         for chunk in plan(self._pending_items(), self.limits):
             self.journal.add_chunk(chunk.endpoint, chunk.model, chunk.entries, chunk.tokens)
             added += 1
+        self._planned = stamp
         return added
 
     # -- submitting
@@ -169,15 +204,11 @@ class BatchJob:
         for found in key.client.files.list(purpose="batch"):
             if found.filename == name:  # uploaded before a crash could record it
                 return self.journal.update(row.chunk, file_id=found.id, state="uploaded")
-        wanted = set(row.lines)
         data = io.BytesIO()
         sent: set[str] = set()
-        for number, _, raw in read_lines(self.input):
-            if number in wanted:
-                item = read_item(number, raw, self.endpoint)
-                if isinstance(item, Item):
-                    data.write(batch_line(item))
-                    sent.add(custom_id_of(item))
+        for item in self._lines.items(row.lines, self.endpoint):
+            data.write(batch_line(item))
+            sent.add(custom_id_of(item))
         if sent != set(self.journal.iter_items(row.chunk)):
             raise ValueError(
                 f"{self.input}: lines planned for batch file {row.chunk} changed since they "
@@ -278,25 +309,42 @@ class BatchJob:
         rows = self.journal.chunks()
         return BatchJobStatus(
             chunks=dict(Counter(r.state for r in rows)),
-            batches=dict(Counter(r.batch_status or "pending" for r in rows if r.batch_id)),
+            batches=dict(
+                Counter(
+                    r.batch_status or "pending"
+                    for r in rows
+                    if r.batch_id and r.state != "collected"
+                )
+            ),
             requests=sum(r.requests for r in rows),
             collected_requests=sum(r.requests for r in rows if r.state == "collected"),
             cancelled=self.journal.get("cancelled") is not None,
+            created=len(self.journal.batch_history()),
+            cost=float(self.journal.get("cost/batch") or 0),
+            standard_cost=float(self.journal.get("cost/standard") or 0),
         )
 
     def collect(self) -> int:
         """Write the result lines of every finished batch not collected yet; returns how many
         lines were written. Ids that already have a line (a collect cut short) are skipped."""
         self.status()
+        ready = [
+            row
+            for row in self.journal.chunks("submitted")
+            if row.batch_status in TERMINAL and row.key_id is not None
+        ]
+        if not ready:
+            return 0  # nothing to write: the results file is not even read
         existing = read_results(self.output)
         existing.repair_and_drop(set())
         written: dict[Any, str] = dict(existing.hashes)
         count = 0
         with open(self.output, "a", encoding="utf-8") as out:
-            for row in self.journal.chunks("submitted"):
-                if row.batch_status not in TERMINAL or row.key_id is None:
-                    continue
-                items = chunk_items(self.input, row.lines, self.endpoint)
+            for row in ready:
+                assert row.key_id is not None
+                items = {
+                    custom_id_of(item): item for item in self._lines.items(row.lines, self.endpoint)
+                }
                 records = list(self._records(row, self._clients.get(row.key_id)))
                 seen = {str(r.get("custom_id")) for r in records}
                 failure: dict[str, Any] = {"response": None, "error": None}
@@ -304,14 +352,25 @@ class BatchJob:
                     error = batch_error(_load(self.journal.get(f"errors/{row.chunk}")))
                     failure["error"] = error
                 records += [{"custom_id": c, **failure} for c in items if c not in seen]
-                for item, line in result_lines(records, items, written, self.manager.prices):
+                cost = standard = 0.0
+                lines = result_lines(records, items, written, self.manager.prices)
+                for item, line, paid, full in lines:
                     out.write(line)
                     written[item.item_id] = item.request_hash
                     count += 1
+                    cost += paid or 0.0
+                    standard += full or 0.0
                 out.flush()
                 os.fsync(out.fileno())
+                self._add_costs(cost, standard)
                 self.journal.update(row.chunk, state="collected")
         return count
+
+    def _add_costs(self, cost: float, standard: float) -> None:
+        """Add a chunk's costs to the job's totals (a crash right after its lines were
+        written loses its share: the totals are estimates for progress lines, never bills)."""
+        for name, value in (("cost/batch", cost), ("cost/standard", standard)):
+            self.journal.put(name, repr(float(self.journal.get(name) or 0) + value))
 
     def _records(self, row: ChunkRow, key: KeyClient) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -328,13 +387,14 @@ class BatchJob:
             return 0
         existing = read_results(self.output)
         chosen: set[Any] = set()
-        for record in _error_records(self.output, existing.failed):
+        for record in error_records(self.output, existing.failed):
             custom_id = json.dumps(record["id"], ensure_ascii=False)
-            if _retryable(record["error"]) and self.journal.retries(custom_id) < max_retries:
+            if retryable(record["error"]) and self.journal.retries(custom_id) < max_retries:
                 self.journal.forget(custom_id)  # first: an id must never be lost in between
                 chosen.add(record["id"])
         if chosen:
             existing.repair_and_drop(chosen)
+            self._planned = None  # freed ids: the next `plan` reads the input again
         return len(chosen)
 
     def cancel(self) -> int:
@@ -351,7 +411,8 @@ class BatchJob:
         return cancelled
 
 
-def _error_records(path: Path, failed: set[Any]) -> Iterator[dict[str, Any]]:
+def error_records(path: Path, failed: set[Any]) -> Iterator[dict[str, Any]]:
+    """The result lines of `path` with an error, for the ids in `failed`."""
     if not failed or not path.exists():
         return
     with open(path, encoding="utf-8") as file:
@@ -362,7 +423,7 @@ def _error_records(path: Path, failed: set[Any]) -> Iterator[dict[str, Any]]:
                     yield record
 
 
-def _retryable(error: dict[str, Any]) -> bool:
+def retryable(error: dict[str, Any]) -> bool:
     """True for failures another batch may not repeat; a 4xx other than 429 is the
     request's own fault and stays."""
     status = error.get("status_code")

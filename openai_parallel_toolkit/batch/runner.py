@@ -3,7 +3,10 @@
 It submits, polls every `poll_interval` seconds (on the given clock, so tests pass time
 without sleeping), collects finished batches as they finish, and once everything is collected
 plans again the lines that failed in a way worth another try (expired, cancelled, a 5xx), at most
-`max_retries` times each. Killed at any point, the same call picks up from the journal.
+`max_retries` times each; with `BatchRunOptions.fallback`, the lines still failed after that
+are sent online at the standard tier (`fallback`). Killed at any point, the same call picks up
+from the journal. Each poll reports batches submitted / in progress / done, requests done and
+the estimated saving against the standard tier.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import IO
 from ..clock import Clock, SystemClock
 from ..jobs.results import read_results
 from ..keys import APIKeyManager
+from .fallback import send_failed_online
 from .job import BatchJob, BatchJobStatus
 from .planner import BatchLimits
 
@@ -24,13 +28,18 @@ __all__ = ["BatchRunOptions", "BatchRunSummary", "run_batch_job"]
 
 @dataclass(frozen=True, kw_only=True)
 class BatchRunOptions:
-    """How `run_batch_job` drives a job: polling, retries, limits, progress and time."""
+    """How `run_batch_job` drives a job: polling, retries, limits, progress and time.
+
+    `fallback` sends the lines still failed or expired after `max_retries` resubmissions
+    online at the standard tier instead of leaving them as errors.
+    """
 
     poll_interval: float = 60.0
     max_retries: int = 2
     limits: BatchLimits | None = None
     progress: IO[str] | None = None
     clock: Clock | None = None
+    fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class BatchRunSummary:
     answered: int
     failed: int
     status: BatchJobStatus
+    online: int = 0
+    """Lines sent online by the fallback after their batch tries ran out."""
 
     @property
     def ok(self) -> bool:
@@ -47,7 +58,8 @@ class BatchRunSummary:
         return self.failed == 0
 
     def __str__(self) -> str:
-        return f"{self.answered} answered, {self.failed} failed (batch API); {self.status}"
+        online = f", {self.online} sent online (fallback)" if self.online else ""
+        return f"{self.answered} answered, {self.failed} failed{online} (batch API); {self.status}"
 
 
 def run_batch_job(
@@ -78,9 +90,14 @@ def run_batch_job(
                 report(f"{retried} failed lines planned again")
                 continue
             clock.sleep(options.poll_interval)
+        online = 0
+        if options.fallback and not status.cancelled:
+            online = send_failed_online(job)
+            if online:
+                report(f"{online} lines the batches could not answer sent online (fallback)")
         results = read_results(job.output)
         failed = len(results.failed)
-        return BatchRunSummary(len(results.hashes) - failed, failed, status)
+        return BatchRunSummary(len(results.hashes) - failed, failed, status, online)
 
 
 def _reporter(stream: IO[str] | None) -> Callable[[str], None]:

@@ -137,6 +137,8 @@ def run_jsonl_job(
     echo: IO[str] | None = None,
     use_async: bool = False,
     max_cost: float | None = None,
+    flex: bool = False,
+    fallback: bool = False,
 ) -> JobSummary:
     """Run every request of `input_path` not yet answered in `output_path`; see the package doc.
 
@@ -158,6 +160,9 @@ def run_jsonl_job(
     in flight together cannot pass it; when the next would, the run takes no new work,
     finishes what is in flight and reports `budget_reached` (a model without a known price
     gets an error line instead: price it under ``prices:`` in the config).
+    `flex` sends every request with ``service_tier="flex"`` (batch prices, slower answers; a
+    refusal for want of flex capacity is tried again later), `fallback` sends such a refused
+    request again at once on the standard tier (see `flex.request_flex`).
 
     Raises `FileNotFoundError` / `IsADirectoryError` for a bad input path and
     `ResultsFileError` when the output (or the ordered copy's path) holds anything but results
@@ -172,7 +177,9 @@ def run_jsonl_job(
         check_ordered_target(ordered_path)
     plan, existing = prepare_job(source, target, endpoint, redo_changed)
     meter = CostMeter(max_cost)
-    options = SendOptions(threads, policy, progress, status_interval, use_async, meter)
+    options = SendOptions(
+        threads, policy, progress, status_interval, use_async, meter, flex, fallback
+    )
     before = manager.statistics()
     with open(target, "a", encoding="utf-8") as output:
         sink, interrupted = send_items(

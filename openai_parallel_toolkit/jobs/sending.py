@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..costs import CostMeter
 from ..errors import BudgetReachedError, RequestFailedError, redact
+from ..flex import arequest_flex, request_flex
 from ..keys import APIKeyManager
 from ..models import RawRequest
 from ..parallel import (
@@ -44,8 +45,10 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class SendOptions:
     """How to send: `threads` in flight (None: from the pool's limits), retries, progress,
-    whether as tasks of an event loop (`use_async`) rather than on threads, and the run's
-    `meter` (its tokens and cost, and its cost cap)."""
+    whether as tasks of an event loop (`use_async`) rather than on threads, the run's
+    `meter` (its tokens and cost, and its cost cap), and whether to send on the flex tier
+    (`flex`; with `fallback`, a flex request refused for want of capacity goes again at once
+    on the standard tier: see `flex.request_flex`)."""
 
     threads: int | None = None
     policy: RetryPolicy | None = None
@@ -53,6 +56,8 @@ class SendOptions:
     status_interval: float = 10.0
     use_async: bool = False
     meter: CostMeter | None = None
+    flex: bool = False
+    fallback: bool = False
 
 
 class Output(Protocol):
@@ -168,9 +173,20 @@ def send_items(
         if model is None:
             return
         try:
-            response = request_openai_api(
-                model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
-            )
+            if options.flex:
+                response = request_flex(
+                    model,
+                    manager=manager,
+                    fallback=options.fallback,
+                    policy=options.policy,
+                    raw=True,
+                    cache=False,
+                    meter=meter,
+                )
+            else:
+                response = request_openai_api(
+                    model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
+                )
         except BudgetReachedError:
             return  # not sent: no line, so that a run with a higher cap sends it
         except Exception as exc:
@@ -183,9 +199,20 @@ def send_items(
         if model is None:
             return
         try:
-            response = await arequest_openai_api(
-                model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
-            )
+            if options.flex:
+                response = await arequest_flex(
+                    model,
+                    manager=manager,
+                    fallback=options.fallback,
+                    policy=options.policy,
+                    raw=True,
+                    cache=False,
+                    meter=meter,
+                )
+            else:
+                response = await arequest_openai_api(
+                    model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
+                )
         except BudgetReachedError:
             return  # not sent: no line, so that a run with a higher cap sends it
         except Exception as exc:

@@ -14,6 +14,9 @@ The Batch API (``/v1/files``, ``/v1/batches``) is served by `fake_batches.FakeBa
 (``server.batches``): batches advance with the server's clock, and their lines get the same echo
 answers as the online endpoints. A project there is a key's limit group (else the key itself).
 
+``service_tier="flex"`` is served by `fake_flex.FakeFlex` (``server.flex``): answers name the
+tier, and a share of them (``server.flex.unavailable_share``) gets OpenAI's capacity 429.
+
 Markers inside a prompt trigger permanent errors: ``[[context_length_exceeded]]`` gives a 400,
 ``[[server_error]]`` a 500.
 

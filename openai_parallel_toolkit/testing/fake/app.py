@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ...clock import Clock
 from ..fake_batches import BatchSettings, FakeBatches
+from ..fake_flex import FakeFlex
 from . import answers, replies
 from .buckets import Headers, LimitBook
 from .counters import Traffic
@@ -106,6 +107,7 @@ class FakeApp:
         self.faults = Faults(rng)
         self.planner = Planner()
         self.batches = FakeBatches(self.batch_answer, clock, batches)
+        self.flex = FakeFlex(rng=rng)
         self.latency = 0.0
         self.jitter = 0.0
         self.slow_seconds = 5.0
@@ -249,6 +251,12 @@ class FakeApp:
             return
         if plan.model not in self._models:  # /v1/models lists the models requests named
             self._models[plan.model] = None
+        unavailable = self.flex.refusal(kind, body)  # before any limit: it is not billed
+        if unavailable is not None:
+            self.traffic.finish(key, "error")
+            await replies.reply(send, 429, unavailable, headers)
+            return
+        plan.render = self.flex.render(kind, body, plan.render)
         if not await self._admit(send, key, plan, headers):
             return
         if plan.marker is not None:

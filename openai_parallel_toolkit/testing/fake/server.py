@@ -12,6 +12,7 @@ from starlette.routing import Router
 from ...asgi import BackgroundServer
 from ...clock import Clock, SystemClock
 from ..fake_batches import FakeBatches
+from ..fake_flex import FakeFlex
 from .app import FakeApp
 from .buckets import LimitBook
 from .counters import KeyCounters
@@ -66,6 +67,8 @@ class FakeOpenAIServer:
         self.jitter = jitter
         self.batches: FakeBatches = self._app.batches
         """The Batch API's files and batches (`fake_batches`); its `settings` may be replaced."""
+        self.flex: FakeFlex = self._app.flex
+        """Flex processing (`fake_flex`): set its `unavailable_share` for capacity 429s."""
         self.app: Router = self._app.router
         self._runner: BackgroundServer | None = None
         self._base_url: str | None = None
