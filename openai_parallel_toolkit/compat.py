@@ -7,7 +7,11 @@ response objects). Parameters this module does not know go into the request body
 
 The toolkit's own options have names no API parameter uses: ``no_tqdm`` and
 ``return_openai_response`` (openai-manager's), and ``opt_attempts``, ``opt_on_error``,
-``opt_manager``, ``opt_cache``, ``opt_max_cost``. A prompt that fails for good raises a
+``opt_manager``, ``opt_cache``, ``opt_max_cost``, ``opt_mode`` (``"online"``, ``"flex"``:
+``service_tier="flex"`` at batch prices, ``"batch"``: through the Batch API at half price,
+waiting for the batches), ``opt_fallback`` (``"standard"``: what flex or the batches could not
+answer goes on the standard tier) and ``opt_batch_options`` (a `BatchRunOptions`: polling,
+retries, limits). A prompt that fails for good raises a
 `BatchError` carrying the other results once they are all done (``opt_on_error="none"`` /
 ``"return"``: None or the exception in its place); nothing hangs. ``opt_max_cost`` (USD)
 caps what the call spends as `multi_process_one`'s ``max_cost`` does: prompts left unsent
@@ -22,18 +26,22 @@ running loop on the same pool.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .batch.library import SendMode, send_as_batch
+from .batch.runner import BatchRunOptions
 from .cache import RequestCache
 from .config import load_config
 from .costs import CostMeter
 from .errors import ConfigError
+from .flex import arequest_flex, request_flex
 from .keys import APIKeyManager, KeyState, current_default, get_default_manager
 from .models import ChatModel, CompletionModel, EmbeddingModel, OpenAIModel
 from .parallel import (
@@ -115,6 +123,7 @@ class _Batch:
     progress: bool | None
     desc: str
     meter: CostMeter | None = None
+    how: SendMode = field(default_factory=SendMode)
 
     def concurrency(self, cap: int) -> int:
         """Requests in flight: the pool's default, or openai-manager's per-key knob."""
@@ -132,10 +141,23 @@ class _Batch:
 
     def send(self) -> list[Any]:
         """Every response, or the exception in its place, in input order (threads)."""
+        if self.how.mode == "batch":
+            with _log_level(self.pool.knobs.log_level):
+                return send_as_batch(self.models, manager=self.pool, options=self.how.run_options())
         meter = self.counting_meter()
         count = self.concurrency(MAX_CONCURRENCY)
 
         def one(model: OpenAIModel) -> Any:
+            if self.how.mode == "flex":
+                return request_flex(
+                    model,
+                    manager=self.pool,
+                    fallback=self.how.standard_fallback,
+                    policy=self.policy,
+                    raw=True,
+                    cache=self.cache,
+                    meter=meter,
+                )
             return request_openai_api(
                 model,
                 manager=self.pool,
@@ -157,11 +179,23 @@ class _Batch:
             )
 
     async def asend(self) -> list[Any]:
-        """`send` as tasks of the running event loop."""
+        """`send` as tasks of the running event loop (a batch run polls in a worker thread)."""
+        if self.how.mode == "batch":
+            return await asyncio.to_thread(self.send)
         meter = self.counting_meter()
         count = self.concurrency(MAX_ASYNC_CONCURRENCY)
 
         async def one(model: OpenAIModel) -> Any:
+            if self.how.mode == "flex":
+                return await arequest_flex(
+                    model,
+                    manager=self.pool,
+                    fallback=self.how.standard_fallback,
+                    policy=self.policy,
+                    raw=True,
+                    cache=self.cache,
+                    meter=meter,
+                )
             return await arequest_openai_api(
                 model,
                 manager=self.pool,
@@ -202,7 +236,14 @@ class _BatchCall:
         opt_cache: RequestCache | bool | None,
         opt_max_cost: float | None,
         params: dict[str, Any],
+        how: SendMode,
     ) -> _Batch:
+        if how.mode == "batch" and opt_max_cost is not None:
+            raise ValueError(
+                "opt_max_cost caps online requests: leave it out with opt_mode='batch'"
+            )
+        if how.mode == "online" and how.standard_fallback:
+            raise ValueError("opt_fallback='standard' needs opt_mode='flex' or opt_mode='batch'")
         pool = _pool(opt_manager)
         attempts = opt_attempts if opt_attempts is not None else pool.knobs.attempts_per_prompt
         return _Batch(
@@ -213,6 +254,7 @@ class _BatchCall:
             progress=False if no_tqdm else None,
             desc=f"{cls.__name__}.{name}",
             meter=None if opt_max_cost is None else CostMeter(opt_max_cost),
+            how=how,
         )
 
     @classmethod
@@ -226,11 +268,21 @@ class _BatchCall:
         opt_manager: APIKeyManager | None = None,
         opt_cache: RequestCache | bool | None = None,
         opt_max_cost: float | None = None,
+        opt_mode: str = "online",
+        opt_fallback: str = "none",
+        opt_batch_options: BatchRunOptions | None = None,
         **params: Any,
     ) -> list[Any]:
         """Send the request(s) described by the official parameters; results in input order."""
         batch = cls._batch(
-            "create", no_tqdm, opt_attempts, opt_manager, opt_cache, opt_max_cost, params
+            "create",
+            no_tqdm,
+            opt_attempts,
+            opt_manager,
+            opt_cache,
+            opt_max_cost,
+            params,
+            SendMode(mode=opt_mode, fallback=opt_fallback, batch_options=opt_batch_options),
         )
         return _results(batch.send(), return_openai_response, opt_on_error)
 
@@ -245,11 +297,21 @@ class _BatchCall:
         opt_manager: APIKeyManager | None = None,
         opt_cache: RequestCache | bool | None = None,
         opt_max_cost: float | None = None,
+        opt_mode: str = "online",
+        opt_fallback: str = "none",
+        opt_batch_options: BatchRunOptions | None = None,
         **params: Any,
     ) -> list[Any]:
         """``await ...acreate(...)``: `create` from an event loop, requests sent as its tasks."""
         batch = cls._batch(
-            "acreate", no_tqdm, opt_attempts, opt_manager, opt_cache, opt_max_cost, params
+            "acreate",
+            no_tqdm,
+            opt_attempts,
+            opt_manager,
+            opt_cache,
+            opt_max_cost,
+            params,
+            SendMode(mode=opt_mode, fallback=opt_fallback, batch_options=opt_batch_options),
         )
         return _results(await batch.asend(), return_openai_response, opt_on_error)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .cache import RequestCache
 from .costs import CostMeter
 from .errors import Action, RequestFailedError, classify, is_flex_unavailable
 from .keys import APIKeyManager
@@ -72,7 +73,7 @@ def request_flex(
     fallback: bool = False,
     policy: RetryPolicy | None = None,
     raw: bool = False,
-    cache: bool | None = None,
+    cache: RequestCache | bool | None = None,
     meter: CostMeter | None = None,
 ) -> Any:
     """Send `model` on the flex tier (`request_openai_api`'s arguments otherwise).
@@ -107,7 +108,7 @@ async def arequest_flex(
     fallback: bool = False,
     policy: RetryPolicy | None = None,
     raw: bool = False,
-    cache: bool | None = None,
+    cache: RequestCache | bool | None = None,
     meter: CostMeter | None = None,
 ) -> Any:
     """`request_flex` from an event loop (`arequest_openai_api`)."""

@@ -19,16 +19,21 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .cache import RequestCache
 from .costs import CostMeter
 from .errors import ToolkitError, redact
+from .flex import arequest_flex, request_flex
 from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
 from .models import OpenAIModel, check_generate_signature, sends_async
 from .request import arequest_openai_api, request_openai_api
 from .runstate import logs_above
 from .runwatch import ItemBar, RunWatch
+
+if TYPE_CHECKING:  # the batch package imports this module: imported where used
+    from .batch.library import SendMode
+    from .batch.runner import BatchRunOptions
 
 __all__ = [
     "BatchError",
@@ -449,6 +454,9 @@ def multi_process_one(
     progress: bool | None = None,
     max_cost: float | Decimal | None = None,
     meter: CostMeter | None = None,
+    mode: str = "online",
+    fallback: str = "none",
+    batch_options: BatchRunOptions | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run one request per `(prompt, content, *more)` tuple of `data` in parallel; results in order.
@@ -473,11 +481,26 @@ def multi_process_one(
     known price fails with `CostUnknownError` (nothing sent). Pass a `CostMeter` as `meter`
     instead to read the call's tokens and cost afterwards (``meter.ledger.report()``); its
     own `max_cost`, if any, is the cap.
+
+    `mode` ``"flex"`` sends each request with ``service_tier="flex"`` (batch prices, slower
+    answers; see `flex.request_flex`), ``"batch"`` sends them all through the Batch API at half
+    price and waits for the batches (`batch_options`: polling, retries, limits; `max_cost`,
+    `meter`, `cache` and `threads` apply online only); results come back in order either way.
+    `fallback` ``"standard"`` sends what flex or the batches could not answer on the standard
+    tier. The default, ``"online"``, is the behaviour described above.
     """
+    how = _send_mode(mode, fallback, batch_options, max_cost, meter)
     models, pool = _prepare(data, openai_model_class, args, kwargs, manager, False)
+    if how.mode == "batch":
+        with use_manager(pool):
+            return _batch_results(models, pool, how, on_error)
     budget = run_meter(max_cost, meter) or CostMeter()  # uncapped: it only counts, for the bar
 
     def one(model: OpenAIModel) -> Any:
+        if how.mode == "flex":
+            return request_flex(
+                model, manager=pool, fallback=how.standard_fallback, cache=cache, meter=budget
+            )
         return request_openai_api(model, manager=pool, cache=cache, meter=budget)
 
     count: int | InFlightTarget = threads if threads is not None else InFlightTarget(pool)
@@ -504,6 +527,9 @@ async def amulti_process_one(
     progress: bool | None = None,
     max_cost: float | Decimal | None = None,
     meter: CostMeter | None = None,
+    mode: str = "online",
+    fallback: str = "none",
+    batch_options: BatchRunOptions | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """``await amulti_process_one(data, Model, ...)``: `multi_process_one` on the event loop.
@@ -512,12 +538,21 @@ async def amulti_process_one(
     `arequest_openai_api` task. `concurrency` fixes the requests in flight; by default they
     follow the pool's limits and observed response time (`InFlightTarget`, up to 4,096: tasks
     are cheap where threads are not). `max_cost` and `meter` as for `multi_process_one`:
-    items left by the cap fail with `BudgetReachedError` at once, unsent.
+    items left by the cap fail with `BudgetReachedError` at once, unsent. `mode`, `fallback`
+    and `batch_options` as for `multi_process_one` (a batch run polls in a worker thread).
     """
+    how = _send_mode(mode, fallback, batch_options, max_cost, meter)
     models, pool = _prepare(data, openai_model_class, args, kwargs, manager, True)
+    if how.mode == "batch":
+        with use_manager(pool):
+            return await asyncio.to_thread(_batch_results, models, pool, how, on_error)
     budget = run_meter(max_cost, meter) or CostMeter()  # uncapped: it only counts, for the bar
 
     async def one(model: OpenAIModel) -> Any:
+        if how.mode == "flex":
+            return await arequest_flex(
+                model, manager=pool, fallback=how.standard_fallback, cache=cache, meter=budget
+            )
         return await arequest_openai_api(model, manager=pool, cache=cache, meter=budget)
 
     count: int | InFlightTarget = (
@@ -533,3 +568,41 @@ async def amulti_process_one(
             desc=openai_model_class.__name__,
             watch=pool_watch(pool, len(models), budget, count),
         )
+
+
+def _send_mode(
+    mode: str,
+    fallback: str,
+    batch_options: BatchRunOptions | None,
+    max_cost: float | Decimal | None,
+    meter: CostMeter | None,
+) -> SendMode:
+    """The checked `SendMode` of a call (a cost cap is for online requests only)."""
+    from .batch.library import SendMode
+
+    how = SendMode(mode=mode, fallback=fallback, batch_options=batch_options)
+    if how.mode == "batch" and (max_cost is not None or meter is not None):
+        raise ValueError("max_cost and meter cap online requests: leave them out with mode='batch'")
+    if how.mode == "online" and how.standard_fallback:
+        raise ValueError("fallback='standard' needs mode='flex' or mode='batch'")
+    return how
+
+
+def _batch_results(
+    models: list[OpenAIModel], pool: APIKeyManager, how: SendMode, on_error: OnError
+) -> list[Any]:
+    """`multi_process_one`'s results of a batch run: parsed answers, failures by `on_error`."""
+    from .batch.library import send_as_batch
+
+    _check_on_error(on_error)
+    answers = send_as_batch(models, manager=pool, options=how.run_options())
+    results: list[Any] = [None] * len(models)
+    errors: dict[int, BaseException] = {}
+    for index, (model, answer) in enumerate(zip(models, answers, strict=True)):
+        if isinstance(answer, BaseException):
+            _record(results, errors, index, answer, None, on_error)
+        else:
+            _record(results, errors, index, None, model.parse(answer), on_error)
+    if errors and on_error == "raise":
+        raise BatchError(results, errors)
+    return results
