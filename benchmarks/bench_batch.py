@@ -32,7 +32,7 @@ from openai_parallel_toolkit import (
     run_jsonl_job,
 )
 from openai_parallel_toolkit.prices import usd
-from openai_parallel_toolkit.testing import FakeOpenAIServer
+from openai_parallel_toolkit.testing import FakeOpenAIServer, LimitSettings, ServerSettings
 from openai_parallel_toolkit.testing.fake_batches import BatchSettings
 
 KEYS = [f"sk-batch-bench-{'b' * 16}{i:04d}" for i in range(4)]
@@ -77,7 +77,10 @@ def main() -> int:
         source = Path(folder) / "requests.jsonl"
         write_requests(source, args.lines)
         out = Path(folder) / "results.jsonl"
-        with FakeOpenAIServer(keys=KEYS, groups=GROUPS, batches=settings) as server:
+        with FakeOpenAIServer(
+            keys=KEYS,
+            settings=ServerSettings(limits=LimitSettings(groups=GROUPS), batches=settings),
+        ) as server:
             pool = APIKeyManager(api_keys=KEYS, api_base=server.base_url, make_default=False)
             options = BatchRunOptions(
                 poll_interval=0.05, limits=BatchLimits(max_requests=args.batch_size)

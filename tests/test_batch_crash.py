@@ -21,7 +21,12 @@ from pathlib import Path
 
 from conftest import openai_client
 
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import (
+    FakeClock,
+    FakeOpenAIServer,
+    LimitSettings,
+    ServerSettings,
+)
 from openai_parallel_toolkit.testing.fake_batches import BatchSettings
 
 KEYS = [f"sk-crashjob-aaaaaaaaaaaa000{i}" for i in range(4)]
@@ -83,7 +88,11 @@ def test_a_batch_job_killed_twice_in_flight_finishes_with_every_id_once(tmp_path
             }
             file.write(json.dumps({**body, "custom_id": f"q-{i}"}) + "\n")
     out = tmp_path / "out.jsonl"
-    with FakeOpenAIServer(keys=KEYS, groups=GROUPS, clock=clock, batches=settings) as server:
+    with FakeOpenAIServer(
+        keys=KEYS,
+        clock=clock,
+        settings=ServerSettings(limits=LimitSettings(groups=GROUPS), batches=settings),
+    ) as server:
         config = tmp_path / "config.json"
         config.write_text(json.dumps({"api_keys": KEYS, "api_base": server.base_url}))
 

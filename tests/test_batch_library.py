@@ -18,7 +18,7 @@ from openai_parallel_toolkit import (
     amulti_process_one,
     multi_process_one,
 )
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer, ServerSettings
 from openai_parallel_toolkit.testing.fake_batches import BatchSettings
 
 KEYS = ["sk-batchlib-aaaaaaaaaaaa0001", "sk-batchlib-aaaaaaaaaaaa0002"]
@@ -32,7 +32,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def server(clock: FakeClock) -> Iterator[FakeOpenAIServer]:
     settings = BatchSettings(processing_seconds=100, seed=4)
-    with FakeOpenAIServer(keys=KEYS, clock=clock, batches=settings) as fake:
+    with FakeOpenAIServer(
+        keys=KEYS, clock=clock, settings=ServerSettings(batches=settings)
+    ) as fake:
         yield fake
 
 

@@ -21,7 +21,7 @@ from openai_parallel_toolkit import (
 )
 from openai_parallel_toolkit.errors import Action, classify, is_flex_unavailable
 from openai_parallel_toolkit.prices import Usage, price_of
-from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer
+from openai_parallel_toolkit.testing import FakeClock, FakeOpenAIServer, ServerSettings
 from openai_parallel_toolkit.testing.fake_batches import BatchSettings
 
 KEYS = ["sk-flextest-aaaaaaaaaaaa0001", "sk-flextest-aaaaaaaaaaaa0002"]
@@ -140,7 +140,9 @@ def test_flex_fallback_sends_refused_requests_on_the_standard_tier_at_once(
 def test_batch_fallback_sends_lines_the_batches_could_not_answer_online(tmp_path: Path) -> None:
     clock = FakeClock()
     settings = BatchSettings(processing_seconds=10, expire_share=1.0)
-    with FakeOpenAIServer(keys=KEYS, clock=clock, batches=settings) as fake:
+    with FakeOpenAIServer(
+        keys=KEYS, clock=clock, settings=ServerSettings(batches=settings)
+    ) as fake:
         source = write_input(tmp_path / "in.jsonl", 4)
         out = tmp_path / "out.jsonl"
         options = BatchRunOptions(poll_interval=5, max_retries=1, clock=clock, fallback=True)
@@ -156,7 +158,7 @@ def test_batch_fallback_sends_lines_the_batches_could_not_answer_online(tmp_path
 
 def test_command_line_flex_and_auto_modes(run_cli: InProcessCli, tmp_path: Path) -> None:
     settings = BatchSettings(validate_seconds=0.01, processing_seconds=0.05, finalize_seconds=0.01)
-    with FakeOpenAIServer(keys=KEYS, batches=settings) as fake:
+    with FakeOpenAIServer(keys=KEYS, settings=ServerSettings(batches=settings)) as fake:
         fake.flex.unavailable_share = 1.0
         config = tmp_path / "config.json"
         config.write_text(json.dumps({"api_keys": KEYS, "api_base": fake.base_url}))
