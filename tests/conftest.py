@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import forked
 import openai
 import pytest
 
@@ -55,6 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
             f"cannot seed the tiktoken cache in {TIKTOKEN_CACHE_DIR}: {exc} "
             "(install the test extras: pip install -e '.[dev]')"
         ) from exc
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop this worker's fork server (see `forked`), so that its CPU time is the run's."""
+    forked.stop_server()
 
 
 @pytest.fixture(autouse=True)

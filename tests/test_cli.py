@@ -14,13 +14,13 @@ import logging
 import os
 import pty
 import struct
-import subprocess
 import sys
 import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import forked
 import pytest
 from conftest import InProcessCli
 
@@ -257,10 +257,10 @@ def test_progress_bar_on_a_terminal(config: Path, tmp_path: Path) -> None:
     requests.write_text(request_lines(3))
     parent, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
-    process = subprocess.Popen(
+    process = forked.Popen(  # a process of its own, with the terminal as its stderr
         [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests),
          "-o", str(tmp_path / "o.jsonl"), "--config", str(config)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child, env=_env(),
+        stdin=forked.DEVNULL, stdout=forked.DEVNULL, stderr=child, env=_env(),
     )  # fmt: skip
     os.close(child)
     chunks = []

@@ -7,13 +7,13 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked
 import pytest
 from conftest import InProcessCli
 
@@ -64,13 +64,14 @@ def results(path: Path) -> list[dict[str, object]]:
 
 def start_job_and_wait(
     requests: Path, output: Path, config: Path, threads: int, written: int
-) -> subprocess.Popen[str]:
-    """`run` in the background; returns once it has written `written` bytes of results."""
+) -> forked.Popen:
+    """`run` in the background, in a process of its own (forked from one that has imported the
+    package, see `forked`); returns once it has written `written` bytes of results."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    process = subprocess.Popen(
+    process = forked.Popen(
         [sys.executable, "-m", "openai_parallel_toolkit", "run", str(requests), "-o",
          str(output), "--config", str(config), "--threads", str(threads), "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=forked.DEVNULL, stderr=forked.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not output.exists() or output.stat().st_size < written:

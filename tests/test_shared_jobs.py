@@ -1,7 +1,8 @@
 """Several workers on one job through a real Redis server (issue 14): JSONL jobs and files.
 
-Workers are subprocesses (``run --worker``) so that one can be killed with SIGKILL; the fake
-OpenAI server's request log tells how often each line was sent.
+Workers are processes of their own (``run --worker``, forked by `forked`, which has imported
+the package already) so that one can be killed with SIGKILL; the fake OpenAI server's request log
+tells how often each line was sent.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import collections
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked
 import poison_worker
 import pytest
 
@@ -55,38 +56,25 @@ def _config(tmp_path: Path, server: FakeOpenAIServer) -> Path:
     return path
 
 
-def _default_sigint() -> None:
-    """In the child: Ctrl-C raises KeyboardInterrupt even where the tests' own process was
-    started with SIGINT ignored (a background job), which a child would inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _worker(
     config: Path, source: Path, target: Path, redis_url: str, lease: float = 2.0
-) -> subprocess.Popen[str]:
+) -> forked.Popen:
+    """A worker process (`forked`: Ctrl-C raises KeyboardInterrupt in it even where the tests'
+    own process was started with SIGINT ignored, as a background job)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     command = [sys.executable, "-m", "openai_parallel_toolkit", "run", str(source)]
     command += ["-o", str(target), "--config", str(config), "--redis", redis_url, "--worker"]
     command += ["--threads", str(THREADS), "--lease", str(lease), "--chunk-size", "5"]
     command += ["--no-progress"]
-    return subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=_default_sigint,
-    )
+    return forked.Popen(command, stdout=forked.PIPE, stderr=forked.PIPE, text=True, env=env)
 
 
-def _finish(process: subprocess.Popen[str]) -> None:
+def _finish(process: forked.Popen) -> None:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
 
 
-def _first_to_write(
-    folder: Path, processes: list[subprocess.Popen[str]], count: int
-) -> subprocess.Popen[str]:
+def _first_to_write(folder: Path, processes: list[forked.Popen], count: int) -> forked.Popen:
     """The worker whose part file first holds `count` lines (part files are named by pid)."""
     deadline = time.monotonic() + 30
     while True:
@@ -214,7 +202,7 @@ def test_a_chunk_no_worker_gets_through_ends_with_error_lines(
         stopped = 0
         for _ in range(MAX_DELIVERIES + 2):
             if mode == "kill":  # a process of its own, killed with SIGKILL
-                run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+                run = forked.run(command, capture_output=True, text=True, env=env, timeout=60)
                 if run.returncode == 0:
                     break
                 assert run.returncode == -signal.SIGKILL, run.stderr
@@ -326,9 +314,7 @@ def test_two_workers_on_toolkit_files_process_each_file_once(
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
         command = [sys.executable, str(TOOLKIT_JOB), str(config), str(inputs), str(out), "2"]
         workers = [
-            subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-            )
+            forked.Popen(command, stdout=forked.PIPE, stderr=forked.PIPE, text=True, env=env)
             for _ in range(2)
         ]
         processed = 0

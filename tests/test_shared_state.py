@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked
 import pytest
 
 from openai_parallel_toolkit import (
@@ -66,17 +66,18 @@ def _config(tmp_path: Path, server: FakeOpenAIServer, redis_url: str) -> Path:
     return path
 
 
-def _start(config: Path, count: int, lease: float = 10.0) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def _start(config: Path, count: int, lease: float = 10.0) -> forked.Popen:
+    """A worker process, forked from one that has imported the package (see `forked`)."""
+    return forked.Popen(
         [sys.executable, str(WORKER), str(config), str(count), str(lease)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=forked.PIPE,
+        stderr=forked.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
-def _finish(process: subprocess.Popen[str]) -> tuple[int, int]:
+def _finish(process: forked.Popen) -> tuple[int, int]:
     out, err = process.communicate(timeout=90)
     assert process.returncode == 0, err
     done = [line for line in out.splitlines() if line.startswith("DONE")]
@@ -117,10 +118,10 @@ def test_without_redis_the_same_processes_go_over(tmp_path: Path) -> None:
             "threads=20)\n"
         )
         processes = [
-            subprocess.Popen(
+            forked.Popen(
                 [sys.executable, "-c", script, str(path)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdin=forked.PIPE,
+                stdout=forked.PIPE,
                 text=True,
             )
             for _ in range(2)

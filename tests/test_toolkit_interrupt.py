@@ -1,4 +1,5 @@
-"""A ParallelToolkit job in a subprocess, killed (SIGKILL) or interrupted (Ctrl-C) partway.
+"""A ParallelToolkit job in a process of its own, killed (SIGKILL) or interrupted (Ctrl-C)
+partway; the process is forked from one that has imported the package (see `forked`).
 
 The run after it, to resume, needs no signal: it runs the same script in this process.
 """
@@ -8,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked
 import pytest
 from conftest import InProcessCli
 
@@ -43,12 +44,12 @@ def _setup(tmp_path: Path, server: FakeOpenAIServer) -> tuple[Path, Path, Path]:
     return config, inputs, tmp_path / "out"
 
 
-def _start(config: Path, inputs: Path, out: Path) -> subprocess.Popen[str]:
+def _start(config: Path, inputs: Path, out: Path) -> forked.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.Popen(
+    return forked.Popen(
         [sys.executable, str(JOB), str(config), str(inputs), str(out), "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=forked.PIPE,
+        stderr=forked.PIPE,
         text=True,
         env=env,
     )
@@ -65,7 +66,7 @@ def _outputs(out: Path) -> list[Path]:
     return sorted(p for p in out.glob("*.json"))
 
 
-def _wait_for_outputs(out: Path, count: int, process: subprocess.Popen[str]) -> None:
+def _wait_for_outputs(out: Path, count: int, process: forked.Popen) -> None:
     deadline = time.monotonic() + 60
     while len(_outputs(out)) < count:
         assert process.poll() is None, process.communicate()
@@ -132,7 +133,7 @@ def test_ctrl_c_finishes_files_in_progress_and_reports(
     _assert_complete(out)
 
 
-def _read_stderr_until(process: subprocess.Popen[str], marker: str) -> str:
+def _read_stderr_until(process: forked.Popen, marker: str) -> str:
     assert process.stderr is not None
     seen = ""
     while marker not in seen:
