@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked
 import openai
 from conftest import CliResult, InProcessCli
 
@@ -43,11 +44,11 @@ def test_quickstart_runs_on_the_fake_server_without_keys() -> None:
 
 
 def test_fake_server_command_line() -> None:
-    process = subprocess.Popen(
+    process = forked.Popen(  # a process of its own, forked: see `forked`
         [sys.executable, "-m", "openai_parallel_toolkit", "fake-server", "--port", "0"],
         env=_env_without_keys(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=forked.PIPE,
+        stderr=forked.PIPE,
         text=True,
     )
     try:

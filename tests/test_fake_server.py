@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
+import forked
 import httpx2
 import openai
 import pytest
@@ -543,9 +543,9 @@ def test_command_line() -> None:
     assert args.port == 8001
     server = server_from_args(args)
     assert server.keys == frozenset({"a", "b"}) and server.limits.charge_rejected
-    process = subprocess.Popen(
+    process = forked.Popen(  # a process of its own, forked: see `forked`
         [sys.executable, "-m", "openai_parallel_toolkit.testing", "--port", "0", "--keys", KEY],
-        stdout=subprocess.PIPE,
+        stdout=forked.PIPE,
         text=True,
     )
     try:

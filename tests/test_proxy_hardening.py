@@ -9,7 +9,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import forked
 import httpx2
 import openai
 import pytest
@@ -349,14 +349,13 @@ def test_address_in_use_names_the_address(
     assert err == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
-def _run_serving(
-    args: list[str], env: dict[str, str]
-) -> tuple[subprocess.Popen[str], str, list[str]]:
-    """Start the command; its base URL and the lines it writes to stderr (filled as it runs)."""
-    process = subprocess.Popen(
+def _run_serving(args: list[str], env: dict[str, str]) -> tuple[forked.Popen, str, list[str]]:
+    """Start the command in a process of its own (forked: see `forked`); its base URL and the
+    lines it writes to stderr (filled as it runs)."""
+    process = forked.Popen(
         [sys.executable, "-m", "openai_parallel_toolkit.serving", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=forked.PIPE,
+        stderr=forked.PIPE,
         text=True,
         env={**os.environ, **env},
     )
@@ -389,7 +388,7 @@ def test_client_key_from_a_file_or_the_environment_and_access_log(
     for args, env in runs:
         process, url, errors = _run_serving(["--config", str(config), *args], env)
         try:
-            assert CLIENT_KEY not in " ".join(process.args)  # type: ignore[arg-type]
+            assert CLIENT_KEY not in " ".join(process.args)
             good = httpx2.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
             assert good.status_code == 200
             bad = httpx2.post(url + "/v1/chat/completions", json=CHAT)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import forked
 import pproxy  # type: ignore[import-untyped]  # no type hints
 import pytest
 
@@ -88,8 +89,9 @@ def _config(tmp_path: Path, server: FakeOpenAIServer, proxy: str) -> Path:
 
 
 def _cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own (forked: `openai` is imported already there)."""
     command = ["-c", code, *args] if code else ["-m", "openai_parallel_toolkit", *args]
-    return subprocess.run(
+    return forked.run(
         [sys.executable, *command],
         capture_output=True,
         text=True,
