@@ -58,6 +58,13 @@ def pytest_configure(config: pytest.Config) -> None:
         ) from exc
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Where a test to run forks its processes (see `forked`), start the fork server now."""
+    modules = {getattr(item, "module", None) for item in session.items}
+    if any(getattr(module, "forked", None) is forked for module in modules):
+        forked.start_server()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop this worker's fork server (see `forked`), so that its CPU time is the run's."""
     forked.stop_server()

@@ -326,6 +326,16 @@ def run(
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def start_server() -> None:
+    """Start this worker's fork server now, without waiting for it: it imports `PRELOAD` while
+    the tests are collected, rather than while the first test that forks waits for it."""
+    global _started
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    _started = True
+
+
 def stop_server() -> None:
     """Stop this worker's fork server and wait for it, so that the CPU it and its children
     used is counted as the test run's (``time pytest``) instead of leaving with an orphan."""
