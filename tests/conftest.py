@@ -23,6 +23,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -195,3 +196,19 @@ def server_cost(server: FakeOpenAIServer, model: str = "gpt-4o-mini") -> Decimal
     price = price_of(model)
     assert price is not None
     return price.cost(Usage(total.prompt_tokens, total.completion_tokens, total.cached_tokens))
+
+
+def wait_until_quiet(server: FakeOpenAIServer) -> None:
+    """Wait until the server has handled what a killed client sent: nothing in flight and no
+    new request for 0.1 s. The kernel keeps the requests a process wrote just before its
+    SIGKILL, and the server may read them after it: read after `reset_counters`, they would
+    be counted as the next run's."""
+    deadline = time.monotonic() + 30
+    seen = -1
+    while True:
+        count = server.total().requests
+        if count == seen and server.in_flight() == 0:
+            return
+        seen = count
+        assert time.monotonic() < deadline, "the server never went quiet"
+        time.sleep(0.1)

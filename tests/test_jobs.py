@@ -15,7 +15,7 @@ from pathlib import Path
 
 import forked
 import pytest
-from conftest import InProcessCli
+from conftest import InProcessCli, wait_until_quiet
 
 from openai_parallel_toolkit.testing import FakeOpenAIServer
 
@@ -91,6 +91,7 @@ def test_a_killed_job_resumes_each_id_once_without_resending(
     process.wait(timeout=30)
     finished = {r["id"] for r in results_tolerant(output) if "response" in r}
     assert 0 < len(finished) < 200
+    wait_until_quiet(server)
     server.reset_counters()
     quick(server)
 

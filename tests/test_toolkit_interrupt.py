@@ -16,7 +16,7 @@ from pathlib import Path
 
 import forked
 import pytest
-from conftest import InProcessCli
+from conftest import InProcessCli, wait_until_quiet
 
 from openai_parallel_toolkit import RequestCache
 from openai_parallel_toolkit.testing import FakeOpenAIServer
@@ -95,6 +95,7 @@ def test_killed_job_resumes_without_resending_finished_requests(
     with RequestCache(out / ".openai-parallel-toolkit" / "cache.sqlite") as cache:
         cached = len(cache)
     assert cached >= len(survivors) * ITEMS
+    wait_until_quiet(server)
     server.reset_counters()
     _quick(server)
 
