@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import forked
 from conftest import openai_client
 
 from openai_parallel_toolkit.testing import (
@@ -37,19 +37,18 @@ BATCH_SIZE = 1_000
 QUEUE_LIMIT = 9_000
 
 
-def start(config: Path, source: Path, out: Path) -> subprocess.Popen[str]:
+def start(config: Path, source: Path, out: Path) -> forked.Popen:
     command = [
         sys.executable, "-m", "openai_parallel_toolkit", "run", str(source), "-o", str(out),
         "--mode", "batch", "--batch-size", str(BATCH_SIZE), "--poll-interval", "0.02",
         "--max-retries", "6", "--config", str(config), "--no-progress",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
+    # A process of its own, forked from one that has imported the package (see `forked`).
+    return forked.Popen(command, stdout=forked.DEVNULL, stderr=forked.PIPE, text=True, env=env)
 
 
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
+def wait_for(condition: Callable[[], bool], process: forked.Popen) -> None:
     deadline = time.monotonic() + 60
     while not condition():
         assert process.poll() is None, process.communicate()[1]
@@ -57,7 +56,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str]) -> N
         time.sleep(0.01)
 
 
-def kill(process: subprocess.Popen[str]) -> None:
+def kill(process: forked.Popen) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
 
