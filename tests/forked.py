@@ -46,6 +46,7 @@ PRELOAD = [
     "openai_parallel_toolkit.jobs.distributed",
     "redis",
     "forked",
+    "fork_preload",  # the tiktoken encodings
 ]
 
 _context = multiprocessing.get_context("forkserver")
