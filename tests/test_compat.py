@@ -258,6 +258,7 @@ def test_knob_values_are_checked_and_log_level_applies(
     )
     assert Knobs.from_env({}) == Knobs()
     caplog.set_level(logging.DEBUG)
+    server.fault_retry_after = 0.1  # the 429's wait, short
     server.set_fault(KEYS[0], "rate_limit", times=1)
     ChatCompletion.create(model="m", messages=[conversation(str(i)) for i in range(3)])
     assert "rate limited on" in caplog.text  # logged at INFO by default

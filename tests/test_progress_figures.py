@@ -64,9 +64,10 @@ def test_status_line_shows_rates_keys_cost_ceiling_and_the_binding_limit(
 
 
 def test_status_line_names_a_cooling_group(run_cli: InProcessCli, tmp_path: Path) -> None:
-    # Every key's first request gets a 429 with retry-after 1 s: both groups cool meanwhile.
+    # Every key's first request gets a 429 with retry-after 0.3 s: both groups cool meanwhile.
     with FakeOpenAIServer(keys=KEYS) as server:
         server.set_fault("*", "rate_limit", times=2)
+        server.fault_retry_after = 0.3  # long enough for status lines every 0.01 s to see it
         config, requests = write_job(tmp_path, server, 2)
         result = run_cli("run", str(requests), "-o", str(tmp_path / "o.jsonl"),
                          "--config", str(config), "--threads", "2",

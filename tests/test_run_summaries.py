@@ -99,6 +99,7 @@ def test_run_summary_file_has_the_documented_shape(
         encoding="utf-8",
     )
     server.set_fault("*", "rate_limit", times=2)
+    server.fault_retry_after = 0.1  # the 429s' wait, short
     summary_path = tmp_path / "summary.json"
     result = run_cli("run", str(requests), "-o", str(tmp_path / "out.jsonl"),
                      "--config", str(config), "--no-progress", "--threads", "2",

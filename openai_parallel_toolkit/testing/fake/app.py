@@ -90,7 +90,8 @@ class FakeApp:
     """The request handling of one fake server; `router` is the ASGI application.
 
     `keys` are the accepted keys (None: any), `book` the limits, `rng` the seeded generator of
-    jitter and faults. `latency`, `jitter` and `slow_seconds` are read as each request comes in.
+    jitter and faults. `latency`, `jitter`, `slow_seconds` and `fault_retry_after` are read as each
+    request comes in.
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class FakeApp:
         self.latency = 0.0
         self.jitter = 0.0
         self.slow_seconds = 5.0
+        self.fault_retry_after = 1.0
         self.stopping = False  # set while stopping: a cancelled request then drops quietly
         self._rng = rng
         self._models: dict[str, None] = dict.fromkeys(_DEFAULT_MODELS)
@@ -193,7 +195,7 @@ class FakeApp:
         elif fault is not None:
             self.traffic.finish(ckey, "error")
             model = body.get("model") if isinstance(body, dict) else None
-            await replies.fault(send, fault, ckey, model, headers)
+            await replies.fault(send, fault, ckey, model, headers, self.fault_retry_after)
             return
         if kind == "batch_api":
             status, payload, media = self.batches.handle(

@@ -20,7 +20,8 @@ FAULTS: frozenset[str] = frozenset(
 )
 """The fault names accepted by `FakeOpenAIServer.set_fault`.
 
-``rate_limit`` is a 429 ``rate_limit_exceeded`` with ``retry-after: 1``; ``rate_limit_bare`` the
+``rate_limit`` is a 429 ``rate_limit_exceeded`` with ``retry-after: 1`` (the server's
+`fault_retry_after`); ``rate_limit_bare`` the
 same 429 with no ``retry-after`` and no ``x-ratelimit-*`` headers at all. Neither is charged to
 the limits: they are 429s that do not mean the limit is used up.
 """

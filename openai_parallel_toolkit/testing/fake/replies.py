@@ -63,8 +63,11 @@ async def stream(send: Send, chunks: list[bytes], headers: Headers) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def fault(send: Send, kind: str, key: str, model: object, headers: Headers) -> None:
-    """The reply of an injected fault (see `faults.FAULTS`); ``drop`` cuts the connection."""
+async def fault(
+    send: Send, kind: str, key: str, model: object, headers: Headers, retry_after: float = 1.0
+) -> None:
+    """The reply of an injected fault (see `faults.FAULTS`); ``drop`` cuts the connection.
+    `retry_after`: the seconds a ``rate_limit`` fault tells the client to wait."""
     if kind == "insufficient_quota":
         await reply(send, 429, QUOTA_BODY, headers)
     elif kind == "invalid_api_key":
@@ -75,10 +78,13 @@ async def fault(send: Send, kind: str, key: str, model: object, headers: Headers
         message = (
             f"Rate limit reached for {model if isinstance(model, str) else 'the model'} in "
             "organization org-fake on requests per min (RPM): Limit 1, Used 1, Requested 1. "
-            "Please try again in 1s."
+            f"Please try again in {retry_after:g}s."
         )
         error = error_body(message, "requests", None, "rate_limit_exceeded")
-        retry = [(b"retry-after-ms", b"1000"), (b"retry-after", b"1")]
+        retry = [
+            (b"retry-after-ms", b"%d" % round(retry_after * 1000)),
+            (b"retry-after", b"%d" % max(1, math.ceil(retry_after))),
+        ]
         await reply(send, 429, error, headers + retry)
     elif kind == "rate_limit_bare":
         message = "Too many requests. Please slow down and try again later."

@@ -157,6 +157,18 @@ class FakeOpenAIServer:
     def slow_seconds(self, seconds: float) -> None:
         self._app.slow_seconds = seconds
 
+    @property
+    def fault_retry_after(self) -> float:
+        """The seconds the ``rate_limit`` fault's ``retry-after`` asks for (1); may be changed
+        while serving."""
+        return self._app.fault_retry_after
+
+    @fault_retry_after.setter
+    def fault_retry_after(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError("fault_retry_after must be > 0")
+        self._app.fault_retry_after = seconds
+
     # ------------------------------------------------------------------ faults
 
     def set_fault(
