@@ -6,11 +6,13 @@ job relies on it, and the step about to be taken is recorded before it is taken,
 re-run after a crash finds the file or batch a crash left unrecorded (by its file name or batch
 metadata, both carrying the journal's token) instead of making another: no chunk is ever
 submitted twice, and batches already paid for are polled, not resubmitted.
+
+Planning and submitting are the `Submitter`'s (`submitter`), writing result lines the
+`Collector`'s (`collector`); the job object polls, cancels and plans retries itself.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -20,18 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResultsFileError
 from ..jobs.results import read_results
-from ..jobs.source import Item, read_item, read_lines
 from ..keys import APIKeyManager, resolve_manager
-from ..models import RawRequest
 from ..prices import usd
-from .clients import BatchClients, KeyClient
-from .collect import batch_error, parse_records, result_lines
+from .clients import BatchClients
+from .collector import Collector
 from .journal import BatchJournal, ChunkRow, journal_path
 from .lines import InputLines
-from .planner import BatchLimits, batch_line, custom_id_of, plan
+from .planner import BatchLimits
 from .queues import TERMINAL, Queues
+from .submitter import Submitter
 
 __all__ = ["TERMINAL", "BatchJob", "BatchJobStatus", "error_records", "retryable"]
 
@@ -122,10 +122,24 @@ class BatchJob:
             self.journal.put("endpoint", endpoint)
         self._clients = BatchClients(self.manager)
         self._queues = Queues(self.journal, self.limits, self._clients)
-        self._lines = InputLines(self.input)
-        # The input's (size, mtime) when this object last planned it: unchanged, and no id
-        # freed since, there is nothing new to plan and the pass over both files is skipped.
-        self._planned: tuple[int, int] | None = None
+        lines = InputLines(self.input)
+        self._submitter = Submitter(
+            self.journal,
+            self._clients,
+            self._queues,
+            lines,
+            output=self.output,
+            endpoint=endpoint,
+            limits=self.limits,
+        )
+        self._collector = Collector(
+            self.journal,
+            self._clients,
+            lines,
+            output=self.output,
+            endpoint=endpoint,
+            prices=self.manager.prices,
+        )
 
     @classmethod
     def from_journal(
@@ -159,91 +173,9 @@ class BatchJob:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- planning
-
-    def _pending_items(self) -> Iterator[Item]:
-        """Items of the input with neither a result line nor a place in a chunk (streamed:
-        the planner keeps line numbers, not bodies)."""
-        done = read_results(self.output).hashes
-        planned = self.journal.planned_ids()
-        for number, _, raw in read_lines(self.input):
-            item = read_item(number, raw, self.endpoint)
-            if not isinstance(item, Item):
-                logger.warning("%s: %s; skipped", self.input, item)
-                continue
-            answered = done.get(item.item_id)
-            if answered is not None and answered != item.request_hash:
-                raise ResultsFileError(
-                    f"{self.output}: the answer of id {item.item_id!r} (line {number}) is for "
-                    "another request than the input's line now; nothing was changed (choose "
-                    "another output file)"
-                )
-            if answered is None and custom_id_of(item) not in planned:
-                yield item
-
     def plan(self) -> int:
         """Record chunks for the requests not planned yet; returns how many chunks were added."""
-        stat = self.input.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        if stamp == self._planned:
-            return 0
-        added = 0
-        for chunk in plan(self._pending_items(), self.limits):
-            self.journal.add_chunk(chunk.endpoint, chunk.model, chunk.entries, chunk.tokens)
-            added += 1
-        self._planned = stamp
-        return added
-
-    # -- submitting
-
-    def _filename(self, row: ChunkRow) -> str:
-        return f"opt-{self.journal.token}-{row.filename}"
-
-    def _upload(self, row: ChunkRow, key: KeyClient) -> ChunkRow:
-        name = self._filename(row)
-        for found in key.client.files.list(purpose="batch"):
-            if found.filename == name:  # uploaded before a crash could record it
-                return self.journal.update(row.chunk, file_id=found.id, state="uploaded")
-        data = io.BytesIO()
-        sent: set[str] = set()
-        for item in self._lines.items(row.lines, self.endpoint):
-            data.write(batch_line(item))
-            sent.add(custom_id_of(item))
-        if sent != set(self.journal.iter_items(row.chunk)):
-            raise ValueError(
-                f"{self.input}: lines planned for batch file {row.chunk} changed since they "
-                "were planned (only appending lines to the input is safe while a job runs)"
-            )
-        uploaded = key.client.files.create(file=(name, data.getvalue()), purpose="batch")
-        return self.journal.update(row.chunk, file_id=uploaded.id, state="uploaded")
-
-    def _metadata(self, row: ChunkRow) -> dict[str, str]:
-        return {
-            "opt_job": self.journal.token,
-            "opt_chunk": str(row.chunk),
-            "opt_attempt": str(row.attempt),
-        }
-
-    def _create(self, row: ChunkRow, key: KeyClient) -> bool:
-        """Create the chunk's batch, or find the one a crash left unrecorded: True when made."""
-        assert row.file_id is not None and row.key_id is not None
-        metadata = self._metadata(row)
-        if row.state == "creating":  # a crash may have left a batch unrecorded: find it
-            for batch in key.client.batches.list():
-                if batch.metadata == metadata:
-                    self.journal.record_batch(row.chunk, batch.id, row.attempt, row.key_id)
-                    return False
-        file_id, key_id = row.file_id, row.key_id
-        row = self.journal.update(row.chunk, state="creating")
-        batch = key.client.batches.create(
-            input_file_id=file_id,
-            endpoint="/v1" + RawRequest.PATHS[row.endpoint],  # type: ignore[arg-type]
-            completion_window="24h",
-            metadata=metadata,
-        )
-        logger.info("chunk %d: batch %s on key %s", row.chunk, batch.id, key.masked)
-        self.journal.record_batch(row.chunk, batch.id, row.attempt, key_id)
-        return True
+        return self._submitter.plan()
 
     def submit(self) -> int:
         """Plan what is new, then upload and create batches as far as the queues allow.
@@ -253,23 +185,7 @@ class BatchJob:
         """
         if self.journal.get("cancelled"):
             return 0
-        self.plan()
-        created = 0
-        for row in self.journal.chunks("planned", "uploading", "uploaded", "creating"):
-            if row.state == "planned":
-                assigned = self._queues.assign(row)
-                if assigned is None:
-                    continue
-                row = assigned
-            queue, key_id = row.queue, row.key_id
-            assert key_id is not None and queue is not None
-            key = self._clients.get(key_id)
-            if row.state == "uploading":
-                row = self._upload(row, key)
-            if row.state == "uploaded" and not self._queues.fits(queue, row, reserved=False):
-                continue
-            created += self._create(row, key)
-        return created
+        return self._submitter.submit()
 
     # -- polling, collecting, cancelling
 
@@ -295,7 +211,7 @@ class BatchJob:
                 error_file_id=batch.error_file_id,
             )
             if batch.status == "failed":
-                self.journal.put(f"errors/{row.chunk}", _json(errors))
+                self.journal.put(f"errors/{row.chunk}", json.dumps(errors))
         return self._snapshot()
 
     def _requeue(self, row: ChunkRow, errors: Any) -> None:
@@ -328,56 +244,7 @@ class BatchJob:
         """Write the result lines of every finished batch not collected yet; returns how many
         lines were written. Ids that already have a line (a collect cut short) are skipped."""
         self.status()
-        ready = [
-            row
-            for row in self.journal.chunks("submitted")
-            if row.batch_status in TERMINAL and row.key_id is not None
-        ]
-        if not ready:
-            return 0  # nothing to write: the results file is not even read
-        existing = read_results(self.output)
-        existing.repair_and_drop(set())
-        written: dict[Any, str] = dict(existing.hashes)
-        count = 0
-        with open(self.output, "a", encoding="utf-8") as out:
-            for row in ready:
-                assert row.key_id is not None
-                items = {
-                    custom_id_of(item): item for item in self._lines.items(row.lines, self.endpoint)
-                }
-                records = list(self._records(row, self._clients.get(row.key_id)))
-                seen = {str(r.get("custom_id")) for r in records}
-                failure: dict[str, Any] = {"response": None, "error": None}
-                if row.batch_status == "failed":
-                    error = batch_error(_load(self.journal.get(f"errors/{row.chunk}")))
-                    failure["error"] = error
-                records += [{"custom_id": c, **failure} for c in items if c not in seen]
-                cost = standard = 0.0
-                lines = result_lines(records, items, written, self.manager.prices)
-                for item, line, paid, full in lines:
-                    out.write(line)
-                    written[item.item_id] = item.request_hash
-                    count += 1
-                    cost += paid or 0.0
-                    standard += full or 0.0
-                out.flush()
-                os.fsync(out.fileno())
-                self._add_costs(cost, standard)
-                self.journal.update(row.chunk, state="collected")
-        return count
-
-    def _add_costs(self, cost: float, standard: float) -> None:
-        """Add a chunk's costs to the job's totals (a crash right after its lines were
-        written loses its share: the totals are estimates for progress lines, never bills)."""
-        for name, value in (("cost/batch", cost), ("cost/standard", standard)):
-            self.journal.put(name, repr(float(self.journal.get(name) or 0) + value))
-
-    def _records(self, row: ChunkRow, key: KeyClient) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
-        for file_id in (row.output_file_id, row.error_file_id):
-            if file_id is not None:
-                records.extend(parse_records(key.client.files.content(file_id).text))
-        return records
+        return self._collector.collect()
 
     def retry_failed(self, max_retries: int) -> int:
         """Plan again the ids whose answer failed in a way worth another try (never run:
@@ -394,7 +261,7 @@ class BatchJob:
                 chosen.add(record["id"])
         if chosen:
             existing.repair_and_drop(chosen)
-            self._planned = None  # freed ids: the next `plan` reads the input again
+            self._submitter.replan()  # freed ids: the next `plan` reads the input again
         return len(chosen)
 
     def cancel(self) -> int:
@@ -435,11 +302,3 @@ def retryable(error: dict[str, Any]) -> bool:
 def _queue_limited(errors: Any) -> bool:
     data = errors.get("data") if isinstance(errors, dict) else None
     return any(isinstance(e, dict) and e.get("code") == "token_limit_exceeded" for e in data or [])
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
