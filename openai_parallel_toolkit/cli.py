@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from ._drivers.clients import tls_context
 from .config import (
@@ -38,7 +38,7 @@ from .config import (
     config_from_env,
     load_config,
 )
-from .errors import Action, ConfigError, classify, redact
+from .errors import Action, ConfigError, ResultsFileError, classify, redact
 from .headers import RateLimitHeaders
 from .keys import APIKeyManager
 from .models import RawRequest
@@ -223,6 +223,7 @@ def _non_negative_usd(text: str) -> float:
 
 
 def _run_parser(prog: str) -> CommandLineParser:
+    """The ``run`` command's parser; the order of the groups is the order ``--help`` shows."""
     parser = CommandLineParser(
         prog=prog,
         description="Send every request of a JSONL file over your keys; write one result line\n"
@@ -237,6 +238,20 @@ def _run_parser(prog: str) -> CommandLineParser:
         "to continue); 130 Ctrl-C, 143 SIGTERM.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_job_options(parser)
+    _add_concurrency_options(parser)
+    add_redis_option(parser)
+    _add_worker_options(parser)
+    _add_cost_options(parser)
+    add_batch_options(parser)
+    _add_progress_options(parser)
+    add_logging_options(parser)
+    return parser
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    """The job's files and how its lines are read: ``INPUT``, ``-o``, ``--config``,
+    ``--endpoint``, ``--ordered``, ``--redo-changed``."""
     parser.add_argument("input", help="JSONL file, one request body per line; - reads stdin")
     parser.add_argument(
         "-o",
@@ -257,6 +272,10 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="send again lines whose request changed since they were answered (their old "
         "answers are dropped); without it such an output file is refused",
     )
+
+
+def _add_concurrency_options(parser: argparse.ArgumentParser) -> None:
+    """How requests are sent: ``--threads``, ``--async``, ``--timeout``."""
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -276,7 +295,10 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="seconds one request may take before it is retried (default: the config's "
         "timeout, else 120; with --mode flex: 900)",
     )
-    add_redis_option(parser)
+
+
+def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """A job shared by workers through Redis: ``--worker``, ``--lease``, ``--chunk-size``."""
     parser.add_argument(
         "--worker",
         action="store_true",
@@ -298,6 +320,11 @@ def _run_parser(prog: str) -> CommandLineParser:
         metavar="N",
         help="with --worker: lines claimed at a time (default: 50)",
     )
+
+
+def _add_cost_options(parser: argparse.ArgumentParser) -> None:
+    """What the run may spend, would spend, and did: ``--max-cost``, ``--dry-run``,
+    ``--summary``."""
     parser.add_argument(
         "--max-cost",
         type=_non_negative_usd,
@@ -318,7 +345,10 @@ def _run_parser(prog: str) -> CommandLineParser:
         help="also write the run's summary to FILE as JSON (requests, 429s, tokens, cost per "
         "model and per key, elapsed; the README documents its fields)",
     )
-    add_batch_options(parser)
+
+
+def _add_progress_options(parser: argparse.ArgumentParser) -> None:
+    """How progress shows on stderr: ``--no-progress``, ``--status-interval``."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status")
     parser.add_argument(
         "--status-interval",
@@ -327,8 +357,6 @@ def _run_parser(prog: str) -> CommandLineParser:
         metavar="SECONDS",
         help="seconds between status lines when stderr is not a terminal (default: 10)",
     )
-    add_logging_options(parser)
-    return parser
 
 
 DEFAULT_BATCH_THRESHOLD = 10_000
@@ -430,10 +458,30 @@ def _dry_run(args: argparse.Namespace, source: str | Path, target: str | Path) -
 
 def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> int:
     """``run REQUESTS.jsonl -o RESULTS.jsonl``: a JSONL job; see `jobs.run_jsonl_job`."""
-    from .jobs import ResultsFileError, run_jsonl_job
-
     parser = _run_parser(prog)
     args = parser.parse_args(argv)
+    _check_run_args(parser, args)
+    level = logging_level(args)
+    if level is not None:
+        configure_logging(level)
+    try:
+        args.mode = _resolve_mode(args)
+    except (ResultsFileError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.mode == "flex" and args.timeout is None:
+        from .flex import FLEX_TIMEOUT
+
+        args.timeout = FLEX_TIMEOUT  # flex answers are slow: OpenAI suggests up to 15 minutes
+    if args.mode == "batch":
+        from .batch.command import run_batch_mode
+
+        return run_batch_mode(args)
+    return _run_online(args)
+
+
+def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error (status 2) for options that do not go together."""
     if args.ordered and args.output == "-":
         parser.error("--ordered needs an output file, not - (stdout)")
     if args.worker and "-" in (args.input, args.output):
@@ -454,25 +502,13 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
         parser.error("--mode flex sends from one process; leave out --worker")
     if args.fallback != "none" and args.mode == "online":
         parser.error("--fallback needs --mode flex, batch or auto")
-    level = logging_level(args)
-    if level is not None:
-        configure_logging(level)
-    try:
-        args.mode = _resolve_mode(args)
-    except (ResultsFileError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.mode == "flex" and args.timeout is None:
-        from .flex import FLEX_TIMEOUT
 
-        args.timeout = FLEX_TIMEOUT  # flex answers are slow: OpenAI suggests up to 15 minutes
-    if args.mode == "batch":
-        from .batch.command import run_batch_mode
 
-        return run_batch_mode(args)
+def _run_online(args: argparse.Namespace) -> int:
+    """``run`` in the online and flex modes (or ``--dry-run``): stdin and stdout go through
+    a temporary folder; returns the exit status."""
     received: list[int] = []
     folder: Path | None = None
-    summary: JobSummary | None = None
     try:
         with contextlib.ExitStack() as stack, _sigterm_as_interrupt() as received:
             if "-" in (args.input, args.output):
@@ -486,25 +522,7 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
                 config=load_pool_config(args.config, args.timeout, args.redis), make_default=False
             )
             stack.callback(manager.close)
-            if args.worker:
-                summary = _run_worker(args, manager)
-            else:
-                summary = run_jsonl_job(
-                    source,
-                    target,
-                    manager=manager,
-                    endpoint=args.endpoint,
-                    threads=args.threads,
-                    ordered=args.ordered,
-                    progress=not args.no_progress,
-                    redo_changed=args.redo_changed,
-                    status_interval=args.status_interval,
-                    echo=sys.stdout if to_stdout else None,
-                    use_async=args.use_async,
-                    max_cost=args.max_cost,
-                    flex=args.mode == "flex",
-                    fallback=args.fallback == "standard",
-                )
+            summary = _run_job(args, manager, source, target, sys.stdout if to_stdout else None)
             if to_stdout and summary.interrupted:
                 _silence_stdout()  # its reader may be gone: no second error at exit
     except (ConfigError, ResultsFileError, OSError) as exc:
@@ -516,6 +534,41 @@ def run_main(argv: Sequence[str], prog: str = "openai-parallel-toolkit run") -> 
     except KeyboardInterrupt:
         print("interrupted before any request was sent", file=sys.stderr)
         return _interrupt_status(received)
+    return _report(args, summary, received)
+
+
+def _run_job(
+    args: argparse.Namespace,
+    manager: APIKeyManager,
+    source: str | Path,
+    target: str | Path,
+    echo: TextIO | None,
+) -> JobSummary:
+    """Run the job on `manager`: this process's part of a shared one with ``--worker``."""
+    from .jobs import run_jsonl_job
+
+    if args.worker:
+        return _run_worker(args, manager)
+    return run_jsonl_job(
+        source,
+        target,
+        manager=manager,
+        endpoint=args.endpoint,
+        threads=args.threads,
+        ordered=args.ordered,
+        progress=not args.no_progress,
+        redo_changed=args.redo_changed,
+        status_interval=args.status_interval,
+        echo=echo,
+        use_async=args.use_async,
+        max_cost=args.max_cost,
+        flex=args.mode == "flex",
+        fallback=args.fallback == "standard",
+    )
+
+
+def _report(args: argparse.Namespace, summary: JobSummary, received: list[int]) -> int:
+    """Print the summary (and write it with ``--summary``); returns the run's exit status."""
     _print_summary("stdout" if args.output == "-" else args.output, summary)
     if args.summary:
         try:
