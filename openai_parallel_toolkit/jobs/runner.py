@@ -20,9 +20,9 @@ from ..models import RawRequest
 from ..prices import usd
 from ..request import RetryPolicy
 from ..stats import PoolStats, UsageReport, request_figures
-from .plan import check_paths, prepare_job
-from .results import check_ordered_target, write_ordered
-from .sending import SendOptions, send_items
+from .plan import JobPlan, check_paths, prepare_job
+from .results import ExistingResults, check_ordered_target, write_ordered
+from .sending import SendOptions, Sink, send_items
 
 __all__ = ["JobSummary", "run_jsonl_job", "with_pool_counts"]
 
@@ -181,26 +181,52 @@ def run_jsonl_job(
         threads, policy, progress, status_interval, use_async, meter, flex, fallback
     )
     before = manager.statistics()
+    sink, interrupted = _send(plan, target, manager, options, echo)
+    copy = write_ordered(target, ordered_path) if ordered and not interrupted else None
+    elapsed = time.monotonic() - started
+    summary = _summary(plan, existing, sink, meter, interrupted, elapsed, copy, max_cost)
+    return with_pool_counts(summary, before, manager.statistics())
+
+
+def _send(
+    plan: JobPlan,
+    target: Path,
+    manager: APIKeyManager,
+    options: SendOptions,
+    echo: IO[str] | None,
+) -> tuple[Sink, bool]:
+    """Send the plan's items, appending their result lines to `target` (see `send_items`)."""
     with open(target, "a", encoding="utf-8") as output:
-        sink, interrupted = send_items(
+        return send_items(
             plan.items(), output, manager=manager, total=len(plan), options=options, echo=echo
         )
-    copy = write_ordered(target, ordered_path) if ordered and not interrupted else None
-    summary = JobSummary(
+
+
+def _summary(
+    plan: JobPlan,
+    existing: ExistingResults,
+    sink: Sink,
+    meter: CostMeter,
+    interrupted: bool,
+    elapsed: float,
+    ordered_copy: Path | None,
+    max_cost: float | None,
+) -> JobSummary:
+    """The summary of a run: what planning found, what was sent, what it cost."""
+    return JobSummary(
         done=sink.done,
         skipped=plan.skipped,
         failed=sink.failed,
         malformed=tuple(str(bad) for bad in plan.bad),
         interrupted=interrupted,
-        elapsed=time.monotonic() - started,
+        elapsed=elapsed,
         repaired=existing.torn_at is not None,
         redone=len(plan.changed),
-        ordered_copy=None if copy is None else str(copy),
+        ordered_copy=None if ordered_copy is None else str(ordered_copy),
         usage=meter.ledger.report(),
         budget_reached=meter.reached,
         max_cost=max_cost,
     )
-    return with_pool_counts(summary, before, manager.statistics())
 
 
 def check_options(endpoint: str | None, status_interval: float) -> None:

@@ -141,42 +141,71 @@ def send_items(
     get no line. An error outside the requests (writing a line) ends the run: it
     is raised once the requests in flight are finished.
     """
-    policy = options.policy or RetryPolicy()
-    use_async = options.use_async
-    window: int | InFlightTarget
-    if options.threads:  # a fixed count, a second round queued so that no thread idles
-        threads = options.threads
-        window, workers = (threads, threads) if use_async else (threads * 2, threads)
-    else:  # in flight: the pool's rate times its response time, as the run goes
-        in_flight = InFlightTarget(manager, MAX_ASYNC_CONCURRENCY if use_async else MAX_CONCURRENCY)
-        window, workers = in_flight, in_flight.cap
-    meter = options.meter
+    window, workers = _window(options, manager)
     progress = Progress(manager, total, options, workers=_workers_now(options, window))
     sink = Sink(output, progress.bar, echo, written)
     progress.start(sink)
+    sender = _Sender(manager, options, sink, wanted, refused)
+    meter = options.meter
+    interrupted = False
+    try:
+        if options.use_async:
+            finished = _on_a_loop(_drive_tasks(sender.asend, items, window, progress.one_done))
+        else:
+            finished = _drive_threads(sender.send, items, window, workers, progress.one_done)
+        if not finished and not (meter is not None and meter.reached):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+        if options.use_async:
+            logger.warning("interrupted: cancelling the requests in flight (sent again next run)")
+        else:
+            logger.warning("interrupted: finishing the requests in flight")
+    finally:
+        progress.close()
+    return sink, interrupted
 
-    def answered(item: Item, model: RawRequest, response: Any) -> None:
-        sink.write(item, "response", response, _cost_of(manager, model, response))
 
-    def request(item: Item) -> RawRequest | None:
+class _Sender:
+    """Sends one item on the pool (online or flex, as `options` say) and writes its line:
+    the answer, the error, or none for an item `wanted` passes over or the cost cap refuses."""
+
+    def __init__(
+        self,
+        manager: APIKeyManager,
+        options: SendOptions,
+        sink: Sink,
+        wanted: Callable[[Item], bool] | None,
+        refused: Callable[[Item], Exception | None] | None,
+    ) -> None:
+        self._manager = manager
+        self._options = options
+        self._policy = options.policy or RetryPolicy()
+        self._sink = sink
+        self._wanted = wanted
+        self._refused = refused
+
+    def _request(self, item: Item) -> RawRequest | None:
         """The item's request, or None when it is not to be sent (`wanted`, `refused`)."""
-        if wanted is not None and not wanted(item):
+        if self._wanted is not None and not self._wanted(item):
             return None
-        refusal = refused(item) if refused is not None else None
+        refusal = self._refused(item) if self._refused is not None else None
         if refusal is not None:
-            sink.write_error(item, refusal)
+            self._sink.write_error(item, refusal)
             return None
         return RawRequest(item.endpoint, item.sendable_body())
 
-    def send(item: Item) -> None:
-        model = request(item)
+    def send(self, item: Item) -> None:
+        """Send `item` on this thread and write its line."""
+        model = self._request(item)
         if model is None:
             return
+        options, meter = self._options, self._options.meter
         try:
-            if options.flex:
+            if options.flex:  # `policy` None: the flex tier's own default
                 response = request_flex(
                     model,
-                    manager=manager,
+                    manager=self._manager,
                     fallback=options.fallback,
                     policy=options.policy,
                     raw=True,
@@ -185,24 +214,29 @@ def send_items(
                 )
             else:
                 response = request_openai_api(
-                    model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
+                    model,
+                    manager=self._manager,
+                    policy=self._policy,
+                    raw=True,
+                    cache=False,
+                    meter=meter,
                 )
-        except BudgetReachedError:
-            return  # not sent: no line, so that a run with a higher cap sends it
         except Exception as exc:
-            sink.write_error(item, exc)
+            self._failed(item, exc)
         else:
-            answered(item, model, response)
+            self._answered(item, model, response)
 
-    async def asend(item: Item) -> None:
-        model = request(item)
+    async def asend(self, item: Item) -> None:
+        """Send `item` as a task of the running loop and write its line."""
+        model = self._request(item)
         if model is None:
             return
+        options, meter = self._options, self._options.meter
         try:
-            if options.flex:
+            if options.flex:  # `policy` None: the flex tier's own default
                 response = await arequest_flex(
                     model,
-                    manager=manager,
+                    manager=self._manager,
                     fallback=options.fallback,
                     policy=options.policy,
                     raw=True,
@@ -211,32 +245,37 @@ def send_items(
                 )
             else:
                 response = await arequest_openai_api(
-                    model, manager=manager, policy=policy, raw=True, cache=False, meter=meter
+                    model,
+                    manager=self._manager,
+                    policy=self._policy,
+                    raw=True,
+                    cache=False,
+                    meter=meter,
                 )
-        except BudgetReachedError:
-            return  # not sent: no line, so that a run with a higher cap sends it
         except Exception as exc:
-            sink.write_error(item, exc)
+            self._failed(item, exc)
         else:
-            answered(item, model, response)
+            self._answered(item, model, response)
 
-    interrupted = False
-    try:
-        if use_async:
-            finished = _on_a_loop(_drive_tasks(asend, items, window, progress.one_done))
-        else:
-            finished = _drive_threads(send, items, window, workers, progress.one_done)
-        if not finished and not (meter is not None and meter.reached):
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        interrupted = True
-        if use_async:
-            logger.warning("interrupted: cancelling the requests in flight (sent again next run)")
-        else:
-            logger.warning("interrupted: finishing the requests in flight")
-    finally:
-        progress.close()
-    return sink, interrupted
+    def _answered(self, item: Item, model: RawRequest, response: Any) -> None:
+        self._sink.write(item, "response", response, _cost_of(self._manager, model, response))
+
+    def _failed(self, item: Item, exc: Exception) -> None:
+        if isinstance(exc, BudgetReachedError):
+            return  # not sent: no line, so that a run with a higher cap sends it
+        self._sink.write_error(item, exc)
+
+
+def _window(options: SendOptions, manager: APIKeyManager) -> tuple[int | InFlightTarget, int]:
+    """The run's window of requests in flight (a count, or a target that follows the pool's
+    rate times its response time) and how many threads send."""
+    if options.threads:  # a fixed count, a second round queued so that no thread idles
+        threads = options.threads
+        return (threads, threads) if options.use_async else (threads * 2, threads)
+    in_flight = InFlightTarget(
+        manager, MAX_ASYNC_CONCURRENCY if options.use_async else MAX_CONCURRENCY
+    )
+    return in_flight, in_flight.cap
 
 
 def _workers_now(options: SendOptions, window: int | InFlightTarget) -> Callable[[], int]:
