@@ -20,9 +20,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .cli import add_redis_option, load_pool_config
+
+if TYPE_CHECKING:
+    import socket
+
+    from .server import ProxyServer
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
@@ -99,6 +104,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             "--config config.yaml"
         ),
     )
+    _add_address_options(parser)
+    _add_client_key_options(parser)
+    parser.add_argument(
+        "--config",
+        "--custom_config",
+        dest="config",
+        help="JSON or YAML key file (default: OPENAI_API_KEY* variables and ./.env)",
+    )
+    _add_request_options(parser)
+    add_redis_option(parser)
+    _add_connection_options(parser)
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request to stderr (client, request line, status)",
+    )
+    return parser
+
+
+def _add_address_options(parser: argparse.ArgumentParser) -> None:
+    """Where the proxy listens: ``--host``, ``--port``."""
     parser.add_argument(
         "--host", type=_host, default="127.0.0.1", help="interface to bind (127.0.0.1)"
     )
@@ -108,6 +134,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=8000,
         help="port, 0 for any free one (8000)",
     )
+
+
+def _add_client_key_options(parser: argparse.ArgumentParser) -> None:
+    """The key clients must send: ``--api_key`` or ``--api-key-file``, or ``--no-auth``."""
     key = parser.add_mutually_exclusive_group()
     key.add_argument(
         "--api_key",
@@ -126,12 +156,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-auth", action="store_true", help="accept any client (trusted local use only)"
     )
-    parser.add_argument(
-        "--config",
-        "--custom_config",
-        dest="config",
-        help="JSON or YAML key file (default: OPENAI_API_KEY* variables and ./.env)",
-    )
+
+
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    """What one request may take: ``--max-body-bytes``, ``--max-wait`` for a free key."""
     parser.add_argument(
         "--max-body-bytes",
         type=_number(int, minimum=1),
@@ -144,7 +172,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for a free key before 429 (10)",
     )
-    add_redis_option(parser)
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Connections upstream and from clients: ``--timeout``, ``--header-timeout``,
+    ``--max-connections``."""
     parser.add_argument(
         "--timeout",
         type=_number(float, minimum=0, inclusive=False),
@@ -165,12 +197,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="open client connections at most; more get 503 "
         "(default: half the open-file limit, at most 4096)",
     )
-    parser.add_argument(
-        "--access-log",
-        action="store_true",
-        help="log one line per request to stderr (client, request line, status)",
-    )
-    return parser
 
 
 def _client_key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
@@ -210,21 +236,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     client_key = _client_key(parser, args)
-    try:
-        import uvicorn
-
-        from .asgi import bind, uvicorn_config
-        from .errors import ConfigError
-        from .keys import APIKeyManager
-        from .options import PoolOptions
-        from .server import ProxyServer
-    except ImportError as exc:
+    missing = _missing_server_extra()
+    if missing is not None:
         print(
-            f"error: the proxy needs the server extra ({exc}); "
+            f"error: the proxy needs the server extra ({missing}); "
             'install it with: pip install ".[server]" in the project folder',
             file=sys.stderr,
         )
         return 2
+    from .asgi import bind
+    from .errors import ConfigError
+    from .keys import APIKeyManager
+    from .options import PoolOptions
+    from .server import ProxyServer
+
     options = PoolOptions(timeout=args.timeout)
     try:
         manager = APIKeyManager(
@@ -248,6 +273,29 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         max_wait=args.max_wait,
         timeout=args.timeout,
     )
+    _serve(args, proxy, sock, manager.key_count)
+    return 0
+
+
+def _missing_server_extra() -> ImportError | None:
+    """Why the server extra (uvicorn, starlette) cannot be imported, or None when it can."""
+    try:
+        import uvicorn  # noqa: F401
+
+        from . import asgi, server  # noqa: F401
+    except ImportError as exc:
+        return exc
+    return None
+
+
+def _serve(
+    args: argparse.Namespace, proxy: ProxyServer, sock: socket.socket, key_count: int
+) -> None:
+    """Serve `proxy` on the bound `sock` until Ctrl-C, then close both."""
+    import uvicorn
+
+    from .asgi import uvicorn_config
+
     config = uvicorn_config(
         proxy.app,
         header_timeout=args.header_timeout,
@@ -259,7 +307,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     server = uvicorn.Server(config)
     print(
         f"Proxy on http://{_address(args.host, sock.getsockname()[1])}/v1 over "
-        f"{manager.key_count} keys (Ctrl-C to stop)",
+        f"{key_count} keys (Ctrl-C to stop)",
         flush=True,
     )
 
@@ -275,7 +323,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         pass
     finally:
         sock.close()
-    return 0
 
 
 if __name__ == "__main__":
