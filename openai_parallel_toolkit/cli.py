@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from ._drivers.clients import tls_context
 from .config import (
@@ -58,6 +58,7 @@ __all__ = [
     "keys_main",
     "logging_level",
     "run_main",
+    "write_summary",
 ]
 
 _PACKAGE_LOGGER = "openai_parallel_toolkit"
@@ -567,12 +568,18 @@ def _run_job(
     )
 
 
+class _ToDict(Protocol):
+    """A run summary that can be written as JSON (`JobSummary`, `BatchRunSummary`)."""
+
+    def to_dict(self) -> dict[str, object]: ...
+
+
 def _report(args: argparse.Namespace, summary: JobSummary, received: list[int]) -> int:
     """Print the summary (and write it with ``--summary``); returns the run's exit status."""
     _print_summary("stdout" if args.output == "-" else args.output, summary)
     if args.summary:
         try:
-            _write_summary(args.summary, args.input, args.output, summary)
+            write_summary(args.summary, args.input, args.output, summary)
         except OSError as exc:
             print(f"error: cannot write the summary: {exc}", file=sys.stderr)
             return 2
@@ -583,7 +590,7 @@ def _report(args: argparse.Namespace, summary: JobSummary, received: list[int]) 
     return 0 if summary.ok else 1
 
 
-def _write_summary(path: str, source: str, target: str, summary: JobSummary) -> None:
+def write_summary(path: str, source: str, target: str, summary: _ToDict) -> None:
     """``--summary FILE``: the run's summary as JSON, written whole (a temporary file renamed
     into place), so that a chart reading it never sees half a file."""
     record = {"input": source, "output": target, **summary.to_dict()}

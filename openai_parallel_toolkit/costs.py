@@ -32,8 +32,8 @@ class _Tally:
     usage: Usage = _NO_USAGE
     cost: Decimal | None = Decimal(0)  # None once any request's cost was unknown
 
-    def add(self, usage: Usage, cost: Decimal | None) -> None:
-        self.requests += 1
+    def add(self, usage: Usage, cost: Decimal | None, requests: int = 1) -> None:
+        self.requests += requests
         self.usage = self.usage + usage
         self.cost = None if cost is None or self.cost is None else self.cost + cost
 
@@ -61,12 +61,21 @@ class UsageLedger:
         self._keys: dict[str, _Tally] = {}
         self._models: dict[str, _Tally] = {}
 
-    def record(self, key: str, model: str | None, usage: Usage, cost: Decimal | None) -> None:
-        """Count one answered request on `key` (masked) of `model` (None: not known)."""
+    def record(
+        self,
+        key: str,
+        model: str | None,
+        usage: Usage,
+        cost: Decimal | None,
+        *,
+        requests: int = 1,
+    ) -> None:
+        """Count an answered request on `key` (masked) of `model` (None: not known); or
+        `requests` of them, whose summed usage and cost these are."""
         with self._lock:
-            self._total.add(usage, cost)
-            self._keys.setdefault(key, _Tally()).add(usage, cost)
-            self._models.setdefault(model or "(unknown model)", _Tally()).add(usage, cost)
+            self._total.add(usage, cost, requests)
+            self._keys.setdefault(key, _Tally()).add(usage, cost, requests)
+            self._models.setdefault(model or "(unknown model)", _Tally()).add(usage, cost, requests)
 
     def key_row(self, key: str) -> UsageRow:
         """What `key` (masked) spent so far."""

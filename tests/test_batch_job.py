@@ -58,6 +58,9 @@ def server(clock: FakeClock) -> Iterator[FakeOpenAIServer]:
         yield fake
 
 
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens")
+
+
 def pool(server: FakeOpenAIServer, crash_after: str | None = None) -> APIKeyManager:
     """A pool over the server's keys; with `crash_after` ("POST /v1/files"), the first such
     request raises `Crash` once the server has answered it."""
@@ -275,12 +278,27 @@ def test_the_command_line_runs_a_batch_job_and_looks_after_its_journal(
         config.write_text(json.dumps({"api_keys": KEYS, "api_base": fake.base_url}))
         source = write_input(tmp_path / "in.jsonl", 5)
         out = tmp_path / "out.jsonl"
+        summary = tmp_path / "summary.json"
         ran = run_cli(
             "run", str(source), "-o", str(out), "--mode", "batch", "--config", str(config),
-            "--poll-interval", "0.02",
+            "--poll-interval", "0.02", "--summary", str(summary),
         )  # fmt: skip
         assert ran.returncode == 0, ran.stderr
         assert len(results(out)) == 5
+        # Tokens and cost per model and per key (masked), in the summary and its JSON file,
+        # the sums of the result lines' own usage and cost.
+        lines = results(out)
+        tokens = [sum(r["response"]["usage"][f] for r in lines) for f in USAGE_FIELDS]
+        cost = sum(r["cost"] for r in lines)
+        record = json.loads(summary.read_text())
+        assert record["mode"] == "batch" and record["lines"]["answered"] == 5
+        assert [record["tokens"]["input"], record["tokens"]["output"]] == tokens
+        assert record["cost"] == pytest.approx(cost) and record["saved"] == pytest.approx(cost)
+        assert list(record["by_model"]) == ["gpt-4o-mini"]
+        [key] = record["by_key"]
+        assert record["by_key"][key]["requests"] == 5 and key not in KEYS and "..." in key
+        assert "  model gpt-4o-mini: 5 requests" in ran.stderr
+        assert f"  key {key}: 5 requests" in ran.stderr
         journal = str(out) + ".batches.sqlite"
         status = run_cli("batch", "status", journal, "--config", str(config))
         assert status.returncode == 0 and "5/5 requests collected" in status.stdout

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..jobs.results import result_line
 from ..jobs.source import Item
 from ..prices import PriceTable, Usage
 
-__all__ = ["batch_error", "parse_records", "result_lines"]
+__all__ = ["Outcome", "batch_error", "parse_records", "result_lines"]
 
 
 def parse_records(text: str) -> Iterator[dict[str, Any]]:
@@ -41,26 +42,37 @@ def batch_error(errors: Any) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One collected line: its result line, the answer's usage (None: an error, or no usage)
+    and cost at the batch price and at the standard price (None: not known)."""
+
+    item: Item
+    line: str
+    usage: Usage | None
+    cost: float | None
+    standard: float | None
+
+
 def result_lines(
     records: Iterable[Mapping[str, Any]],
     items: Mapping[str, Item],
     skip: Mapping[Any, Any],
     prices: PriceTable,
-) -> Iterator[tuple[Item, str, float | None, float | None]]:
-    """(item, result line, cost at the batch price, the same answer's cost at the standard
-    price) for each record of an item not in `skip` (ids already written)."""
+) -> Iterator[Outcome]:
+    """The `Outcome` of each record of an item not in `skip` (ids already written)."""
     for record in records:
         item = items.get(str(record.get("custom_id")))
         if item is None or item.item_id in skip:
             continue
-        outcome, value, cost, standard = _outcome(record, item, prices)
+        outcome, value, usage, (cost, standard) = _outcome(record, item, prices)
         line = result_line(item.item_id, item.request_hash, item.metadata, outcome, value, cost)
-        yield item, line, cost, standard
+        yield Outcome(item, line, usage, cost, standard)
 
 
 def _outcome(
     record: Mapping[str, Any], item: Item, prices: PriceTable
-) -> tuple[str, Any, float | None, float | None]:
+) -> tuple[str, Any, Usage | None, tuple[float | None, float | None]]:
     response = record.get("response")
     if isinstance(response, Mapping):
         status = response.get("status_code")
@@ -74,7 +86,7 @@ def _outcome(
                 cost = None if price is None else float(price)
                 full = prices.cost_of(model, usage, "standard")
                 standard = None if full is None else float(full)
-            return "response", body, cost, standard
+            return "response", body, usage, (cost, standard)
         error = body.get("error") if isinstance(body, Mapping) else None
         error = error if isinstance(error, Mapping) else {}
         value = {
@@ -83,7 +95,7 @@ def _outcome(
             "status_code": status,
             "code": error.get("code"),
         }
-        return "error", value, None, None
+        return "error", value, None, (None, None)
     error = record.get("error")
     error = error if isinstance(error, Mapping) else {}
     value = {
@@ -92,4 +104,4 @@ def _outcome(
         "status_code": None,
         "code": error.get("code"),
     }
-    return "error", value, None, None
+    return "error", value, None, (None, None)

@@ -19,6 +19,7 @@ from .journal import BatchJournal, ChunkRow
 from .lines import InputLines
 from .planner import custom_id_of
 from .queues import TERMINAL
+from .usage import ChunkUsage
 
 __all__ = ["Collector"]
 
@@ -79,15 +80,18 @@ class Collector:
         records += [{"custom_id": c, **failure} for c in items if c not in seen]
         count = 0
         cost = standard = 0.0
-        for item, line, paid, full in result_lines(records, items, written, self.prices):
-            out.write(line)
-            written[item.item_id] = item.request_hash
+        usage = ChunkUsage(self._clients.get(row.key_id).masked if row.key_id else "(unknown key)")
+        for outcome in result_lines(records, items, written, self.prices):
+            out.write(outcome.line)
+            written[outcome.item.item_id] = outcome.item.request_hash
             count += 1
-            cost += paid or 0.0
-            standard += full or 0.0
+            cost += outcome.cost or 0.0
+            standard += outcome.standard or 0.0
+            usage.add(outcome)
         out.flush()
         os.fsync(out.fileno())
         self._add_costs(cost, standard)
+        self.journal.put(f"usage/{row.chunk}", usage.to_json())
         self.journal.update(row.chunk, state="collected")
         return count
 

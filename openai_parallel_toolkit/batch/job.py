@@ -25,6 +25,7 @@ from typing import Any
 from ..jobs.results import read_results
 from ..keys import APIKeyManager, resolve_manager
 from ..prices import usd
+from ..stats import UsageReport
 from .clients import BatchClients
 from .collector import Collector
 from .journal import BatchJournal, ChunkRow, journal_path
@@ -32,6 +33,7 @@ from .lines import InputLines
 from .planner import BatchLimits
 from .queues import TERMINAL, Queues
 from .submitter import Submitter
+from .usage import job_usage
 
 __all__ = ["TERMINAL", "BatchJob", "BatchJobStatus", "error_records", "retryable"]
 
@@ -188,6 +190,11 @@ class BatchJob:
         return self._submitter.submit()
 
     # -- polling, collecting, cancelling
+
+    def usage(self) -> UsageReport:
+        """Tokens in / out / cached and cost (at the batch price) of the answers collected so
+        far, in all, per model and per key (masked)."""
+        return job_usage(self.journal)
 
     def status(self) -> BatchJobStatus:
         """Poll every batch in flight and return where the job stands.

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from ..clock import Clock, SystemClock
 from ..jobs.results import read_results
 from ..keys import APIKeyManager
+from ..stats import UsageReport
 from .fallback import send_failed_online
 from .job import BatchJob, BatchJobStatus
 from .planner import BatchLimits
@@ -51,6 +52,8 @@ class BatchRunSummary:
     status: BatchJobStatus
     online: int = 0
     """Lines sent online by the fallback after their batch tries ran out."""
+    usage: UsageReport = field(default_factory=UsageReport)
+    """Tokens and cost of the answers collected from batches, per model and per key."""
 
     @property
     def ok(self) -> bool:
@@ -59,7 +62,29 @@ class BatchRunSummary:
 
     def __str__(self) -> str:
         online = f", {self.online} sent online (fallback)" if self.online else ""
-        return f"{self.answered} answered, {self.failed} failed{online} (batch API); {self.status}"
+        text = f"{self.answered} answered, {self.failed} failed{online} (batch API); {self.status}"
+        # The per-model and per-key lines of the answers collected from batches.
+        return "\n".join([text, *self.usage.lines()]) if self.usage.total.requests else text
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready (``run --mode batch --summary FILE``): lines by outcome, batches, tokens
+        and cost at the batch price per model and per key (masked), what the standard tier
+        would have cost and the saving."""
+        status = self.status
+        return {
+            "version": 1,
+            "mode": "batch",
+            "lines": {"answered": self.answered, "failed": self.failed, "online": self.online},
+            "batches": {
+                "created": status.created,
+                "in_progress": status.in_progress,
+                "done": status.done,
+            },
+            **self.usage.to_dict(),
+            "standard_cost": status.standard_cost,
+            "saved": status.saved,
+            "ok": self.ok,
+        }
 
 
 def run_batch_job(
@@ -97,7 +122,8 @@ def run_batch_job(
                 report(f"{online} lines the batches could not answer sent online (fallback)")
         results = read_results(job.output)
         failed = len(results.failed)
-        return BatchRunSummary(len(results.hashes) - failed, failed, status, online)
+        usage = job.usage()
+        return BatchRunSummary(len(results.hashes) - failed, failed, status, online, usage)
 
 
 def _reporter(stream: IO[str] | None) -> Callable[[str], None]:
