@@ -577,12 +577,8 @@ class _ToDict(Protocol):
 def _report(args: argparse.Namespace, summary: JobSummary, received: list[int]) -> int:
     """Print the summary (and write it with ``--summary``); returns the run's exit status."""
     _print_summary("stdout" if args.output == "-" else args.output, summary)
-    if args.summary:
-        try:
-            write_summary(args.summary, args.input, args.output, summary)
-        except OSError as exc:
-            print(f"error: cannot write the summary: {exc}", file=sys.stderr)
-            return 2
+    if not write_summary(args, summary):
+        return 2
     if summary.interrupted:
         return _interrupt_status(received)
     if summary.budget_reached:
@@ -590,14 +586,22 @@ def _report(args: argparse.Namespace, summary: JobSummary, received: list[int]) 
     return 0 if summary.ok else 1
 
 
-def write_summary(path: str, source: str, target: str, summary: _ToDict) -> None:
-    """``--summary FILE``: the run's summary as JSON, written whole (a temporary file renamed
-    into place), so that a chart reading it never sees half a file."""
-    record = {"input": source, "output": target, **summary.to_dict()}
-    destination = Path(path)
+def write_summary(args: argparse.Namespace, summary: _ToDict) -> bool:
+    """``--summary FILE`` (if given): the run's summary as JSON, written whole (a temporary
+    file renamed into place), so that a chart reading it never sees half a file. False (said
+    on stderr) when it cannot be written."""
+    if not args.summary:
+        return True
+    record = {"input": args.input, "output": args.output, **summary.to_dict()}
+    destination = Path(args.summary)
     partial = destination.with_name(destination.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, destination)
+    try:
+        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, destination)
+    except OSError as exc:
+        print(f"error: cannot write the summary: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _run_worker(args: argparse.Namespace, manager: APIKeyManager) -> JobSummary:

@@ -74,14 +74,10 @@ def run_batch_mode(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"{args.output}: {summary}", file=sys.stderr)
-    if args.summary:
-        from ..cli import write_summary
+    from ..cli import write_summary
 
-        try:
-            write_summary(args.summary, args.input, args.output, summary)
-        except OSError as exc:
-            print(f"error: cannot write the summary: {exc}", file=sys.stderr)
-            return 2
+    if not write_summary(args, summary):
+        return 2
     return 0 if summary.ok else 1
 
 
