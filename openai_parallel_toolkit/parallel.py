@@ -303,8 +303,15 @@ async def acompleted(
     source = iter(items)
     running: dict[asyncio.Future[R], T] = {}
     # Finished tasks arrive on a queue: O(1) per item, where asyncio.wait would walk every
-    # running task on each call (thousands at the top rate-limit tiers).
-    finished: asyncio.Queue[asyncio.Future[R]] = asyncio.Queue()
+    # running task on each call (thousands at the top rate-limit tiers). A window that may
+    # grow also gets a tick (None) every WINDOW_CHECK_SECONDS: no timer per item.
+    finished: asyncio.Queue[asyncio.Future[R] | None] = asyncio.Queue()
+    ticker: asyncio.TimerHandle | None = None
+
+    def tick() -> None:
+        nonlocal ticker
+        finished.put_nowait(None)
+        ticker = asyncio.get_running_loop().call_later(WINDOW_CHECK_SECONDS, tick)
 
     def submit(count: int) -> None:
         for item in itertools.islice(source, count):
@@ -314,19 +321,17 @@ async def acompleted(
 
     size: Callable[[], int] = window if callable(window) else (lambda: window)
     submit(size())
+    if callable(window):
+        ticker = asyncio.get_running_loop().call_later(WINDOW_CHECK_SECONDS, tick)
     try:
         while running:
-            if finished.empty():
-                try:
-                    task = await asyncio.wait_for(finished.get(), WINDOW_CHECK_SECONDS)
-                except asyncio.TimeoutError:
-                    submit(max(0, size() - len(running)))  # the window may have grown
-                    continue
-            else:
-                task = finished.get_nowait()
-            yield running.pop(task), task
-            submit(max(0, size() - len(running)))
+            task = await finished.get()
+            if task is not None:
+                yield running.pop(task), task
+            submit(max(0, size() - len(running)))  # after a tick: the window may have grown
     finally:
+        if ticker is not None:
+            ticker.cancel()
         for task in running:
             task.cancel()
         if running:
