@@ -7,7 +7,8 @@ response objects). Parameters this module does not know go into the request body
 
 The toolkit's own options have names no API parameter uses: ``no_tqdm`` and
 ``return_openai_response`` (openai-manager's), and ``opt_attempts``, ``opt_on_error``,
-``opt_manager``, ``opt_cache``, ``opt_max_cost``, ``opt_mode`` (``"online"``, ``"flex"``:
+``opt_manager``, ``opt_cache``, ``opt_max_cost``, ``opt_mode`` (also ``mode``, as in
+`multi_process_one`; ``"online"``, ``"flex"``:
 ``service_tier="flex"`` at batch prices, ``"batch"``: through the Batch API at half price,
 waiting for the batches), ``opt_fallback`` (``"standard"``: what flex or the batches could not
 answer goes on the standard tier) and ``opt_batch_options`` (a `BatchRunOptions`: polling,
@@ -268,9 +269,10 @@ class _BatchCall:
         opt_manager: APIKeyManager | None = None,
         opt_cache: RequestCache | bool | None = None,
         opt_max_cost: float | None = None,
-        opt_mode: str = "online",
+        opt_mode: str | None = None,
         opt_fallback: str = "none",
         opt_batch_options: BatchRunOptions | None = None,
+        mode: str | None = None,
         **params: Any,
     ) -> list[Any]:
         """Send the request(s) described by the official parameters; results in input order."""
@@ -282,7 +284,7 @@ class _BatchCall:
             opt_cache,
             opt_max_cost,
             params,
-            SendMode(mode=opt_mode, fallback=opt_fallback, batch_options=opt_batch_options),
+            _send_mode(mode, opt_mode, opt_fallback, opt_batch_options),
         )
         return _results(batch.send(), return_openai_response, opt_on_error)
 
@@ -297,9 +299,10 @@ class _BatchCall:
         opt_manager: APIKeyManager | None = None,
         opt_cache: RequestCache | bool | None = None,
         opt_max_cost: float | None = None,
-        opt_mode: str = "online",
+        opt_mode: str | None = None,
         opt_fallback: str = "none",
         opt_batch_options: BatchRunOptions | None = None,
+        mode: str | None = None,
         **params: Any,
     ) -> list[Any]:
         """``await ...acreate(...)``: `create` from an event loop, requests sent as its tasks."""
@@ -311,9 +314,23 @@ class _BatchCall:
             opt_cache,
             opt_max_cost,
             params,
-            SendMode(mode=opt_mode, fallback=opt_fallback, batch_options=opt_batch_options),
+            _send_mode(mode, opt_mode, opt_fallback, opt_batch_options),
         )
         return _results(await batch.asend(), return_openai_response, opt_on_error)
+
+
+def _send_mode(
+    mode: str | None,
+    opt_mode: str | None,
+    fallback: str,
+    batch_options: BatchRunOptions | None,
+) -> SendMode:
+    """The call's `SendMode`: ``mode=`` and ``opt_mode=`` name the same option (no request
+    parameter of these endpoints is called ``mode``); giving both is an error."""
+    if mode is not None and opt_mode is not None:
+        raise TypeError("give mode= or opt_mode=, not both (they are the same option)")
+    chosen = mode if mode is not None else opt_mode
+    return SendMode(mode=chosen or "online", fallback=fallback, batch_options=batch_options)
 
 
 def _results(responses: list[Any], raw: bool, on_error: OnError) -> list[Any]:

@@ -71,7 +71,7 @@ def test_a_failed_line_follows_on_error(
         multi_process_one(data, Gpt35Turbo, manager=manager, mode="batch", max_cost=1.0)
 
 
-def test_batched_calls_take_opt_mode_batch(
+def test_batched_calls_take_mode_batch(
     server: FakeOpenAIServer, clock: FakeClock, manager: APIKeyManager
 ) -> None:
     options = BatchRunOptions(poll_interval=50, clock=clock)
@@ -79,7 +79,7 @@ def test_batched_calls_take_opt_mode_batch(
     answers = ChatCompletion.create(
         model="gpt-4o-mini",
         messages=conversations,
-        opt_mode="batch",
+        mode="batch",
         opt_manager=manager,
         opt_batch_options=options,
         no_tqdm=True,
@@ -102,6 +102,16 @@ def test_batched_calls_take_opt_mode_batch(
     for batched, direct in zip(vectors, online, strict=True):
         # Online answers come as float32 (base64), batch answers as JSON numbers.
         assert batched["data"][0]["embedding"] == pytest.approx(direct["data"][0]["embedding"])
+    with pytest.raises(TypeError, match="mode= or opt_mode="):
+        ChatCompletion.create(
+            model="gpt-4o-mini", messages=conversations, mode="batch", opt_mode="flex"
+        )
+    ChatCompletion.create(
+        model="gpt-4o-mini", messages=conversations[:1], mode="online", opt_manager=manager,
+        no_tqdm=True,
+    )  # fmt: skip
+    body = server.request_log()[-1]["body"]
+    assert body["messages"] == conversations[0] and "mode" not in body  # an option, not sent
 
 
 async def test_amulti_process_one_in_flex_mode_with_fallback(
