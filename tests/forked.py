@@ -46,7 +46,6 @@ PRELOAD = [
     "openai_parallel_toolkit.jobs.distributed",
     "redis",
     "forked",
-    "fork_preload",  # the tiktoken encodings
 ]
 
 _context = multiprocessing.get_context("forkserver")
