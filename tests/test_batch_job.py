@@ -7,6 +7,7 @@ from its journal, as a re-run would.
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -371,3 +372,18 @@ def test_files_are_split_within_bytes_tokens_and_requests(
         api = openai_client(api_key=key, base_url=server.base_url)
         sizes += [len(api.files.content(f.id).content) for f in api.files.list(purpose="batch")]
     assert len(sizes) == 3 and max(sizes) <= limits.max_bytes
+
+
+def test_an_unchanged_status_is_printed_again_only_after_a_minute(
+    server: FakeOpenAIServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    server.batches.settings = BatchSettings(processing_seconds=300)
+    progress = io.StringIO()
+    options = BatchRunOptions(poll_interval=5, clock=clock, progress=progress)
+    source = write_input(tmp_path / "in.jsonl", 2)
+    assert run_batch_job(source, tmp_path / "out.jsonl", manager=pool(server), options=options).ok
+    lines = progress.getvalue().splitlines()
+    waiting = [line for line in lines if "1 in progress" in line and "(1 in_progress)" in line]
+    # About 60 polls said the same; a line a minute of them is printed (five minutes: 5 or 6).
+    assert 4 <= len(waiting) <= 6, lines
+    assert "2 results written" in lines[-1]

@@ -26,6 +26,9 @@ from .planner import BatchLimits
 
 __all__ = ["BatchRunOptions", "BatchRunSummary", "run_batch_job"]
 
+# A status line that did not change is printed again after this long.
+UNCHANGED_STATUS_SECONDS = 60.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class BatchRunOptions:
@@ -98,7 +101,7 @@ def run_batch_job(
     """Send `input` through the Batch API until every line has a result line in `output`."""
     options = options or BatchRunOptions()
     clock = options.clock or SystemClock()
-    report: Callable[[str], None] = _reporter(options.progress)
+    report: Callable[[str], None] = _reporter(options.progress, clock)
     with BatchJob(input, output, manager=manager, endpoint=endpoint, limits=options.limits) as job:
         while True:
             created = job.submit()
@@ -126,9 +129,18 @@ def run_batch_job(
         return BatchRunSummary(len(results.hashes) - failed, failed, status, online, usage)
 
 
-def _reporter(stream: IO[str] | None) -> Callable[[str], None]:
+def _reporter(stream: IO[str] | None, clock: Clock) -> Callable[[str], None]:
+    """Print a status line when it says something new, and the same one again only after
+    `UNCHANGED_STATUS_SECONDS` (a batch in progress for hours is not a line per poll)."""
+    last: list[tuple[str, float]] = []
+
     def report(text: str) -> None:
-        if stream is not None:
-            print(text, file=stream, flush=True)
+        if stream is None:
+            return
+        now = clock.monotonic()
+        if last and last[0][0] == text and now - last[0][1] < UNCHANGED_STATUS_SECONDS:
+            return
+        last[:] = [(text, now)]
+        print(text, file=stream, flush=True)
 
     return report
