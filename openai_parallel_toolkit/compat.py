@@ -42,7 +42,7 @@ from .cache import RequestCache
 from .config import load_config
 from .costs import CostMeter
 from .errors import ConfigError
-from .flex import arequest_flex, request_flex
+from .flex import async_sender, sender
 from .keys import APIKeyManager, KeyState, current_default, get_default_manager
 from .models import ChatModel, CompletionModel, EmbeddingModel, OpenAIModel
 from .parallel import (
@@ -55,7 +55,7 @@ from .parallel import (
     parallel_map,
     pool_watch,
 )
-from .request import RetryPolicy, arequest_openai_api, request_openai_api
+from .request import RetryPolicy
 
 __all__ = ["ChatCompletion", "Completion", "Embedding", "append_auth_from_config"]
 
@@ -148,18 +148,10 @@ class _Batch:
         meter = self.counting_meter()
         count = self.concurrency(MAX_CONCURRENCY)
 
+        send = sender(self.how.mode == "flex", self.how.standard_fallback)
+
         def one(model: OpenAIModel) -> Any:
-            if self.how.mode == "flex":
-                return request_flex(
-                    model,
-                    manager=self.pool,
-                    fallback=self.how.standard_fallback,
-                    policy=self.policy,
-                    raw=True,
-                    cache=self.cache,
-                    meter=meter,
-                )
-            return request_openai_api(
+            return send(
                 model,
                 manager=self.pool,
                 policy=self.policy,
@@ -186,18 +178,10 @@ class _Batch:
         meter = self.counting_meter()
         count = self.concurrency(MAX_ASYNC_CONCURRENCY)
 
+        send = async_sender(self.how.mode == "flex", self.how.standard_fallback)
+
         async def one(model: OpenAIModel) -> Any:
-            if self.how.mode == "flex":
-                return await arequest_flex(
-                    model,
-                    manager=self.pool,
-                    fallback=self.how.standard_fallback,
-                    policy=self.policy,
-                    raw=True,
-                    cache=self.cache,
-                    meter=meter,
-                )
-            return await arequest_openai_api(
+            return await send(
                 model,
                 manager=self.pool,
                 policy=self.policy,

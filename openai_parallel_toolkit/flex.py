@@ -11,6 +11,8 @@ standard tier, at the standard price. Answers are priced at the tier the respons
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .cache import RequestCache
@@ -20,7 +22,15 @@ from .keys import APIKeyManager
 from .models import OpenAIModel, RawRequest
 from .request import RetryPolicy, arequest_openai_api, request_openai_api
 
-__all__ = ["FLEX_RETRY", "FLEX_TIMEOUT", "arequest_flex", "on_tier", "request_flex"]
+__all__ = [
+    "FLEX_RETRY",
+    "FLEX_TIMEOUT",
+    "arequest_flex",
+    "async_sender",
+    "on_tier",
+    "request_flex",
+    "sender",
+]
 
 FLEX_TIMEOUT = 900.0
 """Seconds a flex request may take by default (OpenAI: up to ~15 minutes)."""
@@ -128,3 +138,15 @@ async def arequest_flex(
     return await arequest_openai_api(
         standard, manager=manager, policy=policy, raw=raw, cache=cache, meter=meter
     )
+
+
+def sender(flex: bool, fallback: bool) -> Callable[..., Any]:
+    """What sends one request: `request_flex` (with `fallback`) when `flex`, else
+    `request_openai_api`; both take the same keyword arguments (``policy`` None on the flex
+    tier: `FLEX_RETRY`)."""
+    return functools.partial(request_flex, fallback=fallback) if flex else request_openai_api
+
+
+def async_sender(flex: bool, fallback: bool) -> Callable[..., Awaitable[Any]]:
+    """`sender` from an event loop: `arequest_flex` or `arequest_openai_api`."""
+    return functools.partial(arequest_flex, fallback=fallback) if flex else arequest_openai_api

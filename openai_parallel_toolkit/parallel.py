@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from .cache import RequestCache
 from .costs import CostMeter
 from .errors import ToolkitError, redact
-from .flex import arequest_flex, request_flex
+from .flex import async_sender, sender
 from .keys import APIKeyManager, KeyState, resolve_manager, use_manager
 from .models import OpenAIModel, check_generate_signature, sends_async
-from .request import arequest_openai_api, request_openai_api
 from .runstate import logs_above
 from .runwatch import ItemBar, RunWatch
 
@@ -500,13 +499,10 @@ def multi_process_one(
         with use_manager(pool):
             return _batch_results(models, pool, how, on_error)
     budget = run_meter(max_cost, meter) or CostMeter()  # uncapped: it only counts, for the bar
+    send = sender(how.mode == "flex", how.standard_fallback)
 
     def one(model: OpenAIModel) -> Any:
-        if how.mode == "flex":
-            return request_flex(
-                model, manager=pool, fallback=how.standard_fallback, cache=cache, meter=budget
-            )
-        return request_openai_api(model, manager=pool, cache=cache, meter=budget)
+        return send(model, manager=pool, cache=cache, meter=budget)
 
     count: int | InFlightTarget = threads if threads is not None else InFlightTarget(pool)
     with use_manager(pool):
@@ -552,13 +548,10 @@ async def amulti_process_one(
         with use_manager(pool):
             return await asyncio.to_thread(_batch_results, models, pool, how, on_error)
     budget = run_meter(max_cost, meter) or CostMeter()  # uncapped: it only counts, for the bar
+    send = async_sender(how.mode == "flex", how.standard_fallback)
 
     async def one(model: OpenAIModel) -> Any:
-        if how.mode == "flex":
-            return await arequest_flex(
-                model, manager=pool, fallback=how.standard_fallback, cache=cache, meter=budget
-            )
-        return await arequest_openai_api(model, manager=pool, cache=cache, meter=budget)
+        return await send(model, manager=pool, cache=cache, meter=budget)
 
     count: int | InFlightTarget = (
         concurrency if concurrency is not None else InFlightTarget(pool, MAX_ASYNC_CONCURRENCY)

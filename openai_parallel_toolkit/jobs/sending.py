@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..costs import CostMeter
 from ..errors import BudgetReachedError, RequestFailedError, redact
-from ..flex import arequest_flex, request_flex
+from ..flex import async_sender, sender
 from ..keys import APIKeyManager
 from ..models import RawRequest
 from ..parallel import (
@@ -32,7 +32,7 @@ from ..parallel import (
     completed,
 )
 from ..prices import Usage, tier_of
-from ..request import RetryPolicy, arequest_openai_api, request_openai_api
+from ..request import RetryPolicy
 from .progress import Progress
 from .results import result_line
 from .source import Item
@@ -200,27 +200,17 @@ class _Sender:
         model = self._request(item)
         if model is None:
             return
-        options, meter = self._options, self._options.meter
+        options = self._options
+        send = sender(options.flex, options.fallback)
         try:
-            if options.flex:  # `policy` None: the flex tier's own default
-                response = request_flex(
-                    model,
-                    manager=self._manager,
-                    fallback=options.fallback,
-                    policy=options.policy,
-                    raw=True,
-                    cache=False,
-                    meter=meter,
-                )
-            else:
-                response = request_openai_api(
-                    model,
-                    manager=self._manager,
-                    policy=self._policy,
-                    raw=True,
-                    cache=False,
-                    meter=meter,
-                )
+            response = send(
+                model,
+                manager=self._manager,
+                policy=self._policy_for_tier(),
+                raw=True,
+                cache=False,
+                meter=options.meter,
+            )
         except Exception as exc:
             self._failed(item, exc)
         else:
@@ -231,31 +221,25 @@ class _Sender:
         model = self._request(item)
         if model is None:
             return
-        options, meter = self._options, self._options.meter
+        options = self._options
+        send = async_sender(options.flex, options.fallback)
         try:
-            if options.flex:  # `policy` None: the flex tier's own default
-                response = await arequest_flex(
-                    model,
-                    manager=self._manager,
-                    fallback=options.fallback,
-                    policy=options.policy,
-                    raw=True,
-                    cache=False,
-                    meter=meter,
-                )
-            else:
-                response = await arequest_openai_api(
-                    model,
-                    manager=self._manager,
-                    policy=self._policy,
-                    raw=True,
-                    cache=False,
-                    meter=meter,
-                )
+            response = await send(
+                model,
+                manager=self._manager,
+                policy=self._policy_for_tier(),
+                raw=True,
+                cache=False,
+                meter=options.meter,
+            )
         except Exception as exc:
             self._failed(item, exc)
         else:
             self._answered(item, model, response)
+
+    def _policy_for_tier(self) -> RetryPolicy | None:
+        """The run's policy; on the flex tier the caller's own (None: the tier's default)."""
+        return self._options.policy if self._options.flex else self._policy
 
     def _answered(self, item: Item, model: RawRequest, response: Any) -> None:
         self._sink.write(item, "response", response, _cost_of(self._manager, model, response))
