@@ -31,8 +31,9 @@ Scenarios (groups for --only in brackets):
 - [A] the asyncio engine (issue 12), other methods side by side:
   A1 a ceiling of 500 requests/s (10 keys x 3,000 RPM, configured) at 2.5 s +- 0.5 s:
   `engine` (threads, at most 512 in flight), `aio` (`amulti_process_one`, default settings),
-  `rawaio` (the official `AsyncOpenAI` clients, keys round-robin, in a plain `asyncio.gather`
-  under a semaphore of 1,500, the client's own retries (2)).
+  `aioaiohttp` (the same on openai's aiohttp transport), `rawaio` (the official `AsyncOpenAI`
+  clients, keys round-robin, in a plain `asyncio.gather` under a semaphore of 1,500, the
+  client's own retries (2)) and `rawaiohttp` (the same clients on `DefaultAioHttpClient`).
   A2 CPU-bound (one key, no latency, no limit): `aio` vs `rawaio` vs `raw` (the sync client in
   a pool of 64 threads) vs `rawaiohttp` (`AsyncOpenAI` on `DefaultAioHttpClient`, when
   ``openai[aiohttp]`` is installed) vs `aioaiohttp` (the engine on that transport), all with
@@ -175,7 +176,8 @@ SCENARIOS = [
              ceiling=40.0, group="X", llmock={"rpm": 600, "random_429": 0.05}, drain=True),
     Scenario("A1", "500 req/s at 2.5s+-0.5s, 10 keys", 10000, 10,
              {"rpm": 3000, "latency": 2.5, "jitter": 0.5}, {"requests_per_min": 3000},
-             ceiling=500.0, group="A", methods=["engine", "aio", "rawaio"],
+             ceiling=500.0, group="A",
+             methods=["engine", "aio", "aioaiohttp", "rawaio", "rawaiohttp"],
              shares={"engine": 0.4}),
     Scenario("A2", "CPU-bound, asyncio", 3000, 1, {}, ceiling=0.0, cpu=True, group="A",
              methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp"], in_flight=64),
