@@ -491,9 +491,11 @@ def test_nested_multi_process_one_shares_one_bounded_pool(
             peak = max(peak, threading.active_count())
             return super().process_data(data)
 
+    # 10 items a file: 160 in all keep the shared pool at its bound, and 16 pools of their own
+    # would start 10 threads each at once (160), far past the bound asserted below.
     for i in range(16):
         write(
-            tmp_path / "in" / f"f{i}.json", json.dumps({"items": [f"{i}-{j}" for j in range(40)]})
+            tmp_path / "in" / f"f{i}.json", json.dumps({"items": [f"{i}-{j}" for j in range(10)]})
         )
     toolkit = Counting(config, tmp_path / "in", tmp_path / "out", num_threads=16, progress=False)
     before = threading.active_count()
