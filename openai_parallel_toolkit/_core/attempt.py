@@ -9,12 +9,20 @@ its own budget.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 
 from ..errors import Action, Verdict
 
 __all__ = ["Attempts", "Next", "RetryPolicy"]
+
+# The jitter of every policy built without its own `rng`: seeding a generator reads the OS's
+# entropy (about 10 µs, a system call), which a policy built per request would pay each time.
+# Reseeded in a forked child, as `random` does, so processes do not back off in step.
+_SHARED_RNG = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SHARED_RNG.seed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -33,7 +41,7 @@ class RetryPolicy:
     backoff_base: float = 0.5
     backoff_max: float = 8.0
     max_rate_limited: int = 50
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    rng: random.Random = field(default_factory=lambda: _SHARED_RNG, compare=False, repr=False)
 
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait before the retry after `failures` transient failures."""
