@@ -40,13 +40,15 @@ PROBE_POLL_INTERVAL = 0.02
 
 
 class PoolKey:
-    """One key of the pool: its config, group and health (from the store) and counters."""
+    """One key of the pool: its config (and masked key), group and health (from the store) and
+    counters."""
 
     __slots__ = (
         "config",
         "errors",
         "group",
         "health",
+        "masked",
         "rate_limited",
         "requests",
         "successes",
@@ -57,11 +59,9 @@ class PoolKey:
         self.config = config
         self.group = group
         self.health = health
+        # Once: every answer is counted under it, and masking hashes the key.
+        self.masked = config.masked_key
         self.requests = self.successes = self.rate_limited = self.errors = self.tokens = 0
-
-    @property
-    def masked(self) -> str:
-        return self.config.masked_key
 
     @property
     def usable(self) -> bool:
