@@ -68,21 +68,33 @@ async def wait_turn(
     that the expected slot lies beyond them. Cancelling the task takes it out of the queue and
     wakes the next waiter.
     """
-    waiter = AsyncWaiter()
     deadline = None if timeout is None else clock.monotonic() + timeout
+    expected: float | None = None
     with turns.lock:
+        if not turns:
+            # Nobody waiting: ask at once. Only a task that must wait builds a waiter (and its
+            # event) and joins the queue, where it is first: `expected` is its answer.
+            slot = grant()
+            if not isinstance(slot, float):
+                return slot
+            expected = slot
+        waiter = AsyncWaiter()
         turns.join(waiter)
+    asked = expected is not None
     try:
         while True:
-            expected: float | None = None
-            with turns.lock:
-                if turns.is_first(waiter):
-                    slot = grant()
-                    if not isinstance(slot, float):
-                        return slot
-                    expected = slot
-                # Cleared under the lock: a wake-up sent after this point is never lost.
-                waiter.event.clear()
+            if asked:
+                asked = False
+            else:
+                expected = None
+                with turns.lock:
+                    if turns.is_first(waiter):
+                        slot = grant()
+                        if not isinstance(slot, float):
+                            return slot
+                        expected = slot
+                    # Cleared under the lock: a wake-up sent after this point is never lost.
+                    waiter.event.clear()
             wait = expected
             if deadline is not None:
                 left = deadline - clock.monotonic()
