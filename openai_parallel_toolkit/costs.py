@@ -23,27 +23,29 @@ from .stats import UsageReport, UsageRow
 __all__ = ["CostMeter", "UsageLedger", "counting_into", "record_in_context"]
 
 
-_NO_USAGE = Usage()
-
-
 @dataclass(slots=True)
 class _Tally:
+    # Plain counts, not a `Usage` sum: adding runs for every answer, in each ledger.
     requests: int = 0
-    usage: Usage = _NO_USAGE
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
     cost: Decimal | None = Decimal(0)  # None once any request's cost was unknown
 
     def add(self, usage: Usage, cost: Decimal | None, requests: int = 1) -> None:
         self.requests += requests
-        self.usage = self.usage + usage
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
         self.cost = None if cost is None or self.cost is None else self.cost + cost
 
     def row(self, name: str) -> UsageRow:
         return UsageRow(
             name=name,
             requests=self.requests,
-            prompt_tokens=self.usage.prompt_tokens,
-            completion_tokens=self.usage.completion_tokens,
-            cached_tokens=self.usage.cached_tokens,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
             cost=None if self.cost is None else float(self.cost),
         )
 
@@ -74,8 +76,8 @@ class UsageLedger:
         `requests` of them, whose summed usage and cost these are."""
         with self._lock:
             self._total.add(usage, cost, requests)
-            self._keys.setdefault(key, _Tally()).add(usage, cost, requests)
-            self._models.setdefault(model or "(unknown model)", _Tally()).add(usage, cost, requests)
+            _tally(self._keys, key).add(usage, cost, requests)
+            _tally(self._models, model or "(unknown model)").add(usage, cost, requests)
 
     def key_row(self, key: str) -> UsageRow:
         """What `key` (masked) spent so far."""
@@ -90,6 +92,14 @@ class UsageLedger:
                 by_model=_rows(self._models.items()),
                 by_key=_rows(self._keys.items()),
             )
+
+
+def _tally(tallies: dict[str, _Tally], name: str) -> _Tally:
+    """`name`'s tally, added if new (not a throw-away `_Tally` per answer, as `setdefault`)."""
+    tally = tallies.get(name)
+    if tally is None:
+        tally = tallies[name] = _Tally()
+    return tally
 
 
 def _rows(tallies: Iterable[tuple[str, _Tally]]) -> tuple[UsageRow, ...]:
