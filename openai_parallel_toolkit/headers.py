@@ -8,9 +8,11 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["RateLimitHeaders", "parse_reset", "retry_after_seconds"]
 
+_PREFIX = b"x-ratelimit-"
 _RESET_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
@@ -85,6 +87,22 @@ class RateLimitHeaders:
             reset_requests=parse_reset(get("x-ratelimit-reset-requests")),
             reset_tokens=parse_reset(get("x-ratelimit-reset-tokens")),
         )
+
+    @classmethod
+    def from_response_headers(cls, headers: Any) -> RateLimitHeaders:
+        """`from_headers` for an HTTP response's headers, read in one pass where they are
+        httpx's `Headers` (a lookup by name searches all of them, six times per response)."""
+        raw = getattr(headers, "raw", None)
+        if not isinstance(raw, list):
+            return cls.from_headers(headers)
+        encoding: str = headers.encoding
+        found: dict[str, str] = {}
+        for name, value in raw:
+            if name[:12].lower() == _PREFIX:
+                key, text = name.decode(encoding).lower(), value.decode(encoding)
+                # A repeated header joined as httpx's own lookup does.
+                found[key] = f"{found[key]}, {text}" if key in found else text
+        return cls.from_headers(found) if found else cls()
 
     @property
     def empty(self) -> bool:

@@ -373,7 +373,7 @@ class APIKeyManager:
 
     def _header_hook(self, key: PoolKey) -> Callable[[Any], None]:
         def on_response(response: Any) -> None:
-            headers = RateLimitHeaders.from_headers(response.headers)
+            headers = RateLimitHeaders.from_response_headers(response.headers)
             self._observe(key, headers, response.status_code < 400, _SENDING.get())
 
         return on_response

@@ -70,6 +70,34 @@ def test_headers_parse_and_ignore_meaningless_values() -> None:
     assert RateLimitHeaders.from_headers({"x-ratelimit-limit-requests": "0"}).empty
 
 
+def test_response_headers_read_in_one_pass_as_by_name() -> None:
+    try:  # openai >= 3 speaks httpx2; older releases httpx
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover - depends on the installed openai
+        import httpx  # type: ignore[no-redef]
+
+    cases = [
+        [("date", "Tue"), ("content-type", "application/json")],
+        [
+            ("X-RateLimit-Limit-Requests", "600"),
+            ("x-ratelimit-remaining-tokens", "12"),
+            ("x-ratelimit-reset-tokens", "1m2.5s"),
+            ("server", "x"),
+        ],
+        [("x-ratelimit-limit-tokens", "5"), ("X-RATELIMIT-LIMIT-TOKENS", "5")],  # repeated
+    ]
+    for pairs in cases:
+        headers = httpx.Headers(pairs)
+        expected = RateLimitHeaders.from_headers(headers)
+        assert RateLimitHeaders.from_response_headers(headers) == expected
+        assert RateLimitHeaders.from_response_headers(dict(pairs)) == RateLimitHeaders.from_headers(
+            dict(pairs)
+        )
+    one_pass = RateLimitHeaders.from_response_headers(httpx.Headers(cases[1]))
+    assert (one_pass.limit_requests, one_pass.remaining_tokens) == (600, 12)
+    assert one_pass.reset_tokens == pytest.approx(62.5)
+
+
 def _max_in_window(times: list[float], window: float) -> int:
     best = start = 0
     for end, t in enumerate(times):
