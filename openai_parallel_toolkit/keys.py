@@ -158,18 +158,13 @@ class Lease:
         send with their own HTTP client, such as the proxy server)."""
         self._pool._observe(self._grant.key, RateLimitHeaders.from_headers(headers), success, self)
 
-    @contextlib.contextmanager
-    def sending(self) -> Iterator[None]:
+    def sending(self) -> contextlib.AbstractContextManager[None]:
         """Mark this thread's or task's requests on `client` as this lease's, while inside.
 
         The pool's response hook then knows which send a response answers, which lets the
         server's ``remaining`` counts show what others spend of the limit.
         """
-        token = _SENDING.set(self)
-        try:
-            yield
-        finally:
-            _SENDING.reset(token)
+        return _Sending(self)
 
     def scrub(self, exc: BaseException) -> BaseException:
         """Mask this lease's key in `exc` (in place) before it travels further."""
@@ -182,6 +177,21 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"<Lease {self.key} tokens={self.tokens} send_at={self.send_at:.3f}>"
+
+
+class _Sending:
+    """`Lease.sending`'s context manager (a class: entered for every request)."""
+
+    __slots__ = ("_lease", "_token")
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    def __enter__(self) -> None:
+        self._token = _SENDING.set(self._lease)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _SENDING.reset(self._token)
 
 
 class APIKeyManager:

@@ -12,11 +12,10 @@ settling of each try are the helpers below, shared by both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -238,27 +237,35 @@ def _send(
     openai_model: OpenAIModel, pool: APIKeyManager, policy: RetryPolicy, meter: CostMeter | None
 ) -> Any:
     """Send until success or a final error; returns the client's response."""
-    with _metered(openai_model, pool, meter) as counted:
-        response, answer = _send_reserved(openai_model, pool, policy)
-        counted.append(answer)
+    with _Metered(openai_model, pool, meter) as metered:
+        response, metered.answer = _send_reserved(openai_model, pool, policy)
     return response
 
 
-@contextlib.contextmanager
-def _metered(
-    openai_model: OpenAIModel, pool: APIKeyManager, meter: CostMeter | None
-) -> Iterator[list[_Counted]]:
-    """Reserve the request's worst case in `meter` around its sending (released if it fails);
-    the sending appends what its answer was counted as, which settles the reservation."""
-    reserved = _reserve(openai_model, pool, meter)
-    counted: list[_Counted] = []
-    try:
-        yield counted
-    except BaseException:
-        if meter is not None:
-            meter.release(reserved)
-        raise
-    _settle(meter, reserved, counted[0] if counted else None)
+class _Metered:
+    """Reserves the request's worst case in `meter` around its sending (released if it fails);
+    the sending sets `answer`, what its answer was counted as, which settles the reservation.
+
+    A class rather than a generator: one is entered for every request.
+    """
+
+    __slots__ = ("answer", "meter", "reserved")
+
+    def __init__(
+        self, openai_model: OpenAIModel, pool: APIKeyManager, meter: CostMeter | None
+    ) -> None:
+        self.meter = meter
+        self.reserved = _reserve(openai_model, pool, meter)
+        self.answer: _Counted = None
+
+    def __enter__(self) -> _Metered:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None:
+            _settle(self.meter, self.reserved, self.answer)
+        elif self.meter is not None:
+            self.meter.release(self.reserved)
 
 
 def _settle(meter: CostMeter | None, reserved: Decimal, counted: _Counted) -> None:
@@ -305,9 +312,8 @@ async def _asend(
     meter: CostMeter | None,
 ) -> Any:
     """`_send` on the event loop: `agenerate`, or `generate` in a worker thread."""
-    with _metered(openai_model, pool, meter) as counted:
-        response, answer = await _asend_reserved(openai_model, pool, policy, asynchronous)
-        counted.append(answer)
+    with _Metered(openai_model, pool, meter) as metered:
+        response, metered.answer = await _asend_reserved(openai_model, pool, policy, asynchronous)
     return response
 
 
