@@ -38,9 +38,10 @@ Scenarios (groups for --only in brackets):
   a pool of 64 threads) vs `rawaiohttp` (`AsyncOpenAI` on `DefaultAioHttpClient`, when
   ``openai[aiohttp]`` is installed) vs `aioaiohttp` (the engine on that transport), all with
   64 in flight and no retries; the ceiling is the fastest raw client's rate in the same round.
-  The fake server shares the two cores, so rates swing from round to round; the notes give each
-  client's own CPU time per request (packages imported before the clock starts), the figure
-  that compares the engine with the raw clients whatever the server's speed in that run.
+  The fake server and the client run pinned to a core each (S5 and the A group, where the
+  machine has two or more), so that rounds compare the clients more than where the scheduler
+  put two busy processes. The notes give each client's own CPU time per request (packages
+  imported before the clock starts).
 
 `--repeat N` runs each scenario N times and prints the WORST run per scenario and method (by
 ratio to the ceiling), with the best ratio next to it. Columns: the rate achieved (requests/s,
@@ -208,8 +209,22 @@ def _texts(scenario: Scenario) -> list[str]:
 _LIMIT_FIELDS = ("burst_seconds", "reported_burst_seconds", "charge_rejected", "group_limits")
 
 
+def _pinned(scenario: Scenario) -> bool:
+    """Whether server and client get a core each: where the client's CPU is the limit."""
+    return scenario.cpu or scenario.group == "A"
+
+
+def _pin(core: int | None) -> None:
+    """Keep this process on one core (the CPU-bound scenarios: server and client each on a
+    core of their own, so that rounds compare the clients rather than where the scheduler put
+    two busy processes; a no-op where affinity cannot be set or there is one core)."""
+    if core is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {core})
+
+
 def _serve(config: dict[str, Any]) -> None:
     """Run the fake server; answer 'counters' / 'reset' / 'quit' lines on stdin."""
+    _pin(config.get("core"))
     from openai_parallel_toolkit.testing import FakeOpenAIServer
     from openai_parallel_toolkit.testing.fake_server import LimitSettings, ServerSettings
 
@@ -253,6 +268,7 @@ def _client(config: dict[str, Any]) -> None:
     params: dict[str, Any] = config["params"]
     method: str = config["method"]
     failed = 0
+    _pin(config.get("core"))
     if method in ("engine", "aio", "aioaiohttp"):
         # Imported before the clock starts, as openai is for every method: a run measures
         # sending, not the interpreter loading modules (the package's own import is 0.2 s).
@@ -445,6 +461,7 @@ class _FakeServer:
             "server": scenario.server,
             "faults": scenario.faults,
             "groups": scenario.groups,
+            "core": 0 if _pinned(scenario) else None,
         }
         self._process = subprocess.Popen(
             [sys.executable, __file__, "--serve", json.dumps(config)],
@@ -602,6 +619,7 @@ def _run_once(
                 "threads": scenario.in_flight or (32 if scenario.cpu else NAIVE_THREADS),
                 "engine_threads": 32 if scenario.cpu else None,  # S5: the same pool size
                 "in_flight": scenario.in_flight,
+                "core": 1 if _pinned(scenario) else None,
             }
             for i in range(scenario.processes)
         ]
