@@ -180,10 +180,20 @@ class _Sender:
     ) -> None:
         self._manager = manager
         self._options = options
-        self._policy = options.policy or RetryPolicy()
         self._sink = sink
         self._wanted = wanted
         self._refused = refused
+        self._send = sender(options.flex, options.fallback)
+        self._asend = async_sender(options.flex, options.fallback)
+        # On the flex tier the caller's own policy (None: the tier's default); online, the run's.
+        policy = options.policy if options.flex else options.policy or RetryPolicy()
+        self._send_options: dict[str, Any] = {
+            "manager": manager,
+            "policy": policy,
+            "raw": True,
+            "cache": False,
+            "meter": options.meter,
+        }
 
     def _request(self, item: Item) -> RawRequest | None:
         """The item's request, or None when it is not to be sent (`wanted`, `refused`)."""
@@ -200,17 +210,8 @@ class _Sender:
         model = self._request(item)
         if model is None:
             return
-        options = self._options
-        send = sender(options.flex, options.fallback)
         try:
-            response = send(
-                model,
-                manager=self._manager,
-                policy=self._policy_for_tier(),
-                raw=True,
-                cache=False,
-                meter=options.meter,
-            )
+            response = self._send(model, **self._send_options)
         except Exception as exc:
             self._failed(item, exc)
         else:
@@ -221,25 +222,12 @@ class _Sender:
         model = self._request(item)
         if model is None:
             return
-        options = self._options
-        send = async_sender(options.flex, options.fallback)
         try:
-            response = await send(
-                model,
-                manager=self._manager,
-                policy=self._policy_for_tier(),
-                raw=True,
-                cache=False,
-                meter=options.meter,
-            )
+            response = await self._asend(model, **self._send_options)
         except Exception as exc:
             self._failed(item, exc)
         else:
             self._answered(item, model, response)
-
-    def _policy_for_tier(self) -> RetryPolicy | None:
-        """The run's policy; on the flex tier the caller's own (None: the tier's default)."""
-        return self._options.policy if self._options.flex else self._policy
 
     def _answered(self, item: Item, model: RawRequest, response: Any) -> None:
         self._sink.write(item, "response", response, _cost_of(self._manager, model, response))
