@@ -65,16 +65,18 @@ import json
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -112,6 +114,7 @@ class Scenario:
     methods: list[str] = field(default_factory=list)  # default: naive and engine (S5: raw)
     shares: dict[str, float] = field(default_factory=dict)  # share of the items per method
     in_flight: int | None = None  # the A scenarios: requests in flight of every method
+    in_turns: bool = False  # A3: the methods take turns on one core (`_run_in_turns`)
 
 
 LATENCY = {"latency": 0.2, "jitter": 0.1}
@@ -182,6 +185,9 @@ SCENARIOS = [
              shares={"engine": 0.4}),
     Scenario("A2", "CPU-bound, asyncio", 3000, 1, {}, ceiling=0.0, cpu=True, group="A",
              methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp"], in_flight=64),
+    Scenario("A3", "CPU-bound, taking turns", 16000, 6, {}, ceiling=0.0, cpu=True,
+             group="A", methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp", "control"],
+             in_flight=64, in_turns=True),
 ]  # fmt: skip
 
 
@@ -245,7 +251,12 @@ def _serve(config: dict[str, Any]) -> None:
         command = line.strip()
         if command == "counters":
             total = server.total()
-            print(json.dumps(_asdict(total)), flush=True)
+            print(json.dumps({**_asdict(total), "cpu": time.process_time()}), flush=True)
+        elif command == "keys":  # requests per key so far
+            counts = {key: c.requests for key, c in server.counters().items()}
+            print(json.dumps(counts), flush=True)
+        elif command == "cpu":
+            print(time.process_time(), flush=True)
         elif command == "reset":
             server.reset_counters()
             print("ok", flush=True)
@@ -276,7 +287,7 @@ def _client(config: dict[str, Any]) -> None:
     started_wall = time.time()
     started = time.perf_counter()
     started_cpu = time.process_time()
-    if method in ("aio", "aioaiohttp", "rawaio", "rawaiohttp"):
+    if method in ("aio", "aioaiohttp", "rawaio", "rawaiohttp", "control"):
         failed = asyncio.run(_async_client(config))
     elif method == "engine":
         from openai_parallel_toolkit import APIKeyManager, ChatModel, multi_process_one
@@ -348,7 +359,9 @@ async def _async_client(config: dict[str, Any]) -> int:
         )
         from openai_parallel_toolkit._drivers.clients import default_async_client_factory
 
-        transport = "aiohttp" if config["method"] == "aioaiohttp" else "httpx"
+        transport: Literal["httpx", "aiohttp"] = (
+            "aiohttp" if config["method"] == "aioaiohttp" else "httpx"
+        )
         factory = default_async_client_factory(120.0, transport=transport)
         APIKeyManager(
             api_keys=[
@@ -372,7 +385,11 @@ async def _async_client(config: dict[str, Any]) -> int:
             base_url=config["base_url"],
             max_retries=retries,
             timeout=60.0,
-            http_client=openai.DefaultAioHttpClient() if config["method"] == "rawaiohttp" else None,
+            http_client=(
+                openai.DefaultAioHttpClient()
+                if config["method"] in ("rawaiohttp", "control")
+                else None
+            ),
         )
         for k in keys
     ]
@@ -475,6 +492,7 @@ class _FakeServer:
         if not self.base_url:
             self.close()
             raise RuntimeError(f"{scenario.name}: the fake server did not start")
+        self._started_cpu = float(self._ask("cpu"))  # start-up and imports are not serving
 
     def _ask(self, command: str) -> str:
         assert self._process.stdin is not None and self._process.stdout is not None
@@ -482,9 +500,15 @@ class _FakeServer:
         self._process.stdin.flush()
         return self._process.stdout.readline().strip()
 
-    def counters(self) -> dict[str, int]:
-        counters: dict[str, int] = json.loads(self._ask("counters"))
+    def counters(self) -> dict[str, float]:
+        """The server's totals, and ``cpu``: its CPU seconds since it started serving."""
+        counters: dict[str, float] = json.loads(self._ask("counters"))
+        counters["cpu"] -= self._started_cpu
         return counters
+
+    def requests_by_key(self) -> dict[str, int]:
+        counts: dict[str, int] = json.loads(self._ask("keys"))
+        return counts
 
     def close(self) -> None:
         if self._process.poll() is None:
@@ -557,13 +581,17 @@ def _stop_pacer(pacer: subprocess.Popen[str]) -> dict[str, Any]:
     return result
 
 
-def _run_clients(configs: list[dict[str, Any]], env: dict[str, str]) -> list[dict[str, Any]]:
-    """Start one client process per config at once; wait for all (bounded); their results."""
+@contextmanager
+def _clients(
+    configs: list[dict[str, Any]], env: dict[str, str]
+) -> Iterator[list[tuple[subprocess.Popen[str], IO[str]]]]:
+    """One client process per config, each with a file for its stderr; killed on leaving."""
     with ExitStack() as stack:
         # stderr into files: a chatty client must not block on a full pipe while we wait.
         logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in configs]
-        processes = [
-            subprocess.Popen(
+        started: list[tuple[subprocess.Popen[str], IO[str]]] = []
+        for config, log in zip(configs, logs, strict=True):
+            process = subprocess.Popen(
                 [sys.executable, __file__, "--client"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -571,22 +599,30 @@ def _run_clients(configs: list[dict[str, Any]], env: dict[str, str]) -> list[dic
                 text=True,
                 env=env,
             )
-            for log in logs
-        ]
-        for process, config in zip(processes, configs, strict=True):
+            stack.callback(_kill, process)
             assert process.stdin is not None
-            process.stdin.write(json.dumps(config))  # the child reads it all before anything else
+            process.stdin.write(json.dumps(config))  # the child reads it all first
             process.stdin.close()
-            process.stdin = None  # so that communicate() below does not touch it
+            process.stdin = None  # so that communicate() does not touch it
+            started.append((process, log))
+        yield started
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def _run_clients(configs: list[dict[str, Any]], env: dict[str, str]) -> list[dict[str, Any]]:
+    """Start one client process per config at once; wait for all (bounded); their results."""
+    with _clients(configs, env) as started:
         results = []
         deadline = time.monotonic() + CLIENT_TIMEOUT
-        for process, log in zip(processes, logs, strict=True):
+        for process, log in started:
             try:
                 out, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                for other in processes:
-                    other.kill()
-                    other.wait()
                 raise RuntimeError(f"a client took longer than {CLIENT_TIMEOUT:.0f}s") from None
             if process.returncode != 0:
                 log.seek(0)
@@ -657,9 +693,11 @@ def _run_once(
         notes.append(f"{len(texts)} items")
     if scenario.cpu and scenario.in_flight:
         notes.append(f"{scenario.in_flight} in flight")
-    if scenario.cpu:  # the client's own cost, whatever the shared server's speed in that run
+    if _pinned(scenario):  # the client's own cost, whatever the shared server's speed in that run
         cpu = sum(m["cpu"] for m in measured) * 1000 / max(1, len(texts))
         notes.append(f"{cpu:.2f} ms CPU/request")
+        if "cpu" in counters:
+            notes.append(f"server {counters['cpu'] * 1000 / max(1, requests):.2f} ms")
     if scenario.processes > 1:
         notes.append(f"{scenario.processes} procs, combined")
     if pacer_result is not None:
@@ -682,6 +720,125 @@ def _run_once(
     }
 
 
+TURN = 0.5  # A3: seconds a client runs alone before the next one's turn
+WARM_UP = 2.0  # A3: seconds of each client's first turn, not counted
+WINDOW = 10.0  # A3: seconds of turns counted per client at --scale 1
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _take_turns(processes: list[subprocess.Popen[str]], seconds: float) -> list[float]:
+    """Let each stopped process run alone for `seconds`, one after another; the time each ran."""
+    ran = []
+    for process in processes:
+        if process.poll() is not None:
+            raise RuntimeError("a client ran out of items inside the window: raise the items")
+        process.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        time.sleep(seconds)
+        process.send_signal(signal.SIGSTOP)
+        ran.append(time.monotonic() - started)
+    return ran
+
+
+def _run_in_turns(
+    scenario: Scenario,
+    methods: list[str],
+    keys: list[str],
+    texts: list[str],
+    env: dict[str, str],
+    window: float,
+) -> list[dict[str, Any]]:
+    """Every method in a client process of its own, each with its own key, on the same core,
+    taking turns: one runs alone for `TURN` seconds while the others are stopped (SIGSTOP).
+
+    Each one's requests (counted by the server, per key) and CPU time (from /proc) are summed
+    over `window` seconds of its turns, after a first turn of `WARM_UP` seconds. Turns this
+    short spread any change of the machine's speed over every method alike, where runs one
+    after another would each get a different machine; and each method has the core, and its
+    caches, to itself while it runs.
+    """
+    if len(keys) < len(methods):
+        raise RuntimeError(f"{scenario.name}: a key per method is needed")
+    server = _FakeServer(scenario, keys, env)
+    try:
+        configs = [
+            {
+                "method": method,
+                "texts": texts,
+                "keys": [key],
+                "base_url": server.base_url,
+                "params": {"max_tokens": 16},
+                "entry": scenario.entry,
+                "threads": scenario.in_flight,
+                "in_flight": scenario.in_flight,
+                "core": 1,
+            }
+            for method, key in zip(methods, keys, strict=False)
+        ]
+        with _clients(configs, env) as started:
+            processes = [process for process, _ in started]
+            deadline = time.monotonic() + 120.0
+            while not all(server.requests_by_key().get(k) for k in keys[: len(methods)]):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise RuntimeError("a client did not start sending")
+                time.sleep(0.1)
+            for process in processes:
+                process.send_signal(signal.SIGSTOP)
+            _take_turns(processes, WARM_UP)
+            before = server.requests_by_key(), [_process_cpu(p.pid) for p in processes]
+            ran = [0.0] * len(processes)
+            for turn in range(max(1, round(window / TURN))):
+                order = list(range(len(processes)))
+                order = order[turn % len(order) :] + order[: turn % len(order)]
+                times = _take_turns([processes[i] for i in order], TURN)
+                for i, seconds in zip(order, times, strict=True):
+                    ran[i] += seconds
+            after = server.requests_by_key(), [_process_cpu(p.pid) for p in processes]
+            peaks = [_peak_mb(p.pid) for p in processes]
+    finally:
+        server.close()
+    rows = []
+    for i, method in enumerate(methods):
+        requests = after[0][keys[i]] - before[0][keys[i]]
+        cpu = after[1][i] - before[1][i]
+        rows.append(
+            {
+                "scenario": scenario.name,
+                "title": scenario.title,
+                "method": method,
+                "rate": requests / ran[i],
+                "unit": "req/s",
+                "ceiling": 0.0,
+                "steady": 0.0,
+                "share_429": 0.0,
+                "failed": 0,
+                "peak_mb": peaks[i],
+                "elapsed": ran[i],
+                "of_ideal": float("nan"),
+                "requests": requests,
+                "notes": (
+                    f"{scenario.in_flight} in flight, "
+                    f"{cpu * 1000 / max(1, requests):.2f} ms CPU/request"
+                ),
+            }
+        )
+    return rows
+
+
 def _run_scenario(scenario: Scenario, scale: float, repeat: int) -> list[dict[str, Any]]:
     """`repeat` runs of every method; the worst run per method, with the best ratio added."""
     # Where the buckets start full, only the items beyond their capacity scale: a run smaller
@@ -693,10 +850,13 @@ def _run_scenario(scenario: Scenario, scale: float, repeat: int) -> list[dict[st
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     methods = scenario.methods or (["raw", "engine"] if scenario.cpu else ["naive", "engine"])
     if not _aiohttp_available():
-        methods = [m for m in methods if not m.endswith("aiohttp")]
+        methods = [m for m in methods if not m.endswith("aiohttp") and m != "control"]
     runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     for attempt in range(repeat):
-        rows = [_run_once(scenario, method, keys, texts, env) for method in methods]
+        if scenario.in_turns:
+            rows = _run_in_turns(scenario, methods, keys, texts, env, WINDOW * scale)
+        else:
+            rows = [_run_once(scenario, method, keys, texts, env) for method in methods]
         if scenario.cpu:  # the ceiling: the fastest raw client's rate in the same round
             fastest = max(row["rate"] for row in rows if row["method"].startswith("raw"))
             for row in rows:
