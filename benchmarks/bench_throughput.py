@@ -34,14 +34,19 @@ Scenarios (groups for --only in brackets):
   `aioaiohttp` (the same on openai's aiohttp transport), `rawaio` (the official `AsyncOpenAI`
   clients, keys round-robin, in a plain `asyncio.gather` under a semaphore of 1,500, the
   client's own retries (2)) and `rawaiohttp` (the same clients on `DefaultAioHttpClient`).
+  A4 the same at 300 requests/s (10 keys x 1,800 RPM): about 800 in flight, more than the
+  threaded engine's 512 threads, at a rate one client core can send.
   A2 CPU-bound (one key, no latency, no limit): `aio` vs `rawaio` vs `raw` (the sync client in
   a pool of 64 threads) vs `rawaiohttp` (`AsyncOpenAI` on `DefaultAioHttpClient`, when
   ``openai[aiohttp]`` is installed) vs `aioaiohttp` (the engine on that transport), all with
-  64 in flight and no retries; the ceiling is the fastest raw client's rate in the same round.
+  64 in flight and no retries, one after another; the ceiling is the fastest raw client's rate
+  in the same round. A3 the same clients, plus `control` (a second `rawaiohttp` process),
+  taking turns on one core (`_run_in_turns`): the machine's drift, which moves A2's rounds by a
+  third, reaches them all alike. Linux only.
   The fake server and the client run pinned to a core each (S5 and the A group, where the
   machine has two or more), so that rounds compare the clients more than where the scheduler
   put two busy processes. The notes give each client's own CPU time per request (packages
-  imported before the clock starts).
+  imported before the clock starts) and, for the fake server, its own.
 
 `--repeat N` runs each scenario N times and prints the WORST run per scenario and method (by
 ratio to the ceiling), with the best ratio next to it. Columns: the rate achieved (requests/s,
@@ -183,10 +188,15 @@ SCENARIOS = [
              ceiling=500.0, group="A",
              methods=["engine", "aio", "aioaiohttp", "rawaio", "rawaiohttp"],
              shares={"engine": 0.4}),
+    Scenario("A4", "300 req/s at 2.5s+-0.5s, 10 keys", 10000, 10,
+             {"rpm": 1800, "latency": 2.5, "jitter": 0.5}, {"requests_per_min": 1800},
+             ceiling=300.0, group="A", methods=["engine", "aio", "aioaiohttp", "rawaiohttp"],
+             shares={"engine": 0.4}),
     Scenario("A2", "CPU-bound, asyncio", 3000, 1, {}, ceiling=0.0, cpu=True, group="A",
              methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp"], in_flight=64),
-    Scenario("A3", "CPU-bound, taking turns", 16000, 6, {}, ceiling=0.0, cpu=True,
-             group="A", methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp", "control"],
+    Scenario("A3", "CPU-bound, taking turns", 16000, 8, {}, ceiling=0.0, cpu=True,
+             group="A", methods=["raw", "rawaio", "rawaiohttp", "aio", "aioaiohttp", "control",
+                                 "rawaiohttp+uvloop", "aioaiohttp+uvloop"],
              in_flight=64, in_turns=True),
 ]  # fmt: skip
 
@@ -277,9 +287,14 @@ def _client(config: dict[str, Any]) -> None:
     keys: list[str] = config["keys"]
     base_url: str = config["base_url"]
     params: dict[str, Any] = config["params"]
-    method: str = config["method"]
+    method, _, loop = config["method"].partition("+")
+    config = {**config, "method": method}
     failed = 0
     _pin(config.get("core"))
+    if loop == "uvloop":  # "aioaiohttp+uvloop": the same client on uvloop's event loop
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if method in ("engine", "aio", "aioaiohttp"):
         # Imported before the clock starts, as openai is for every method: a run measures
         # sending, not the interpreter loading modules (the package's own import is 0.2 s).
@@ -409,9 +424,9 @@ async def _async_client(config: dict[str, Any]) -> int:
     return sum(not ok for ok in outcomes)
 
 
-def _aiohttp_available() -> bool:
+def _installed(module: str) -> bool:
     try:
-        import aiohttp  # noqa: F401  (what openai's DefaultAioHttpClient needs)
+        __import__(module)
     except ImportError:
         return False
     return True
@@ -849,8 +864,10 @@ def _run_scenario(scenario: Scenario, scale: float, repeat: int) -> list[dict[st
     texts = _texts(scenario)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     methods = scenario.methods or (["raw", "engine"] if scenario.cpu else ["naive", "engine"])
-    if not _aiohttp_available():
-        methods = [m for m in methods if not m.endswith("aiohttp") and m != "control"]
+    if not _installed("aiohttp"):  # what openai's DefaultAioHttpClient needs
+        methods = [m for m in methods if "aiohttp" not in m and m != "control"]
+    if not _installed("uvloop"):
+        methods = [m for m in methods if not m.endswith("+uvloop")]
     runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     for attempt in range(repeat):
         if scenario.in_turns:
