@@ -350,7 +350,9 @@ class APIKeyManager:
         the task takes it out of the queue; a lease it got must be settled or cancelled by
         the caller (`arequest_openai_api` does).
         """
-        return wait_turn(self._turns, lambda: self._grant(tokens), self.clock, timeout)
+        return wait_turn(
+            self._turns, lambda: self._grant(tokens), self.clock, timeout, release=Lease.cancel
+        )
 
     def _wake_first(self) -> None:
         """Under the lock: let the first waiter look at the pool again."""

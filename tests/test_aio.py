@@ -341,6 +341,53 @@ async def test_tasks_are_served_in_arrival_order_on_a_test_clock() -> None:
     assert clock.monotonic() - 1000.0 >= 8.0  # one a second after the burst, no real waiting
 
 
+def _unlimited_pool() -> APIKeyManager:
+    """One key, limits unknown: after the first send, others wait until it is answered."""
+    return APIKeyManager(
+        api_keys=[{"api_key": KEYS[0]}],
+        make_default=False,
+        options=PoolOptions(client_factory=lambda config, hook: object()),
+    )
+
+
+async def test_queued_tasks_are_served_at_once_when_slots_free_up() -> None:
+    manager = _unlimited_pool()
+    first = await manager.acquire_async()  # the probe: the others queue behind it
+    served: list[int] = []
+
+    async def take(index: int) -> Any:
+        lease = await manager.acquire_async()
+        served.append(index)
+        return lease
+
+    tasks = [asyncio.ensure_future(take(i)) for i in range(20)]
+    await wait_until(lambda: manager.statistics().waiting == 20)
+    first.succeed()  # the first answer: every queued task gets its slot here, in order
+    assert manager.statistics().waiting == 0
+    assert manager.statistics().in_flight == 20
+    await asyncio.sleep(0)  # one turn of the loop runs them all, not one task per turn
+    assert served == list(range(20))
+    for lease in await asyncio.gather(*tasks):
+        lease.cancel()
+    assert manager.statistics().in_flight == 0
+
+
+async def test_a_task_served_in_its_place_then_cancelled_gives_its_slot_back() -> None:
+    manager = _unlimited_pool()
+    first = await manager.acquire_async()
+    tasks = [asyncio.ensure_future(manager.acquire_async()) for _ in range(5)]
+    await wait_until(lambda: manager.statistics().waiting == 5)
+    first.succeed()
+    assert manager.statistics().in_flight == 5  # slots taken for the five where they wait
+    tasks[2].cancel()  # before it ran: its slot was taken for it and must go back
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert manager.statistics().in_flight == 4
+    for lease in outcomes[:2] + outcomes[3:]:
+        lease.cancel()
+    assert manager.statistics().in_flight == 0
+
+
 async def test_threads_and_a_loop_share_one_pool_within_its_limits() -> None:
     with FakeOpenAIServer(keys=KEYS[:2], rpm=1200, latency=0.02, settings=ONE_SECOND) as fake:
         manager = pool(fake, KEYS[:2], requests_per_min=1200)

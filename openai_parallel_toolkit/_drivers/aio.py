@@ -18,7 +18,7 @@ import contextvars
 import functools
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from ..clock import Clock, SystemClock
 from ..errors import SlotTimeoutError
@@ -34,15 +34,23 @@ _T = TypeVar("_T")
 MAX_WORKER_THREADS = 512
 
 
-class AsyncWaiter:
-    """A task's place in the queue: `notify` sets its event from whichever thread calls it."""
+class AsyncWaiter(Generic[_T]):
+    """A task's place in the queue: `notify` sets its event from whichever thread calls it.
 
-    __slots__ = ("_loop", "_thread", "event")
+    Built with `grant`, it can also be served where it stands (`serve`): whoever wakes the
+    queue takes its slot for it, so a run of tasks behind one another is served at once rather
+    than one task per turn of the event loop.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_grant", "_loop", "_thread", "event", "served", "slot")
+
+    def __init__(self, grant: Callable[[], _T | float] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        self._grant = grant
         self.event = asyncio.Event()
+        self.slot: _T | None = None
+        self.served = False  # `slot` was taken for it, and it left the queue
 
     def notify(self) -> bool:
         if threading.get_ident() == self._thread:  # on the loop itself: no wake-up round trip
@@ -54,19 +62,37 @@ class AsyncWaiter:
             return False
         return True
 
+    def serve(self) -> bool:
+        """Under the lock, first in the queue: take a slot for this waiter if one is free now,
+        and wake it; False when none is (it stays first, for the caller to wake)."""
+        if self._grant is None or self._loop.is_closed():
+            return False
+        slot = self._grant()
+        if isinstance(slot, float):
+            return False
+        self.slot, self.served = slot, True
+        self.notify()
+        return True
+
     def __repr__(self) -> str:
-        return f"<AsyncWaiter set={self.event.is_set()}>"
+        return f"<AsyncWaiter set={self.event.is_set()} served={self.served}>"
 
 
 async def wait_turn(
-    turns: Turns, grant: Callable[[], _T | float], clock: Clock, timeout: float | None = None
+    turns: Turns,
+    grant: Callable[[], _T | float],
+    clock: Clock,
+    timeout: float | None = None,
+    release: Callable[[_T], None] | None = None,
 ) -> _T:
     """Wait in turn until `grant()` (called under the lock) gives a slot; return it.
 
     `grant` returns the slot or the seconds until one is expected. With `timeout`, raises
     `SlotTimeoutError` once that many seconds passed, or at once when the first waiter learns
     that the expected slot lies beyond them. Cancelling the task takes it out of the queue and
-    wakes the next waiter.
+    wakes the next waiter. With `release` (what gives a slot back), a waiting task can be
+    served where it stands by whoever wakes the queue (`AsyncWaiter.serve`); a slot taken for
+    a task that is cancelled (or times out) before it runs is given back with `release`.
     """
     deadline = None if timeout is None else clock.monotonic() + timeout
     expected: float | None = None
@@ -78,9 +104,10 @@ async def wait_turn(
             if not isinstance(slot, float):
                 return slot
             expected = slot
-        waiter = AsyncWaiter()
+        waiter: AsyncWaiter[_T] = AsyncWaiter(grant if release is not None else None)
         turns.join(waiter)
     asked = expected is not None
+    taken = False
     try:
         while True:
             if asked:
@@ -88,6 +115,9 @@ async def wait_turn(
             else:
                 expected = None
                 with turns.lock:
+                    if waiter.served:
+                        taken = True
+                        return waiter.slot  # type: ignore[return-value]  # set with `served`
                     if turns.is_first(waiter):
                         slot = grant()
                         if not isinstance(slot, float):
@@ -106,7 +136,10 @@ async def wait_turn(
             await _wait(waiter.event, wait, clock)
     finally:
         with turns.lock:
-            turns.leave(waiter)
+            if not waiter.served:
+                turns.leave(waiter)
+        if waiter.served and not taken and release is not None:
+            release(waiter.slot)  # type: ignore[arg-type]  # set with `served`
 
 
 async def _wait(event: asyncio.Event, seconds: float | None, clock: Clock) -> None:

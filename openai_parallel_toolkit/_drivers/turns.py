@@ -53,9 +53,16 @@ class Turns:
         return self._queue[0] is waiter
 
     def wake_first(self) -> None:
-        """Under the lock: let the first waiter look at the pool again."""
+        """Under the lock: serve the waiters at the front that can be served where they stand
+        (an `AsyncWaiter` built with its grant), in order, while the pool has a slot for each;
+        then let the first waiter left look at the pool again."""
         while self._queue:
-            if self._queue[0].notify() is not False:
+            head = self._queue[0]
+            serve = getattr(head, "serve", None)  # threads wait on a bare Condition
+            if serve is not None and serve():
+                self._queue.popleft()
+                continue
+            if head.notify() is not False:
                 return
             # Its loop closed while it waited: it cannot take its turn, nor give it up.
             self._queue.popleft()
