@@ -336,7 +336,7 @@ class APIKeyManager:
         their turn, so hundreds of waiting threads cost nothing. Anything that frees capacity
         early (a refund, a header, a key back from cooling down) wakes the first.
         """
-        return self._turns.wait(lambda: self._grant(tokens), self.clock)
+        return self._turns.wait(lambda: self._grant(tokens), self.clock, release=Lease.cancel)
 
     def acquire_async(
         self, tokens: int = 0, *, timeout: float | None = None

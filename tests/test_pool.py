@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -313,3 +314,25 @@ def test_settings_that_moved_into_pool_options_name_their_replacement(
 def test_a_keyword_that_never_was_a_setting_gets_the_usual_error() -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'timeout_s'"):
         APIKeyManager(api_keys=KEYS, make_default=False, timeout_s=30)  # type: ignore[arg-type]
+
+
+def test_queued_threads_are_served_at_once_when_slots_free_up() -> None:
+    # Limits unknown: after the first send the others wait for its answer (the probe).
+    manager = APIKeyManager(
+        api_keys=[{"api_key": KEYS[0]}],
+        make_default=False,
+        options=PoolOptions(client_factory=lambda config, hook: object()),
+    )
+    first = manager.acquire()
+    with ThreadPoolExecutor(max_workers=10) as executor:
+        leases = [executor.submit(manager.acquire) for _ in range(10)]
+        deadline = time.monotonic() + 10.0
+        while manager.statistics().waiting < 10 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert manager.statistics().waiting == 10
+        first.succeed()  # the first answer: every queued thread gets its slot here
+        assert manager.statistics().waiting == 0
+        assert manager.statistics().in_flight == 10
+        for lease in leases:
+            lease.result(timeout=10.0).cancel()
+    assert manager.statistics().in_flight == 0

@@ -18,11 +18,11 @@ import contextvars
 import functools
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from ..clock import Clock, SystemClock
 from ..errors import SlotTimeoutError
-from .turns import Turns
+from .turns import Turns, Waiter
 
 __all__ = ["AsyncWaiter", "run_in_thread", "sleep", "wait_turn"]
 
@@ -34,23 +34,16 @@ _T = TypeVar("_T")
 MAX_WORKER_THREADS = 512
 
 
-class AsyncWaiter(Generic[_T]):
-    """A task's place in the queue: `notify` sets its event from whichever thread calls it.
+class AsyncWaiter(Waiter[_T]):
+    """A task's place in the queue: `notify` sets its event from whichever thread calls it."""
 
-    Built with `grant`, it can also be served where it stands (`serve`): whoever wakes the
-    queue takes its slot for it, so a run of tasks behind one another is served at once rather
-    than one task per turn of the event loop.
-    """
-
-    __slots__ = ("_grant", "_loop", "_thread", "event", "served", "slot")
+    __slots__ = ("_loop", "_thread", "event")
 
     def __init__(self, grant: Callable[[], _T | float] | None = None) -> None:
+        super().__init__(grant)
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._grant = grant
         self.event = asyncio.Event()
-        self.slot: _T | None = None
-        self.served = False  # `slot` was taken for it, and it left the queue
 
     def notify(self) -> bool:
         if threading.get_ident() == self._thread:  # on the loop itself: no wake-up round trip
@@ -62,17 +55,8 @@ class AsyncWaiter(Generic[_T]):
             return False
         return True
 
-    def serve(self) -> bool:
-        """Under the lock, first in the queue: take a slot for this waiter if one is free now,
-        and wake it; False when none is (it stays first, for the caller to wake)."""
-        if self._grant is None or self._loop.is_closed():
-            return False
-        slot = self._grant()
-        if isinstance(slot, float):
-            return False
-        self.slot, self.served = slot, True
-        self.notify()
-        return True
+    def _can_wake(self) -> bool:
+        return not self._loop.is_closed()
 
     def __repr__(self) -> str:
         return f"<AsyncWaiter set={self.event.is_set()} served={self.served}>"

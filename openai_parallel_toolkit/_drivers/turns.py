@@ -3,9 +3,12 @@
 Waiters take turns in arrival order, whatever kind they are, so a thread and a task asking at
 once are served fairly and the pool's limits hold across both. Only the first waiter looks at
 the pool and watches the clock; the others sleep until their turn, so hundreds of waiters cost
-nothing. The queue lives under the pool's lock (`Turns.lock`), which is never held while anyone
-sleeps: a thread waits on a `threading.Condition` of that lock, a task on an `asyncio.Event`
-(see `aio.AsyncWaiter`).
+nothing. Whoever frees capacity serves the waiters at the front where they stand, in order, as
+far as the pool has slots for them (`Waiter.serve`): a queue that formed while the pool was
+busy drains at once, not one waiter after another. The queue lives under the pool's lock
+(`Turns.lock`), which is never held while anyone sleeps: a thread waits on a
+`threading.Condition` of that lock (`ThreadWaiter`), a task on an `asyncio.Event` (see
+`aio.AsyncWaiter`).
 """
 
 from __future__ import annotations
@@ -13,21 +16,63 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..clock import Clock
 
-__all__ = ["Turns", "Waiter"]
+__all__ = ["ThreadWaiter", "Turns", "Waiter"]
 
 _T = TypeVar("_T")
 
 
-class Waiter(Protocol):
-    """Something in the queue that can be told to look at the pool again."""
+class Waiter(Generic[_T]):
+    """A place in the queue: `notify` tells it to look at the pool again.
 
-    def notify(self) -> bool | None:
+    Built with `grant` (what the waiter would ask the pool), it can also be served where it
+    stands (`serve`): whoever wakes the queue takes the slot for it, so a run of waiters behind
+    one another is served at once rather than each in turn after the one before it ran.
+    """
+
+    __slots__ = ("_grant", "served", "slot")
+
+    def __init__(self, grant: Callable[[], _T | float] | None) -> None:
+        self._grant = grant
+        self.slot: _T | None = None
+        self.served = False  # `slot` was taken for it, and it left the queue
+
+    def notify(self) -> bool:
         """Wake the waiter; False when it can never wake again (its event loop is closed)."""
-        ...
+        raise NotImplementedError
+
+    def _can_wake(self) -> bool:
+        """Whether a slot taken for this waiter could still reach it."""
+        return True
+
+    def serve(self) -> bool:
+        """Under the lock, first in the queue: take a slot for this waiter if one is free now,
+        and wake it; False when none is (it stays first, for the caller to wake)."""
+        if self._grant is None or not self._can_wake():
+            return False
+        slot = self._grant()
+        if isinstance(slot, float):
+            return False
+        self.slot, self.served = slot, True
+        self.notify()
+        return True
+
+
+class ThreadWaiter(Waiter[_T]):
+    """A thread's place in the queue: a condition of the pool's lock."""
+
+    __slots__ = ("condition",)
+
+    def __init__(self, lock: threading.Lock, grant: Callable[[], _T | float] | None) -> None:
+        super().__init__(grant)
+        self.condition = threading.Condition(lock)
+
+    def notify(self) -> bool:
+        self.condition.notify()
+        return True
 
 
 class Turns:
@@ -37,56 +82,74 @@ class Turns:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._queue: collections.deque[Waiter] = collections.deque()
+        self._queue: collections.deque[Waiter[Any]] = collections.deque()
 
-    def join(self, waiter: Waiter) -> None:
+    def join(self, waiter: Waiter[Any]) -> None:
         """Under the lock: queue `waiter` behind everyone already waiting."""
         self._queue.append(waiter)
 
-    def leave(self, waiter: Waiter) -> None:
+    def leave(self, waiter: Waiter[Any]) -> None:
         """Under the lock: take `waiter` out (served, timed out or cancelled); wake the next."""
         self._queue.remove(waiter)
         self.wake_first()
 
-    def is_first(self, waiter: Waiter) -> bool:
+    def is_first(self, waiter: Waiter[Any]) -> bool:
         """Under the lock: whether it is `waiter`'s turn to ask the pool."""
         return self._queue[0] is waiter
 
     def wake_first(self) -> None:
-        """Under the lock: serve the waiters at the front that can be served where they stand
-        (an `AsyncWaiter` built with its grant), in order, while the pool has a slot for each;
-        then let the first waiter left look at the pool again."""
+        """Under the lock: serve the waiters at the front that can be served where they stand,
+        in order, while the pool has a slot for each; then let the first waiter left look at
+        the pool again."""
         while self._queue:
             head = self._queue[0]
-            serve = getattr(head, "serve", None)  # threads wait on a bare Condition
-            if serve is not None and serve():
+            if head.serve():
                 self._queue.popleft()
                 continue
-            if head.notify() is not False:
+            if head.notify():
                 return
             # Its loop closed while it waited: it cannot take its turn, nor give it up.
             self._queue.popleft()
 
-    def wait(self, grant: Callable[[], _T | float], clock: Clock) -> _T:
+    def wait(
+        self,
+        grant: Callable[[], _T | float],
+        clock: Clock,
+        release: Callable[[_T], None] | None = None,
+    ) -> _T:
         """Block this thread until `grant()` (called under the lock, in turn) gives a slot.
 
         `grant` returns the slot, or the seconds until one is expected; the first waiter waits
-        that long on the clock, or less when something frees capacity and wakes it.
+        that long on the clock, or less when something frees capacity and wakes it. With
+        `release` (what gives a slot back), the thread can be served where it stands; a slot
+        taken for it is given back if it leaves with an exception instead (Ctrl-C).
         """
         with self.lock:
-            turn = threading.Condition(self.lock)
+            if not self._queue:  # nobody waiting: ask at once, without joining the queue
+                slot = grant()
+                if not isinstance(slot, float):
+                    return slot
+            turn: ThreadWaiter[_T] = ThreadWaiter(self.lock, grant if release is not None else None)
             self._queue.append(turn)
-            try:
-                while True:
+        taken = False
+        try:
+            with self.lock:
+                while not turn.served:
                     if self._queue[0] is turn:
                         slot = grant()
                         if not isinstance(slot, float):
                             return slot
-                        clock.wait(turn, slot)
+                        clock.wait(turn.condition, slot)
                     else:
-                        turn.wait()
-            finally:
-                self.leave(turn)
+                        turn.condition.wait()
+                taken = True
+                return turn.slot  # type: ignore[return-value]  # set with `served`
+        finally:
+            with self.lock:
+                if not turn.served:
+                    self.leave(turn)
+            if turn.served and not taken and release is not None:
+                release(turn.slot)  # type: ignore[arg-type]  # set with `served`
 
     def __len__(self) -> int:
         return len(self._queue)
