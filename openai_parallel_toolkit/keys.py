@@ -334,7 +334,9 @@ class APIKeyManager:
 
         Waiters form one queue: only the first one watches the clock, the others sleep until
         their turn, so hundreds of waiting threads cost nothing. Anything that frees capacity
-        early (a refund, a header, a key back from cooling down) wakes the first.
+        (an answer, a refund, a header, a key back from cooling down) serves the waiters at
+        the front where they stand, in order, as far as there are slots, and wakes the first
+        one left.
         """
         return self._turns.wait(lambda: self._grant(tokens), self.clock, release=Lease.cancel)
 
