@@ -40,9 +40,10 @@ Scenarios (groups for --only in brackets):
   a pool of 64 threads) vs `rawaiohttp` (`AsyncOpenAI` on `DefaultAioHttpClient`, when
   ``openai[aiohttp]`` is installed) vs `aioaiohttp` (the engine on that transport), all with
   64 in flight and no retries, one after another; the ceiling is the fastest raw client's rate
-  in the same round. A3 the same clients, plus `control` (a second `rawaiohttp` process),
-  taking turns on one core (`_run_in_turns`): the machine's drift, which moves A2's rounds by a
-  third, reaches them all alike. Linux only.
+  in the same round (on the same event loop: a `+uvloop` row against the raw `+uvloop` rows).
+  A3 the same clients, plus `control` (a second `rawaiohttp` process) and `+uvloop` rows (the
+  client on uvloop's event loop), taking turns on one core (`_run_in_turns`): the machine's
+  drift, which moves A2's rounds by a third, reaches them all alike. Linux only.
   The fake server and the client run pinned to a core each (S5 and the A group, where the
   machine has two or more), so that rounds compare the clients more than where the scheduler
   put two busy processes. The notes give each client's own CPU time per request (packages
@@ -875,8 +876,10 @@ def _run_scenario(scenario: Scenario, scale: float, repeat: int) -> list[dict[st
         else:
             rows = [_run_once(scenario, method, keys, texts, env) for method in methods]
         if scenario.cpu:  # the ceiling: the fastest raw client's rate in the same round
-            fastest = max(row["rate"] for row in rows if row["method"].startswith("raw"))
-            for row in rows:
+            for row in rows:  # ... on the same event loop ("+uvloop" rows against their kind)
+                loop = row["method"].partition("+")[2]
+                raw = [r for r in rows if r["method"].startswith("raw")]
+                fastest = max(r["rate"] for r in raw if r["method"].partition("+")[2] == loop)
                 row["ceiling"] = row["steady"] = fastest
         for row in rows:
             runs[row["method"]].append(row)
