@@ -23,6 +23,7 @@ from openai_parallel_toolkit import (
     RequestFailedError,
     request_openai_api,
 )
+from openai_parallel_toolkit._drivers.turns import SERVED_AHEAD
 from openai_parallel_toolkit.testing import (
     FakeClock,
     FakeOpenAIServer,
@@ -330,9 +331,9 @@ def test_queued_threads_are_served_at_once_when_slots_free_up() -> None:
         while manager.statistics().waiting < 10 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert manager.statistics().waiting == 10
-        first.succeed()  # the first answer: every queued thread gets its slot here
-        assert manager.statistics().waiting == 0
-        assert manager.statistics().in_flight == 10
+        first.succeed()  # the first answer: the threads at the front get their slots here
+        assert manager.statistics().in_flight == SERVED_AHEAD
+        assert manager.statistics().waiting == 10 - SERVED_AHEAD
         for lease in leases:
             lease.result(timeout=10.0).cancel()
     assert manager.statistics().in_flight == 0

@@ -101,6 +101,7 @@ async def wait_turn(
                 with turns.lock:
                     if waiter.served:
                         taken = True
+                        turns.served_ahead -= 1
                         return waiter.slot  # type: ignore[return-value]  # set with `served`
                     if turns.is_first(waiter):
                         slot = grant()
@@ -122,6 +123,8 @@ async def wait_turn(
         with turns.lock:
             if not waiter.served:
                 turns.leave(waiter)
+            elif not taken:
+                turns.served_ahead -= 1
         if waiter.served and not taken and release is not None:
             release(waiter.slot)  # type: ignore[arg-type]  # set with `served`
 

@@ -24,6 +24,12 @@ __all__ = ["ThreadWaiter", "Turns", "Waiter"]
 
 _T = TypeVar("_T")
 
+# Waiters served where they stand that have not run yet, at most. A slot is granted for the time
+# it is taken; a waiter that runs late (a busy event loop) sends late, so a pool serving without
+# bound would grant at its limits' pace while a saturated loop sends slower, and its books would
+# run ahead of what the server saw. A few are enough to drain a queue in one turn of the loop.
+SERVED_AHEAD = 8
+
 
 class Waiter(Generic[_T]):
     """A place in the queue: `notify` tells it to look at the pool again.
@@ -78,11 +84,12 @@ class ThreadWaiter(Waiter[_T]):
 class Turns:
     """Waiters in arrival order under `lock`, the pool's one lock."""
 
-    __slots__ = ("_queue", "lock")
+    __slots__ = ("_queue", "lock", "served_ahead")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._queue: collections.deque[Waiter[Any]] = collections.deque()
+        self.served_ahead = 0  # waiters served where they stand that have not taken it yet
 
     def join(self, waiter: Waiter[Any]) -> None:
         """Under the lock: queue `waiter` behind everyone already waiting."""
@@ -99,11 +106,12 @@ class Turns:
 
     def wake_first(self) -> None:
         """Under the lock: serve the waiters at the front that can be served where they stand,
-        in order, while the pool has a slot for each; then let the first waiter left look at
-        the pool again."""
+        in order, while the pool has a slot for each (and fewer than `SERVED_AHEAD` served ones
+        have yet to run); then let the first waiter left look at the pool again."""
         while self._queue:
             head = self._queue[0]
-            if head.serve():
+            if self.served_ahead < SERVED_AHEAD and head.serve():
+                self.served_ahead += 1
                 self._queue.popleft()
                 continue
             if head.notify():
@@ -143,11 +151,14 @@ class Turns:
                     else:
                         turn.condition.wait()
                 taken = True
+                self.served_ahead -= 1
                 return turn.slot  # type: ignore[return-value]  # set with `served`
         finally:
             with self.lock:
                 if not turn.served:
                     self.leave(turn)
+                elif not taken:
+                    self.served_ahead -= 1
             if turn.served and not taken and release is not None:
                 release(turn.slot)  # type: ignore[arg-type]  # set with `served`
 
