@@ -91,7 +91,6 @@ async def wait_turn(
         waiter: AsyncWaiter[_T] = AsyncWaiter(grant if release is not None else None)
         turns.join(waiter)
     asked = expected is not None
-    taken = False
     try:
         while True:
             if asked:
@@ -100,9 +99,7 @@ async def wait_turn(
                 expected = None
                 with turns.lock:
                     if waiter.served:
-                        taken = True
-                        turns.served_ahead -= 1
-                        return waiter.slot  # type: ignore[return-value]  # set with `served`
+                        return turns.take(waiter)
                     if turns.is_first(waiter):
                         slot = grant()
                         if not isinstance(slot, float):
@@ -120,13 +117,7 @@ async def wait_turn(
                 wait = left if wait is None else wait
             await _wait(waiter.event, wait, clock)
     finally:
-        with turns.lock:
-            if not waiter.served:
-                turns.leave(waiter)
-            elif not taken:
-                turns.served_ahead -= 1
-        if waiter.served and not taken and release is not None:
-            release(waiter.slot)  # type: ignore[arg-type]  # set with `served`
+        turns.finish(waiter, release)
 
 
 async def _wait(event: asyncio.Event, seconds: float | None, clock: Clock) -> None:

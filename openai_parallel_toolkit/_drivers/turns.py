@@ -39,12 +39,13 @@ class Waiter(Generic[_T]):
     one another is served at once rather than each in turn after the one before it ran.
     """
 
-    __slots__ = ("_grant", "served", "slot")
+    __slots__ = ("_grant", "claimed", "served", "slot")
 
     def __init__(self, grant: Callable[[], _T | float] | None) -> None:
         self._grant = grant
         self.slot: _T | None = None
         self.served = False  # `slot` was taken for it, and it left the queue
+        self.claimed = False  # it ran since: it has its slot, or gave it back
 
     def notify(self) -> bool:
         """Wake the waiter; False when it can never wake again (its event loop is closed)."""
@@ -100,6 +101,27 @@ class Turns:
         self._queue.remove(waiter)
         self.wake_first()
 
+    def take(self, waiter: Waiter[_T]) -> _T:
+        """Under the lock: the slot taken for a served waiter, now that it runs."""
+        self.served_ahead -= 1
+        waiter.claimed = True
+        return waiter.slot  # type: ignore[return-value]  # set with `served`
+
+    def finish(self, waiter: Waiter[_T], release: Callable[[_T], None] | None) -> None:
+        """Not under the lock: `waiter` stops waiting, with its slot or without (an error, a
+        cancellation): it leaves the queue, or a slot taken for it that it never took goes
+        back with `release`."""
+        with self.lock:
+            if not waiter.served:
+                self.leave(waiter)
+                return
+            if waiter.claimed:
+                return
+            self.served_ahead -= 1
+            waiter.claimed = True
+        if release is not None:
+            release(waiter.slot)  # type: ignore[arg-type]  # set with `served`
+
     def is_first(self, waiter: Waiter[Any]) -> bool:
         """Under the lock: whether it is `waiter`'s turn to ask the pool."""
         return self._queue[0] is waiter
@@ -139,7 +161,6 @@ class Turns:
                     return slot
             turn: ThreadWaiter[_T] = ThreadWaiter(self.lock, grant if release is not None else None)
             self._queue.append(turn)
-        taken = False
         try:
             with self.lock:
                 while not turn.served:
@@ -150,17 +171,9 @@ class Turns:
                         clock.wait(turn.condition, slot)
                     else:
                         turn.condition.wait()
-                taken = True
-                self.served_ahead -= 1
-                return turn.slot  # type: ignore[return-value]  # set with `served`
+                return self.take(turn)
         finally:
-            with self.lock:
-                if not turn.served:
-                    self.leave(turn)
-                elif not taken:
-                    self.served_ahead -= 1
-            if turn.served and not taken and release is not None:
-                release(turn.slot)  # type: ignore[arg-type]  # set with `served`
+            self.finish(turn, release)
 
     def __len__(self) -> int:
         return len(self._queue)
