@@ -30,12 +30,12 @@ Scenarios (groups for --only in brackets):
   only). Latency is fixed there (llmock has no jitter).
 - [A] the asyncio engine (issue 12), other methods side by side:
   A1 a ceiling of 500 requests/s (10 keys x 3,000 RPM, configured) at 2.5 s +- 0.5 s:
-  `engine` (threads, at most 512 in flight), `aio` (`amulti_process_one`, default settings),
+  `engine` (threads, at most 1,024 in flight), `aio` (`amulti_process_one`, default settings),
   `aioaiohttp` (the same on openai's aiohttp transport), `rawaio` (the official `AsyncOpenAI`
   clients, keys round-robin, in a plain `asyncio.gather` under a semaphore of 1,500, the
   client's own retries (2)) and `rawaiohttp` (the same clients on `DefaultAioHttpClient`).
-  A4 the same at 300 requests/s (10 keys x 1,800 RPM): about 800 in flight, more than the
-  threaded engine's 512 threads, at a rate one client core can send.
+  A4 the same at 300 requests/s (10 keys x 1,800 RPM): about 800 in flight, at a rate one
+  client core can send.
   A2 CPU-bound (one key, no latency, no limit): `aio` vs `rawaio` vs `raw` (the sync client in
   a pool of 64 threads) vs `rawaiohttp` (`AsyncOpenAI` on `DefaultAioHttpClient`, when
   ``openai[aiohttp]`` is installed) vs `aioaiohttp` (the engine on that transport), all with

@@ -473,7 +473,7 @@ def multi_process_one(
     the partial results and each item's error (`on_error="none"` or `"return"` put None or the
     exception in place instead). `threads` fixes the requests in flight (and so the memory a
     run may take); by default they follow the pool's limits and observed response time
-    (`InFlightTarget`, at most 512). `manager` and `cache` as for `request_openai_api`.
+    (`InFlightTarget`, at most 1,024). `manager` and `cache` as for `request_openai_api`.
 
     `max_cost` (USD) is a hard cap on what the call spends: each request's worst case (prompt
     + output allowance at its model's price) is reserved before it is sent, so the requests in

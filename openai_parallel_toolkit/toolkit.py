@@ -81,7 +81,7 @@ class ParallelToolkit:
     `multi_process_one` use that pool and the run's response cache without being told.
 
     `num_threads` defaults to `default_concurrency(pool)`: the pool's request rate times a
-    typical 2 s response time (8 per key whose limits are unknown), between 8 and 512 —
+    typical 2 s response time (8 per key whose limits are unknown), between 8 and 1,024 —
     the work waits on the network, so the CPU count says nothing about it. `file_count` caps
     how many not-yet-done files this run processes.
 
