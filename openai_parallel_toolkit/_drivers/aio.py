@@ -39,8 +39,10 @@ class AsyncWaiter(Waiter[_T]):
 
     __slots__ = ("_loop", "_thread", "event")
 
-    def __init__(self, grant: Callable[[], _T | float] | None = None) -> None:
-        super().__init__(grant)
+    def __init__(
+        self, grant: Callable[[], _T | float], release: Callable[[_T], None] | None = None
+    ) -> None:
+        super().__init__(grant, release)
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self.event = asyncio.Event()
@@ -88,7 +90,7 @@ async def wait_turn(
             if not isinstance(slot, float):
                 return slot
             expected = slot
-        waiter: AsyncWaiter[_T] = AsyncWaiter(grant if release is not None else None)
+        waiter = AsyncWaiter(grant, release)
         turns.join(waiter)
     asked = expected is not None
     try:
@@ -117,7 +119,7 @@ async def wait_turn(
                 wait = left if wait is None else wait
             await _wait(waiter.event, wait, clock)
     finally:
-        turns.finish(waiter, release)
+        turns.finish(waiter)
 
 
 async def _wait(event: asyncio.Event, seconds: float | None, clock: Clock) -> None:

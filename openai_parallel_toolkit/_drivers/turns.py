@@ -34,15 +34,19 @@ SERVED_AHEAD = 8
 class Waiter(Generic[_T]):
     """A place in the queue: `notify` tells it to look at the pool again.
 
-    Built with `grant` (what the waiter would ask the pool), it can also be served where it
-    stands (`serve`): whoever wakes the queue takes the slot for it, so a run of waiters behind
-    one another is served at once rather than each in turn after the one before it ran.
+    Built with `grant` (what the waiter would ask the pool) and `release` (what gives a slot
+    back), it can also be served where it stands (`serve`): whoever wakes the queue takes the
+    slot for it, so a run of waiters behind one another is served at once rather than each in
+    turn after the one before it ran. Without `release` it is only ever woken.
     """
 
-    __slots__ = ("_grant", "claimed", "served", "slot")
+    __slots__ = ("_grant", "_release", "claimed", "served", "slot")
 
-    def __init__(self, grant: Callable[[], _T | float] | None) -> None:
+    def __init__(
+        self, grant: Callable[[], _T | float], release: Callable[[_T], None] | None
+    ) -> None:
         self._grant = grant
+        self._release = release
         self.slot: _T | None = None
         self.served = False  # `slot` was taken for it, and it left the queue
         self.claimed = False  # it ran since: it has its slot, or gave it back
@@ -58,7 +62,7 @@ class Waiter(Generic[_T]):
     def serve(self) -> bool:
         """Under the lock, first in the queue: take a slot for this waiter if one is free now,
         and wake it; False when none is (it stays first, for the caller to wake)."""
-        if self._grant is None or not self._can_wake():
+        if self._release is None or not self._can_wake():
             return False
         slot = self._grant()
         if isinstance(slot, float):
@@ -67,14 +71,24 @@ class Waiter(Generic[_T]):
         self.notify()
         return True
 
+    def give_back(self) -> None:
+        """Not under the lock: give back the slot taken for it (served, never claimed)."""
+        if self._release is not None and self.slot is not None:
+            self._release(self.slot)
+
 
 class ThreadWaiter(Waiter[_T]):
     """A thread's place in the queue: a condition of the pool's lock."""
 
     __slots__ = ("condition",)
 
-    def __init__(self, lock: threading.Lock, grant: Callable[[], _T | float] | None) -> None:
-        super().__init__(grant)
+    def __init__(
+        self,
+        lock: threading.Lock,
+        grant: Callable[[], _T | float],
+        release: Callable[[_T], None] | None,
+    ) -> None:
+        super().__init__(grant, release)
         self.condition = threading.Condition(lock)
 
     def notify(self) -> bool:
@@ -107,10 +121,10 @@ class Turns:
         waiter.claimed = True
         return waiter.slot  # type: ignore[return-value]  # set with `served`
 
-    def finish(self, waiter: Waiter[_T], release: Callable[[_T], None] | None) -> None:
+    def finish(self, waiter: Waiter[Any]) -> None:
         """Not under the lock: `waiter` stops waiting, with its slot or without (an error, a
         cancellation): it leaves the queue, or a slot taken for it that it never took goes
-        back with `release`."""
+        back (`Waiter.give_back`)."""
         with self.lock:
             if not waiter.served:
                 self.leave(waiter)
@@ -119,8 +133,7 @@ class Turns:
                 return
             self.served_ahead -= 1
             waiter.claimed = True
-        if release is not None:
-            release(waiter.slot)  # type: ignore[arg-type]  # set with `served`
+        waiter.give_back()
 
     def is_first(self, waiter: Waiter[Any]) -> bool:
         """Under the lock: whether it is `waiter`'s turn to ask the pool."""
@@ -159,7 +172,7 @@ class Turns:
                 slot = grant()
                 if not isinstance(slot, float):
                     return slot
-            turn: ThreadWaiter[_T] = ThreadWaiter(self.lock, grant if release is not None else None)
+            turn = ThreadWaiter(self.lock, grant, release)
             self._queue.append(turn)
         try:
             with self.lock:
@@ -173,7 +186,7 @@ class Turns:
                         turn.condition.wait()
                 return self.take(turn)
         finally:
-            self.finish(turn, release)
+            self.finish(turn)
 
     def __len__(self) -> int:
         return len(self._queue)
